@@ -1,0 +1,132 @@
+//! Wires the store, the upstream client, the router and the workers together, and shuts
+//! them down in order.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bankconnect::BankConnectClient;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Upstream};
+use crate::jobs::worker::{self, WorkerSettings};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::{self, DynStore};
+
+/// What every handler and job needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub bankconnect: BankConnectClient,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the worker pool when a job is enqueued in this process.
+    pub jobs_wakeup: Arc<Notify>,
+}
+
+/// A running service: the HTTP server and its workers.
+pub struct App {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    /// The in-process simulator, in sandbox mode.
+    pub sandbox: Option<Sandbox>,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: JoinHandle<()>,
+}
+
+impl App {
+    /// Migrates the database and starts serving on `listener`.
+    pub async fn start(
+        config: Config,
+        listener: TcpListener,
+        workers: WorkerSettings,
+    ) -> anyhow::Result<App> {
+        let addr = listener.local_addr()?;
+        let store = store::connect(&config.database_url).await?;
+        store.migrate().await?;
+
+        let (base_url, sandbox) = match &config.upstream {
+            Upstream::Remote(url) => (url.to_string(), None),
+            Upstream::Sandbox => {
+                // The simulator is reached over real HTTP on our own listener, so the client
+                // is exercised exactly as against the real upstream.
+                let loopback = if addr.ip().is_unspecified() {
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+                } else {
+                    addr
+                };
+                let sandbox = Sandbox::new(SandboxConfig {
+                    public_url: format!(
+                        "{}/sandbox",
+                        config.public_base_url.as_str().trim_end_matches('/')
+                    ),
+                    credentials: Some((config.api_key.clone(), config.server_hash.clone())),
+                });
+                (format!("http://{loopback}/sandbox"), Some(sandbox))
+            }
+        };
+        let bankconnect = BankConnectClient::new(
+            &base_url,
+            config.api_key.clone(),
+            config.server_hash.clone(),
+            config.upstream_connect_timeout,
+            config.upstream_timeout,
+        )?;
+
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            bankconnect,
+            clock: Arc::new(SystemClock),
+            jobs_wakeup: Arc::new(Notify::new()),
+        };
+        let mut router = crate::http::router(state.clone());
+        if let Some(sb) = &sandbox {
+            router = router.nest("/sandbox", sb.router());
+        }
+
+        let shutdown = CancellationToken::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            })
+        };
+        let workers = tokio::spawn(worker::run(state.clone(), workers, shutdown.clone()));
+        Ok(App {
+            addr,
+            state,
+            sandbox,
+            shutdown,
+            server,
+            workers,
+        })
+    }
+
+    /// A handle that stops the service when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled, then drains: in-flight requests finish,
+    /// running jobs finish or give their leases back.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await?;
+        self.shutdown.cancel();
+        self.workers.await?;
+        served?;
+        Ok(())
+    }
+
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

@@ -1,0 +1,223 @@
+//! What can go wrong talking to BankConnect, and whether trying again can help.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+/// An upstream failure. `Api` is an answer BankConnect gave; `Transport` is one we never got.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BankConnectError {
+    /// An error answer. `code` is the documented `error.code`, or `None` when the body only
+    /// had a `detail` or was not JSON at all (then `message` holds its first bytes).
+    #[error("BankConnect answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Connect failure, timeout or broken connection. `maybe_sent` is true when the request
+    /// may have reached the upstream (so a non-idempotent call may have taken effect).
+    #[error("BankConnect unreachable: {message}")]
+    Transport { message: String, maybe_sent: bool },
+    /// A success status whose body is not what the docs describe.
+    #[error("BankConnect sent an unexpected body: {message}")]
+    Decode { message: String },
+}
+
+/// How an error should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying later: 5xx, 429, timeouts, connection errors.
+    Transient,
+    /// Retrying the same request gives the same answer.
+    Permanent,
+    /// Our credentials or plan are wrong: an operator must act; never retried blindly.
+    Configuration,
+}
+
+/// How much of an unrecognised body is kept for the error message.
+const BODY_PREFIX_BYTES: usize = 256;
+
+impl BankConnectError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            BankConnectError::Api { status, .. } => classify_status(*status),
+            BankConnectError::Transport { .. } => ErrorClass::Transient,
+            BankConnectError::Decode { .. } => ErrorClass::Permanent,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// The documented error code, if the upstream sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BankConnectError::Api { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BankConnectError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A code to record and show: the upstream's own, or one naming the failure's kind.
+    pub fn code_or_kind(&self) -> String {
+        match self {
+            BankConnectError::Api { code: Some(c), .. } => c.clone(),
+            BankConnectError::Api { status, .. } => format!("HTTP_{status}"),
+            BankConnectError::Transport { .. } => "UPSTREAM_UNREACHABLE".into(),
+            BankConnectError::Decode { .. } => "UPSTREAM_BAD_RESPONSE".into(),
+        }
+    }
+}
+
+fn classify_status(status: u16) -> ErrorClass {
+    match status {
+        401..=403 => ErrorClass::Configuration,
+        408 | 429 => ErrorClass::Transient,
+        s if s >= 500 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+#[derive(Deserialize)]
+struct Documented {
+    error: DocumentedError,
+}
+
+#[derive(Deserialize)]
+struct DocumentedError {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Detail {
+    detail: String,
+}
+
+/// Turns a non-success answer into an error: the documented `{"error": {code, message}}`
+/// first, then `{"detail": …}`, else the status and the first bytes of the body.
+pub fn parse_error_body(
+    status: StatusCode,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> BankConnectError {
+    let retry_after = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let status = status.as_u16();
+    if let Ok(d) = serde_json::from_slice::<Documented>(body) {
+        return BankConnectError::Api {
+            status,
+            code: Some(d.error.code),
+            message: d.error.message,
+            retry_after,
+        };
+    }
+    if let Ok(d) = serde_json::from_slice::<Detail>(body) {
+        return BankConnectError::Api {
+            status,
+            code: None,
+            message: d.detail,
+            retry_after,
+        };
+    }
+    let end = body.len().min(BODY_PREFIX_BYTES);
+    BankConnectError::Api {
+        status,
+        code: None,
+        message: String::from_utf8_lossy(&body[..end]).into_owned(),
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_shape_keeps_code_and_message() {
+        let e = parse_error_body(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":{"code":"INVALID_SESSION_ID","message":"Session is invalid"}}"#,
+        );
+        assert_eq!(e.code(), Some("INVALID_SESSION_ID"));
+        assert_eq!(e.class(), ErrorClass::Permanent);
+        assert!(e.to_string().contains("Session is invalid"));
+    }
+
+    #[test]
+    fn detail_shape_is_the_fallback() {
+        let e = parse_error_body(
+            StatusCode::UNAUTHORIZED,
+            None,
+            br#"{"detail":"Authentication credentials were not provided."}"#,
+        );
+        assert_eq!(e.code(), None);
+        assert_eq!(e.class(), ErrorClass::Configuration);
+        assert!(e.to_string().contains("credentials were not provided"));
+        assert_eq!(e.code_or_kind(), "HTTP_401");
+    }
+
+    #[test]
+    fn anything_else_keeps_status_and_a_prefix() {
+        let body = format!("<html>{}</html>", "x".repeat(1000));
+        let e = parse_error_body(StatusCode::BAD_GATEWAY, Some("7"), body.as_bytes());
+        match &e {
+            BankConnectError::Api {
+                status,
+                code,
+                message,
+                retry_after,
+            } => {
+                assert_eq!(*status, 502);
+                assert!(code.is_none());
+                assert_eq!(message.len(), BODY_PREFIX_BYTES);
+                assert!(message.starts_with("<html>"));
+                assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn classes_follow_the_status() {
+        assert_eq!(classify_status(500), ErrorClass::Transient);
+        assert_eq!(classify_status(503), ErrorClass::Transient);
+        assert_eq!(classify_status(429), ErrorClass::Transient);
+        assert_eq!(classify_status(402), ErrorClass::Configuration);
+        assert_eq!(classify_status(403), ErrorClass::Configuration);
+        assert_eq!(classify_status(400), ErrorClass::Permanent);
+        assert_eq!(classify_status(404), ErrorClass::Permanent);
+        let t = BankConnectError::Transport {
+            message: "timeout".into(),
+            maybe_sent: true,
+        };
+        assert!(t.is_transient());
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_does_not_panic() {
+        let e = parse_error_body(StatusCode::BAD_REQUEST, None, &[0xff, 0xfe, 0x00]);
+        assert!(matches!(
+            e,
+            BankConnectError::Api {
+                status: 400,
+                code: None,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,106 @@
+//! BankConnect's wire formats, exactly as its docs spell them. Nothing outside this module
+//! names an upstream field or formats an upstream date.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+/// BankConnect dates are `DD/MM/YYYY` (bankconnect.md, "Fetch Recurring AA Data").
+const WIRE_DATE: &str = "%d/%m/%Y";
+
+pub fn to_wire_date(d: NaiveDate) -> String {
+    d.format(WIRE_DATE).to_string()
+}
+
+pub fn parse_wire_date(s: &str) -> Option<NaiveDate> {
+    // chrono accepts single-digit days and months for %d/%m; the wire format is fixed width.
+    if s.len() != 10 {
+        return None;
+    }
+    NaiveDate::parse_from_str(s, WIRE_DATE).ok()
+}
+
+/// `POST /v1/session/` body. `api_key` travels in the body as well as the header, because the
+/// Session API documents both.
+#[derive(Debug, Serialize)]
+pub struct SessionBody<'a> {
+    pub link_id: &'a str,
+    pub api_key: &'a str,
+    pub redirect_url: &'a str,
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mobile_number: Option<&'a str>,
+    pub aa_journey_mode: &'static str,
+    pub aa_recurring_tenure_month_count: u32,
+    pub aa_recurring_frequency_unit: &'static str,
+    pub aa_recurring_frequency_value: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionCreated {
+    pub session_id: String,
+    pub redirect_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConsentDetailsResponse {
+    pub consent_details: Vec<ConsentDetail>,
+}
+
+/// One consented account. Only `consent_id` is relied on; the rest falls back to what the
+/// journey asked for when missing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsentDetail {
+    pub consent_id: String,
+    #[serde(default)]
+    pub bank_name: Option<String>,
+    #[serde(default)]
+    pub masked_account_number: Option<String>,
+    #[serde(default)]
+    pub tenure_month_count: Option<u32>,
+    #[serde(default)]
+    pub frequency_unit: Option<String>,
+    #[serde(default)]
+    pub frequency_value: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_day_month_year() {
+        let d = NaiveDate::from_ymd_opt(2025, 10, 10).unwrap();
+        assert_eq!(to_wire_date(d), "10/10/2025");
+        let d = NaiveDate::from_ymd_opt(2025, 1, 2).unwrap();
+        assert_eq!(to_wire_date(d), "02/01/2025");
+        assert_eq!(parse_wire_date("02/01/2025"), Some(d));
+    }
+
+    #[test]
+    fn bad_wire_dates_are_refused() {
+        assert_eq!(parse_wire_date("2025-01-02"), None);
+        assert_eq!(parse_wire_date("2/1/2025"), None);
+        assert_eq!(parse_wire_date("31/02/2025"), None);
+        assert_eq!(parse_wire_date("29/02/2023"), None);
+        assert!(parse_wire_date("29/02/2024").is_some());
+        assert_eq!(parse_wire_date(""), None);
+    }
+
+    #[test]
+    fn consent_details_parse_the_documented_sample() {
+        let r: ConsentDetailsResponse = serde_json::from_str(
+            r#"{"consent_details": [{"consent_id": "8d5fa22b-216a-54e2-90da-65d1c67c8964", "bank_name": "hdfc",
+                "masked_account_number": "XXXXXXXXXXX2304", "tenure_month_count": 24,
+                "frequency_unit": "day", "frequency_value": 3}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.consent_details[0].tenure_month_count, Some(24));
+        assert_eq!(r.consent_details[0].frequency_unit.as_deref(), Some("day"));
+    }
+}

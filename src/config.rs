@@ -1,0 +1,388 @@
+//! Environment → validated [`Config`].
+//!
+//! Every variable is read in one place so that a misconfiguration fails at start with the
+//! variable's name, not later inside a request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+/// A configuration problem, always naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// How a webhook proves it came from BankConnect (see DESIGN.md, "Webhook authenticity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookVerify {
+    SecretKey,
+    HmacSha256,
+    StandardWebhooks,
+}
+
+/// Where the upstream is. Sandbox mode mounts the simulator in-process and talks to it over HTTP.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Sandbox,
+    Remote(Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub bind_addr: SocketAddr,
+    pub public_base_url: Url,
+    pub upstream: Upstream,
+    pub api_key: SecretString,
+    pub server_hash: SecretString,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub webhook_verify: WebhookVerify,
+    pub webhook_secrets: Vec<SecretString>,
+    pub api_tokens: Vec<SecretString>,
+    /// True when no `API_TOKENS` were set and a development token was made up at start.
+    pub api_token_generated: bool,
+    pub frontend_return_url: Option<Url>,
+    pub app_env: AppEnv,
+    pub poll_fallback_after: Duration,
+    pub pull_deadline: Duration,
+    pub data_retention_days: u32,
+    pub log_format: LogFormat,
+}
+
+/// The credentials the in-process sandbox expects when none are configured.
+pub const SANDBOX_API_KEY: &str = "sandbox-api-key";
+pub const SANDBOX_SERVER_HASH: &str = "sandbox-server-hash";
+
+/// The path BankConnect sends the browser back to; also the `redirect_url` we register.
+pub const CALLBACK_PATH: &str = "/bankconnect/callback";
+
+impl Config {
+    /// Reads the process environment (after `.env`, if present).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Builds a config from any lookup, so tests can pass a map instead of mutating the
+    /// process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // An empty variable means "unset": `.env` files often carry `KEY=`.
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+
+        let app_env = match get("APP_ENV").as_deref() {
+            None | Some("development") => AppEnv::Development,
+            Some("production") => AppEnv::Production,
+            Some(other) => {
+                return Err(err(
+                    "APP_ENV",
+                    format!("must be `development` or `production`, got `{other}`"),
+                ));
+            }
+        };
+
+        let database_url =
+            get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/aa-recurring.db".to_string());
+        if !database_url.starts_with("sqlite:") && !database_url.starts_with("postgres") {
+            return Err(err(
+                "DATABASE_URL",
+                "must start with `sqlite://` or `postgres://`",
+            ));
+        }
+
+        let bind_addr = get("BIND_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8080".to_string())
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                err(
+                    "BIND_ADDR",
+                    format!("must be host:port, e.g. 127.0.0.1:8080 ({e})"),
+                )
+            })?;
+
+        let public_base_url = parse_url(
+            "PUBLIC_BASE_URL",
+            &get("PUBLIC_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
+        )?;
+        // BankConnect caps `redirect_url` at 200 characters.
+        let callback_len =
+            public_base_url.as_str().trim_end_matches('/').len() + CALLBACK_PATH.len();
+        if callback_len > 200 {
+            return Err(err(
+                "PUBLIC_BASE_URL",
+                "too long: the callback URL built from it must fit BankConnect's 200-character redirect_url",
+            ));
+        }
+
+        let upstream = match get("BANKCONNECT_BASE_URL") {
+            None => Upstream::Sandbox,
+            Some(v) => Upstream::Remote(parse_url("BANKCONNECT_BASE_URL", &v)?),
+        };
+        let sandbox = matches!(upstream, Upstream::Sandbox);
+        let secret =
+            |var: &'static str, sandbox_default: &str| -> Result<SecretString, ConfigError> {
+                match get(var) {
+                    Some(v) => Ok(v.into()),
+                    None if sandbox => Ok(sandbox_default.into()),
+                    None => Err(err(var, "required when BANKCONNECT_BASE_URL is set")),
+                }
+            };
+        let api_key = secret("BANKCONNECT_API_KEY", SANDBOX_API_KEY)?;
+        let server_hash = secret("BANKCONNECT_SERVER_HASH", SANDBOX_SERVER_HASH)?;
+
+        let webhook_verify = match get("WEBHOOK_VERIFY").as_deref() {
+            None | Some("hmac-sha256") => WebhookVerify::HmacSha256,
+            Some("secret-key") => WebhookVerify::SecretKey,
+            Some("standard-webhooks") => WebhookVerify::StandardWebhooks,
+            Some(other) => {
+                return Err(err(
+                    "WEBHOOK_VERIFY",
+                    format!(
+                        "must be `secret-key`, `hmac-sha256` or `standard-webhooks`, got `{other}`"
+                    ),
+                ));
+            }
+        };
+        let webhook_secrets = split_list(get("WEBHOOK_SECRETS"));
+        if webhook_verify == WebhookVerify::StandardWebhooks {
+            for s in &webhook_secrets {
+                if !s.starts_with("whsec_") {
+                    return Err(err(
+                        "WEBHOOK_SECRETS",
+                        "standard-webhooks secrets must start with `whsec_`",
+                    ));
+                }
+            }
+        }
+
+        let mut api_tokens = split_list(get("API_TOKENS"));
+        let mut api_token_generated = false;
+        if api_tokens.is_empty() && app_env == AppEnv::Development {
+            api_tokens.push(format!("dev-{}", uuid::Uuid::new_v4().simple()));
+            api_token_generated = true;
+        }
+
+        let frontend_return_url = get("FRONTEND_RETURN_URL")
+            .map(|v| parse_url("FRONTEND_RETURN_URL", &v))
+            .transpose()?;
+
+        let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(positive(var, get(var), default)?))
+        };
+        let poll_fallback_after = secs("POLL_FALLBACK_AFTER_SECS", 60)?;
+        let pull_deadline = secs("PULL_DEADLINE_SECS", 86_400)?;
+        let upstream_connect_timeout = secs("BANKCONNECT_CONNECT_TIMEOUT_SECS", 5)?;
+        let upstream_timeout = secs("BANKCONNECT_TIMEOUT_SECS", 30)?;
+        let data_retention_days = u32::try_from(positive(
+            "DATA_RETENTION_DAYS",
+            get("DATA_RETENTION_DAYS"),
+            30,
+        )?)
+        .map_err(|_| err("DATA_RETENTION_DAYS", "too large"))?;
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(
+                    "LOG_FORMAT",
+                    format!("must be `pretty` or `json`, got `{other}`"),
+                ));
+            }
+        };
+
+        if app_env == AppEnv::Production {
+            if sandbox {
+                return Err(err(
+                    "BANKCONNECT_BASE_URL",
+                    "required in production: sandbox mode is refused",
+                ));
+            }
+            if webhook_secrets.is_empty() {
+                return Err(err("WEBHOOK_SECRETS", "required in production"));
+            }
+            if api_tokens.is_empty() {
+                return Err(err("API_TOKENS", "required in production"));
+            }
+        }
+
+        Ok(Config {
+            database_url,
+            bind_addr,
+            public_base_url,
+            upstream,
+            api_key,
+            server_hash,
+            upstream_connect_timeout,
+            upstream_timeout,
+            webhook_verify,
+            webhook_secrets: webhook_secrets.into_iter().map(Into::into).collect(),
+            api_tokens: api_tokens.into_iter().map(Into::into).collect(),
+            api_token_generated,
+            frontend_return_url,
+            app_env,
+            poll_fallback_after,
+            pull_deadline,
+            data_retention_days,
+            log_format,
+        })
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self.upstream, Upstream::Sandbox)
+    }
+
+    /// The absolute callback URL registered with BankConnect as `redirect_url`.
+    pub fn callback_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.public_base_url.as_str().trim_end_matches('/'),
+            CALLBACK_PATH
+        )
+    }
+}
+
+fn parse_url(var: &'static str, v: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(v).map_err(|e| err(var, format!("not a valid URL ({e})")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(err(var, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+fn positive(var: &'static str, v: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(err(
+                var,
+                format!("must be a positive whole number, got `{v}`"),
+            )),
+        },
+    }
+}
+
+fn split_list(v: Option<String>) -> Vec<String> {
+    v.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_sandbox_sqlite_with_a_generated_token() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.is_sandbox());
+        assert_eq!(c.database_url, "sqlite://data/aa-recurring.db");
+        assert_eq!(
+            c.callback_url(),
+            "http://127.0.0.1:8080/bankconnect/callback"
+        );
+        assert!(c.api_token_generated);
+        assert_eq!(c.api_tokens.len(), 1);
+        assert_eq!(c.webhook_verify, WebhookVerify::HmacSha256);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = cfg(&[("BIND_ADDR", "nonsense")]).unwrap_err();
+        assert_eq!(e.var, "BIND_ADDR");
+        let e = cfg(&[("POLL_FALLBACK_AFTER_SECS", "-3")]).unwrap_err();
+        assert_eq!(e.var, "POLL_FALLBACK_AFTER_SECS");
+        let e = cfg(&[("WEBHOOK_VERIFY", "md5")]).unwrap_err();
+        assert_eq!(e.var, "WEBHOOK_VERIFY");
+        let e = cfg(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let e = cfg(&[("BANKCONNECT_BASE_URL", "https://x.example/bank-connect")]).unwrap_err();
+        assert_eq!(e.var, "BANKCONNECT_API_KEY");
+    }
+
+    #[test]
+    fn production_refuses_sandbox_and_missing_secrets() {
+        let e = cfg(&[("APP_ENV", "production")]).unwrap_err();
+        assert_eq!(e.var, "BANKCONNECT_BASE_URL");
+        let remote = [
+            ("APP_ENV", "production"),
+            ("BANKCONNECT_BASE_URL", "https://x.example/bank-connect"),
+            ("BANKCONNECT_API_KEY", "k"),
+            ("BANKCONNECT_SERVER_HASH", "h"),
+        ];
+        assert_eq!(cfg(&remote).unwrap_err().var, "WEBHOOK_SECRETS");
+        let mut with_secret = remote.to_vec();
+        with_secret.push(("WEBHOOK_SECRETS", "s1"));
+        assert_eq!(cfg(&with_secret).unwrap_err().var, "API_TOKENS");
+        with_secret.push(("API_TOKENS", "t1, t2"));
+        let c = cfg(&with_secret).unwrap();
+        assert!(!c.api_token_generated);
+        assert_eq!(c.api_tokens.len(), 2);
+    }
+
+    #[test]
+    fn standard_webhooks_secrets_need_the_prefix() {
+        let e = cfg(&[
+            ("WEBHOOK_VERIFY", "standard-webhooks"),
+            ("WEBHOOK_SECRETS", "plain"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WEBHOOK_SECRETS");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = cfg(&[
+            ("API_TOKENS", "very-secret-token"),
+            ("WEBHOOK_SECRETS", "hush"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret-token"));
+        assert!(!shown.contains("hush"));
+        assert!(!shown.contains(SANDBOX_API_KEY));
+    }
+}

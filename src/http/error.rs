@@ -1,0 +1,128 @@
+//! The one error type of the HTTP surface: every failure becomes
+//! `{"error": {"code", "message"}}` with a fitting status.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::bankconnect::{BankConnectError, ErrorClass};
+use crate::domain::session::ValidationError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// Well-formed input that breaks a rule (422).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Input we cannot read at all (400).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    UnsupportedMediaType { message: String },
+    #[error("{what} not found")]
+    NotFound {
+        code: &'static str,
+        what: &'static str,
+    },
+    #[error(transparent)]
+    Upstream(#[from] BankConnectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, String) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED".into()),
+            ApiError::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code.into()),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, (*code).into()),
+            ApiError::UnsupportedMediaType { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE".into(),
+            ),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
+            ApiError::Upstream(e) => match e.class() {
+                ErrorClass::Transient => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UPSTREAM_UNAVAILABLE".into(),
+                ),
+                ErrorClass::Configuration => {
+                    (StatusCode::BAD_GATEWAY, "UPSTREAM_AUTH_FAILED".into())
+                }
+                ErrorClass::Permanent => (
+                    StatusCode::BAD_GATEWAY,
+                    format!("UPSTREAM_{}", e.code_or_kind()),
+                ),
+            },
+            ApiError::Store(e) if e.is_unavailable() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_UNAVAILABLE".into(),
+            ),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL".into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Invalid(e) => e.message.clone(),
+            // Internal details go to the log, not to the caller.
+            ApiError::Store(e) if !e.is_unavailable() => {
+                tracing::error!(error = %e, "store error");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        if status.is_server_error() {
+            tracing::warn!(%status, %code, %message, "request failed");
+        }
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::Invalid(ValidationError {
+                code: "INVALID_BODY",
+                message: e.body_text(),
+            }),
+            JsonRejection::MissingJsonContentType(e) => ApiError::UnsupportedMediaType {
+                message: e.body_text(),
+            },
+            other => ApiError::bad_request("INVALID_JSON", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request("INVALID_QUERY", r.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections speak our error shape.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// `axum::extract::Query` whose rejections speak our error shape.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);

@@ -1,0 +1,30 @@
+//! Liveness and readiness for orchestrators.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// The process is up; says nothing about its dependencies.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready only while the database answers, so a load balancer stops sending traffic to an
+/// instance that cannot commit anything.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": {"code": "NOT_READY", "message": "the database does not answer"}})),
+            )
+                .into_response()
+        }
+    }
+}

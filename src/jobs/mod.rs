@@ -1,0 +1,140 @@
+//! The durable job queue: every piece of follow-up work is a row that survives a crash,
+//! is leased by one worker at a time, retried with backoff and finally marked dead.
+
+pub mod capture_consents;
+pub mod worker;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::consent::string_enum;
+
+/// What a job does; one handler per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Fetch and store the consent details of an approved session.
+    CaptureConsents,
+}
+
+string_enum!(JobKind { CaptureConsents => "capture_consents" });
+
+impl JobKind {
+    /// How many attempts before a job of this kind is dead. With the default backoff (capped
+    /// at an hour) capturing consents keeps trying for most of a day, which outlasts an
+    /// ordinary upstream outage.
+    pub fn max_attempts(self) -> i32 {
+        match self {
+            JobKind::CaptureConsents => 30,
+        }
+    }
+}
+
+/// A job to insert. `dedupe_key` makes enqueueing idempotent: while a job with the same key
+/// is queued or running, another insert is a no-op.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: JobKind,
+    pub payload: serde_json::Value,
+    pub run_at: DateTime<Utc>,
+    pub dedupe_key: Option<String>,
+}
+
+/// A claimed job, leased to this worker until its lease expires.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// How a claimed job ends this attempt.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Done,
+    Retry {
+        run_at: DateTime<Utc>,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// Given back unfinished (shutdown): runs again at once, and this attempt does not count.
+    Release,
+}
+
+/// A handler's failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Try again later; `after` overrides the backoff (an upstream `Retry-After`).
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// Trying again cannot help: the job is dead at once.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Payload of [`JobKind::CaptureConsents`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapturePayload {
+    pub session_id: String,
+}
+
+/// Exponential backoff with full jitter: a uniformly random wait up to `base * 2^(attempt-1)`,
+/// capped, and never less than a tenth of that bound so that retries do not bunch at zero.
+/// `unit` is a random number in [0, 1).
+pub fn backoff(attempt: i32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).clamp(0, 30) as u32;
+    let bound = base.saturating_mul(1u32 << exp.min(20)).min(cap);
+    let frac = 0.1 + 0.9 * unit.clamp(0.0, 1.0);
+    bound.mul_f64(frac)
+}
+
+/// When a failed attempt should run again.
+pub fn retry_delay(attempt: i32, after: Option<Duration>) -> Duration {
+    after.unwrap_or_else(|| backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, rand::random::<f64>()))
+}
+
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(1, b, cap, 0.999_999).as_millis(), 999);
+        assert_eq!(backoff(3, b, cap, 0.999_999).as_millis(), 3999);
+        assert_eq!(backoff(40, b, cap, 0.999_999).as_secs(), 59);
+        assert_eq!(backoff(40, b, cap, 0.0), Duration::from_secs(6));
+        assert_eq!(backoff(1, b, cap, 0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_is_safe_for_odd_attempts() {
+        let b = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(0, b, cap, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(-5, b, cap, 0.0), Duration::from_millis(100));
+        assert!(backoff(i32::MAX, b, cap, 1.0) <= cap);
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff() {
+        assert_eq!(
+            retry_delay(5, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert!(retry_delay(1, None) <= Duration::from_secs(1));
+    }
+}

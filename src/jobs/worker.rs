@@ -1,0 +1,155 @@
+//! The worker pool that runs inside `serve`: claims due jobs, keeps their leases alive while
+//! they run, and on shutdown lets them finish for a grace period before giving them back.
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{CapturePayload, Job, JobError, JobKind, JobOutcome, capture_consents, retry_delay};
+use crate::app::AppState;
+
+/// Tunables of the pool; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub lease: Duration,
+    /// How often to look for due jobs when nothing wakes the pool.
+    pub poll: Duration,
+    /// How long running jobs may go on after shutdown starts.
+    pub grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(500),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+pub async fn run(state: AppState, settings: WorkerSettings, shutdown: CancellationToken) {
+    let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let mut running = JoinSet::new();
+    loop {
+        let free = settings.concurrency.saturating_sub(running.len());
+        if free > 0 {
+            let now = state.clock.now();
+            let lease_until = now + settings.lease;
+            match state
+                .store
+                .claim_jobs(&owner, now, lease_until, free as u32)
+                .await
+            {
+                Ok(jobs) => {
+                    for job in jobs {
+                        running.spawn(run_one(
+                            state.clone(),
+                            settings.clone(),
+                            owner.clone(),
+                            job,
+                            shutdown.clone(),
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = state.jobs_wakeup.notified() => {}
+            _ = tokio::time::sleep(settings.poll) => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    // Each running job finishes or releases itself within the grace period.
+    while running.join_next().await.is_some() {}
+}
+
+async fn run_one(
+    state: AppState,
+    settings: WorkerSettings,
+    owner: String,
+    job: Job,
+    shutdown: CancellationToken,
+) {
+    let outcome = if job.attempts > job.max_attempts {
+        // Its leases kept expiring (a crash loop): stop trying.
+        JobOutcome::Dead {
+            error: "lease expired on the last attempt".into(),
+        }
+    } else {
+        let work = dispatch(&state, &job);
+        tokio::pin!(work);
+        let mut heartbeat = tokio::time::interval(settings.lease / 3);
+        heartbeat.tick().await;
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(settings.grace).await;
+        };
+        tokio::pin!(grace_over);
+        loop {
+            tokio::select! {
+                result = &mut work => break outcome_of(&state, &job, result),
+                _ = heartbeat.tick() => {
+                    let until = state.clock.now() + settings.lease;
+                    match state.store.extend_lease(job.id, &owner, until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job_id = job.id, "lease lost; another worker owns the job now");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(job_id = job.id, error = %e, "heartbeat failed"),
+                    }
+                }
+                _ = &mut grace_over => break JobOutcome::Release,
+            }
+        }
+    };
+    if let JobOutcome::Dead { error } = &outcome {
+        tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
+    }
+    if let Err(e) = state
+        .store
+        .finish_job(job.id, &owner, &outcome, state.clock.now())
+        .await
+    {
+        // The lease will expire and another attempt will run: handlers are idempotent.
+        tracing::warn!(job_id = job.id, error = %e, "recording the job's outcome failed");
+    }
+}
+
+async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
+    let kind: JobKind = job
+        .kind
+        .parse()
+        .map_err(|_| JobError::Fatal(format!("unknown job kind `{}`", job.kind)))?;
+    match kind {
+        JobKind::CaptureConsents => {
+            let payload: CapturePayload = serde_json::from_value(job.payload.clone())
+                .map_err(|e| JobError::Fatal(format!("bad payload: {e}")))?;
+            capture_consents::run(state, payload).await
+        }
+    }
+}
+
+fn outcome_of(state: &AppState, job: &Job, result: Result<(), JobError>) -> JobOutcome {
+    match result {
+        Ok(()) => JobOutcome::Done,
+        Err(JobError::Fatal(error)) => JobOutcome::Dead { error },
+        Err(JobError::Retry { message, .. }) if job.attempts >= job.max_attempts => {
+            JobOutcome::Dead { error: message }
+        }
+        Err(JobError::Retry { message, after }) => {
+            let delay = retry_delay(job.attempts, after);
+            tracing::info!(job_id = job.id, kind = %job.kind, attempt = job.attempts, ?delay, error = %message, "job will retry");
+            JobOutcome::Retry {
+                run_at: state.clock.now() + delay,
+                error: message,
+            }
+        }
+    }
+}

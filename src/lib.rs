@@ -1,0 +1,11 @@
+//! aa-recurring: a lender's backend for FinBox BankConnect Account Aggregator recurring pulls.
+
+pub mod app;
+pub mod bankconnect;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod jobs;
+pub mod sandbox;
+pub mod store;

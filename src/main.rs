@@ -1,0 +1,179 @@
+//! `aa-recurring`: serve (default) | migrate | sandbox.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use aa_recurring::app::App;
+use aa_recurring::config::{Config, LogFormat};
+use aa_recurring::jobs::worker::WorkerSettings;
+use aa_recurring::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "aa-recurring",
+    version,
+    about = "FinBox BankConnect AA recurring pulls for lenders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server and the job workers (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Run the BankConnect simulator alone (for load tests and separate-process setups).
+    Sandbox {
+        /// Where the simulator listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        bind: SocketAddr,
+        /// How browsers reach it (defaults to http://BIND).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Require this x-api-key (default: accept any non-empty one).
+        #[arg(long, env = "SANDBOX_API_KEY")]
+        api_key: Option<String>,
+        /// Require this server-hash (default: accept any non-empty one).
+        #[arg(long, env = "SANDBOX_SERVER_HASH")]
+        server_hash: Option<String>,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aa-recurring: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::Migrate => {
+            let config = Config::from_env()?;
+            init_tracing(config.log_format);
+            let store = aa_recurring::store::connect(&config.database_url).await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Sandbox {
+            bind,
+            public_url,
+            api_key,
+            server_hash,
+        } => {
+            let _ = dotenvy::dotenv();
+            let format = match std::env::var("LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Pretty,
+            };
+            init_tracing(format);
+            let listener = TcpListener::bind(bind).await?;
+            let addr = listener.local_addr()?;
+            let credentials = match (api_key, server_hash) {
+                (Some(k), Some(h)) => Some((k.into(), h.into())),
+                (None, None) => None,
+                _ => anyhow::bail!("--api-key and --server-hash go together"),
+            };
+            let sandbox = Sandbox::new(SandboxConfig {
+                public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
+                credentials,
+            });
+            eprintln!(
+                "BankConnect sandbox listening on http://{addr} (use it as BANKCONNECT_BASE_URL)"
+            );
+            axum::serve(listener, sandbox.router())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    init_tracing(config.log_format);
+    let listener = TcpListener::bind(config.bind_addr).await?;
+    let banner = banner(&config);
+    let app = App::start(config, listener, WorkerSettings::default()).await?;
+    if let Some(banner) = banner {
+        eprintln!("{banner}");
+    }
+    tracing::info!(addr = %app.addr, "listening");
+    let token: CancellationToken = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    app.wait().await
+}
+
+/// The loud notice for sandbox mode and for a made-up development token.
+fn banner(config: &Config) -> Option<String> {
+    let mut lines = vec![];
+    if config.is_sandbox() {
+        lines.push("SANDBOX MODE: BankConnect is simulated in-process under /sandbox.".to_string());
+        lines.push(
+            "No real bank data is fetched. Set BANKCONNECT_BASE_URL to use FinBox.".to_string(),
+        );
+    }
+    if config.api_token_generated {
+        let token = config.api_tokens[0].expose_secret();
+        lines.push(format!(
+            "Development API token (made up for this run): {token}"
+        ));
+        lines.push(format!("  export TOKEN={token}"));
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let rule = "=".repeat(78);
+    Some(format!("{rule}\n{}\n{rule}", lines.join("\n")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

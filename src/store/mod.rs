@@ -1,0 +1,154 @@
+//! Persistence behind one trait, so SQLite (embedded) and Postgres (scale-out) are two
+//! implementations of the same contract. All SQL lives under this module.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::session::{Session, SessionStatus};
+use crate::jobs::{Job, JobOutcome, NewJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value this version cannot read (a bad enum string, say).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// True when the database itself is out of reach (as opposed to a bad query or row), so
+    /// the caller may answer 503 and expect a retry to work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
+        )
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which consents to list; results are ordered by insertion and paged by `after_seq`.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentFilter {
+    pub link_id: Option<String>,
+    pub status: Option<ConsentStatus>,
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// A page of consents with the position of each, for cursors.
+pub type ConsentPage = Vec<(i64, Consent)>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Answers only when the database does.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn insert_session(&self, s: &Session) -> StoreResult<()>;
+    async fn get_session(&self, session_id: &str) -> StoreResult<Option<Session>>;
+    /// The browser came back approved: moves the session to `capturing` (unless it is already
+    /// `completed`) and enqueues `job` in the same transaction, so the capture survives a crash.
+    async fn begin_capture(
+        &self,
+        session_id: &str,
+        job: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Session>;
+    /// The browser came back denied: only a `pending` session becomes `abandoned`, so a stale
+    /// or replayed denial never undoes an approval.
+    async fn abandon_session(&self, session_id: &str, now: DateTime<Utc>) -> StoreResult<Session>;
+    /// Stores the consents (existing ones are left as they are) and marks the session
+    /// `completed`, in one transaction.
+    async fn complete_session(
+        &self,
+        session_id: &str,
+        consents: &[Consent],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Records why capturing failed; `status` is `capturing` (will be retried) or `failed`.
+    async fn record_session_error(
+        &self,
+        session_id: &str,
+        status: SessionStatus,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>>;
+    async fn list_consents(&self, filter: &ConsentFilter) -> StoreResult<ConsentPage>;
+    async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>>;
+
+    /// Inserts a job; a no-op while a live job has the same dedupe key.
+    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<()>;
+    /// Leases up to `limit` due jobs (or jobs whose lease expired) to `owner` until
+    /// `lease_until`, counting an attempt for each.
+    async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>>;
+    /// Extends a lease this owner still holds; false when it was lost.
+    async fn extend_lease(
+        &self,
+        job_id: i64,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Ends this owner's attempt at a job. Does nothing if the lease was lost meanwhile.
+    async fn finish_job(
+        &self,
+        job_id: i64,
+        owner: &str,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Counts jobs by status, for tests and operators.
+    async fn job_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store that `database_url` names.
+pub async fn connect(database_url: &str) -> StoreResult<DynStore> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::Unsupported(
+            "postgres:// is not supported by this build yet; use sqlite://",
+        ))
+    }
+}
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+}
+
+pub(crate) fn parse_enum<T: std::str::FromStr>(what: &str, v: &str) -> StoreResult<T> {
+    v.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{what} `{v}`")))
+}
