@@ -1,0 +1,241 @@
+//! Spawns the real service on port 0 against the sandbox and drives it over HTTP.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aa_recurring::app::App;
+use aa_recurring::config::Config;
+use aa_recurring::jobs::worker::WorkerSettings;
+use aa_recurring::sandbox::{Sandbox, SandboxConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const TOKEN: &str = "test-token";
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub app: Option<App>,
+    pub db_url: String,
+    /// Where the upstream simulator is reached (in-process or standalone).
+    pub sandbox_base: String,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+pub fn worker_settings() -> WorkerSettings {
+    WorkerSettings {
+        poll: Duration::from_millis(50),
+        grace: Duration::from_secs(2),
+        ..WorkerSettings::default()
+    }
+}
+
+/// The service in sandbox mode on a fresh SQLite file.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(&[]).await
+}
+
+pub async fn spawn_with(extra: &[(&str, &str)]) -> TestApp {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db_url = format!("sqlite://{}/test.db", dir.path().display());
+    start(db_url, dir, extra).await
+}
+
+/// Starts (or restarts) the service on `db_url`.
+pub async fn start(
+    db_url: String,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("DATABASE_URL".into(), db_url.clone()),
+        ("API_TOKENS".into(), TOKEN.into()),
+        ("PUBLIC_BASE_URL".into(), base.clone()),
+        ("BANKCONNECT_TIMEOUT_SECS".into(), "5".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test config");
+    let sandbox_base = vars
+        .get("BANKCONNECT_BASE_URL")
+        .cloned()
+        .unwrap_or_else(|| format!("{base}/sandbox"));
+    let app = App::start(config, listener, worker_settings())
+        .await
+        .expect("app starts");
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        app: Some(app),
+        db_url,
+        sandbox_base,
+        dir,
+    }
+}
+
+/// A standalone simulator on its own port, as `aa-recurring sandbox` runs it.
+pub async fn spawn_sandbox() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let sandbox = Sandbox::new(SandboxConfig {
+        public_url: base.clone(),
+        credentials: None,
+    });
+    tokio::spawn(async move { axum::serve(listener, sandbox.router()).await });
+    base
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        decode(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        decode(r).await
+    }
+
+    /// Starts a journey and returns `(session_id, redirect_url)`.
+    pub async fn start_journey(&self, link_id: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                "/api/v1/consent-sessions",
+                &json!({"link_id": link_id, "tenure_months": 12, "frequency_unit": "month", "frequency_value": 5}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["session_id"].as_str().unwrap().to_string(),
+            body["redirect_url"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Opens the SDK page, presses `decision` ("approve" or "deny") and follows the redirect
+    /// into our callback, asking for JSON. Returns the callback's answer.
+    pub async fn decide(&self, redirect_url: &str, decision: &str) -> (StatusCode, Value) {
+        let page = self
+            .http
+            .get(redirect_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let action = form_action(&page, decision);
+        let r = self
+            .http
+            .post(action)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.url().path().ends_with("/bankconnect/callback"),
+            "the SDK sent the browser to {}",
+            r.url()
+        );
+        decode(r).await
+    }
+
+    /// Calls the simulator has answered per endpoint.
+    pub async fn upstream_calls(&self, endpoint: &str) -> u64 {
+        let (_, body) = decode(
+            self.http
+                .get(format!("{}/_control/calls", self.sandbox_base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        body["calls"][endpoint].as_u64().unwrap_or(0)
+    }
+
+    pub async fn inject_fault(&self, endpoint: &str, status: u16, count: u32) {
+        let r = self
+            .http
+            .post(format!("{}/_control/faults", self.sandbox_base))
+            .json(&json!({"endpoint": endpoint, "status": status, "count": count}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+
+    pub async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/_control/faults", self.sandbox_base))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Polls `GET path` until `done` holds for its body, or panics after `secs`.
+    pub async fn eventually(&self, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, body) = self.get(path).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting on {path}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.unwrap();
+        }
+    }
+}
+
+pub async fn decode(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// The `action` of the SDK page's form whose URL ends in `/{decision}`.
+pub fn form_action(page: &str, decision: &str) -> String {
+    page.split("action=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .find(|a| a.ends_with(&format!("/{decision}")))
+        .unwrap_or_else(|| panic!("no {decision} form on the SDK page: {page}"))
+}
+
+/// The error code of an error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}

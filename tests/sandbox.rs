@@ -1,0 +1,194 @@
+//! The simulator speaks BankConnect's language: paths, auth, bodies, error shapes and codes.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn session_body() -> Value {
+    json!({
+        "link_id": "cust", "api_key": "k", "redirect_url": "https://lender.example/cb", "mode": "aa",
+        "aa_journey_mode": "only_recurring", "aa_recurring_tenure_month_count": 12,
+        "aa_recurring_frequency_unit": "day", "aa_recurring_frequency_value": 1
+    })
+}
+
+async fn post_session(base: &str, body: &Value) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/session/"))
+        .header("x-api-key", "k")
+        .header("server-hash", "h")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    decode(r).await
+}
+
+#[tokio::test]
+async fn the_sandbox_requires_auth_headers() {
+    let base = spawn_sandbox().await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/session/"))
+        .json(&session_body())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = decode(r).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body,
+        json!({"detail": "Authentication credentials were not provided."})
+    );
+
+    // In-process, the sandbox insists on the configured credentials.
+    let app = spawn_app().await;
+    let r = app
+        .http
+        .post(format!("{}/v1/session/", app.sandbox_base))
+        .header("x-api-key", "not-the-key")
+        .header("server-hash", "not-the-hash")
+        .json(&session_body())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = decode(r).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code(&body), "ACCESS_DENIED");
+}
+
+#[tokio::test]
+async fn the_sandbox_validates_recurring_parameters_and_dates() {
+    let base = spawn_sandbox().await;
+    let with = |k: &str, v: Value| {
+        let mut b = session_body();
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = session_body();
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    let cases = [
+        (
+            with("aa_recurring_tenure_month_count", json!(0)),
+            "INVALID_AA_PARAMETER",
+        ),
+        (
+            with("aa_recurring_frequency_value", json!(9)),
+            "INVALID_AA_PARAMETER",
+        ),
+        (
+            with("aa_recurring_frequency_unit", json!("week")),
+            "INVALID_AA_PARAMETER",
+        ),
+        (
+            with("aa_journey_mode", json!("sometimes")),
+            "INVALID_AA_PARAMETER",
+        ),
+        (
+            without("aa_recurring_frequency_unit"),
+            "MISSING_AA_PARAMETER",
+        ),
+        (
+            without("aa_recurring_tenure_month_count"),
+            "MISSING_AA_PARAMETER",
+        ),
+        (
+            with("from_date", json!("2025-10-10")),
+            "INVALID_DATE_FORMAT",
+        ),
+        (with("redirect_url", json!("not a url")), "INVALID_URL"),
+    ];
+    for (body, want) in cases {
+        let (status, answer) = post_session(&base, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(code(&answer), want, "{body}");
+    }
+    let mut reversed = session_body();
+    reversed["from_date"] = json!("10/11/2025");
+    reversed["to_date"] = json!("10/10/2025");
+    let (status, answer) = post_session(&base, &reversed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&answer), "INVALID_DATE_RANGE");
+
+    let mut good = session_body();
+    good["from_date"] = json!("10/10/2025");
+    good["to_date"] = json!("10/11/2025");
+    let (status, answer) = post_session(&base, &good).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        answer["redirect_url"]
+            .as_str()
+            .unwrap()
+            .contains(answer["session_id"].as_str().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn consent_details_follow_the_journey() {
+    let base = spawn_sandbox().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let details = |id: &str| {
+        http.post(format!(
+            "{base}/v1/account_aggregator/get_recurring_consent_details/"
+        ))
+        .query(&[("session_id", id)])
+        .header("x-api-key", "k")
+        .header("server-hash", "h")
+        .send()
+    };
+    let (status, body) = decode(details("no-such-session").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&body), "INVALID_SESSION_ID");
+
+    let (_, created) = post_session(&base, &session_body()).await;
+    let id = created["session_id"].as_str().unwrap();
+    let (_, body) = decode(details(id).await.unwrap()).await;
+    assert_eq!(body, json!({"consent_details": []}));
+
+    let page = http
+        .get(created["redirect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = http
+        .post(form_action(&page, "approve"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("https://lender.example/cb?success=true&session_id={id}")
+    );
+    let (_, body) = decode(details(id).await.unwrap()).await;
+    let list = body["consent_details"].as_array().unwrap();
+    assert!(!list.is_empty());
+    for c in list {
+        assert_eq!(c["tenure_month_count"], 12);
+        assert_eq!(c["frequency_unit"], "day");
+        assert_eq!(c["frequency_value"], 1);
+        assert!(
+            c["masked_account_number"]
+                .as_str()
+                .unwrap()
+                .starts_with("XXXXXXXX")
+        );
+    }
+    // Approving again returns the same consents: the data is deterministic.
+    http.post(form_action(&page, "approve"))
+        .send()
+        .await
+        .unwrap();
+    let (_, again) = decode(details(id).await.unwrap()).await;
+    assert_eq!(again, body);
+}
