@@ -13,7 +13,8 @@ use crate::bankconnect::BankConnectClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Upstream};
 use crate::jobs::worker::{self, WorkerSettings};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::metrics::Metrics;
+use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use crate::store::{self, DynStore};
 
 /// What every handler and job needs. Cheap to clone.
@@ -25,6 +26,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Wakes the worker pool when a job is enqueued in this process.
     pub jobs_wakeup: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running service: the HTTP server and its workers.
@@ -65,6 +67,11 @@ impl App {
                         config.public_base_url.as_str().trim_end_matches('/')
                     ),
                     credentials: Some((config.api_key.clone(), config.server_hash.clone())),
+                    webhook: WebhookTarget {
+                        url: Some(format!("http://{loopback}/webhooks/bankconnect")),
+                        scheme: config.webhook_verify,
+                        secret: config.webhook_secrets[0].clone(),
+                    },
                 });
                 (format!("http://{loopback}/sandbox"), Some(sandbox))
             }
@@ -83,6 +90,7 @@ impl App {
             bankconnect,
             clock: Arc::new(SystemClock),
             jobs_wakeup: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::default()),
         };
         let mut router = crate::http::router(state.clone());
         if let Some(sb) = &sandbox {
@@ -122,6 +130,13 @@ impl App {
         self.workers.await?;
         served?;
         Ok(())
+    }
+
+    /// Stops at once, as a crash would: no request or job is finished and no lease is given
+    /// back. For tests of crash recovery.
+    pub fn abort(self) {
+        self.workers.abort();
+        self.server.abort();
     }
 
     /// Stops the service and waits until it has drained.

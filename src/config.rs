@@ -77,6 +77,9 @@ pub struct Config {
 /// The credentials the in-process sandbox expects when none are configured.
 pub const SANDBOX_API_KEY: &str = "sandbox-api-key";
 pub const SANDBOX_SERVER_HASH: &str = "sandbox-server-hash";
+pub const SANDBOX_WEBHOOK_SECRET: &str = "sandbox-webhook-secret";
+/// `whsec_` + base64 of "sandbox-webhook-secret".
+pub const SANDBOX_STANDARD_WEBHOOK_SECRET: &str = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==";
 
 /// The path BankConnect sends the browser back to; also the `redirect_url` we register.
 pub const CALLBACK_PATH: &str = "/bankconnect/callback";
@@ -171,16 +174,27 @@ impl Config {
                 ));
             }
         };
-        let webhook_secrets = split_list(get("WEBHOOK_SECRETS"));
+        let mut webhook_secrets = split_list(get("WEBHOOK_SECRETS"));
         if webhook_verify == WebhookVerify::StandardWebhooks {
+            use base64::Engine;
             for s in &webhook_secrets {
-                if !s.starts_with("whsec_") {
+                let key = s
+                    .strip_prefix("whsec_")
+                    .map(|k| base64::engine::general_purpose::STANDARD.decode(k));
+                if !matches!(key, Some(Ok(_))) {
                     return Err(err(
                         "WEBHOOK_SECRETS",
-                        "standard-webhooks secrets must start with `whsec_`",
+                        "standard-webhooks secrets must be `whsec_` followed by base64",
                     ));
                 }
             }
+        }
+        // The in-process sandbox signs its webhooks; it needs a secret we both know.
+        if sandbox && webhook_secrets.is_empty() {
+            webhook_secrets.push(match webhook_verify {
+                WebhookVerify::StandardWebhooks => SANDBOX_STANDARD_WEBHOOK_SECRET.to_string(),
+                _ => SANDBOX_WEBHOOK_SECRET.to_string(),
+            });
         }
 
         let mut api_tokens = split_list(get("API_TOKENS"));
@@ -371,6 +385,18 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.var, "WEBHOOK_SECRETS");
+        let e = cfg(&[
+            ("WEBHOOK_VERIFY", "standard-webhooks"),
+            ("WEBHOOK_SECRETS", "whsec_not base64!"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WEBHOOK_SECRETS");
+        let c = cfg(&[("WEBHOOK_VERIFY", "standard-webhooks")]).unwrap();
+        assert_eq!(
+            c.webhook_secrets.len(),
+            1,
+            "the sandbox gets a secret of its own"
+        );
     }
 
     #[test]

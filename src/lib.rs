@@ -7,5 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod sandbox;
 pub mod store;
+pub mod webhook_auth;

@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use aa_recurring::app::App;
-use aa_recurring::config::{Config, LogFormat};
+use aa_recurring::config::{
+    Config, LogFormat, SANDBOX_STANDARD_WEBHOOK_SECRET, SANDBOX_WEBHOOK_SECRET, WebhookVerify,
+};
 use aa_recurring::jobs::worker::WorkerSettings;
-use aa_recurring::sandbox::{Sandbox, SandboxConfig};
+use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +47,15 @@ enum Command {
         /// Require this server-hash (default: accept any non-empty one).
         #[arg(long, env = "SANDBOX_SERVER_HASH")]
         server_hash: Option<String>,
+        /// Where pull webhooks go (can also be set through the update_webhook API).
+        #[arg(long, env = "SANDBOX_WEBHOOK_URL")]
+        webhook_url: Option<String>,
+        /// How webhooks are signed: secret-key, hmac-sha256 or standard-webhooks.
+        #[arg(long, env = "WEBHOOK_VERIFY", default_value = "hmac-sha256")]
+        webhook_verify: String,
+        /// The secret webhooks are signed with (the first of WEBHOOK_SECRETS by default).
+        #[arg(long)]
+        webhook_secret: Option<String>,
     },
 }
 
@@ -88,6 +99,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             api_key,
             server_hash,
+            webhook_url,
+            webhook_verify,
+            webhook_secret,
         } => {
             let _ = dotenvy::dotenv();
             let format = match std::env::var("LOG_FORMAT").as_deref() {
@@ -102,9 +116,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => None,
                 _ => anyhow::bail!("--api-key and --server-hash go together"),
             };
+            let scheme = match webhook_verify.as_str() {
+                "secret-key" => WebhookVerify::SecretKey,
+                "hmac-sha256" => WebhookVerify::HmacSha256,
+                "standard-webhooks" => WebhookVerify::StandardWebhooks,
+                other => anyhow::bail!("--webhook-verify: unknown scheme `{other}`"),
+            };
+            let secret = webhook_secret
+                .or_else(|| {
+                    std::env::var("WEBHOOK_SECRETS")
+                        .ok()
+                        .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
+                        .filter(|s| !s.is_empty())
+                })
+                .unwrap_or_else(|| match scheme {
+                    WebhookVerify::StandardWebhooks => SANDBOX_STANDARD_WEBHOOK_SECRET.to_string(),
+                    _ => SANDBOX_WEBHOOK_SECRET.to_string(),
+                });
             let sandbox = Sandbox::new(SandboxConfig {
                 public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
                 credentials,
+                webhook: WebhookTarget {
+                    url: webhook_url,
+                    scheme,
+                    secret: secret.into(),
+                },
             });
             eprintln!(
                 "BankConnect sandbox listening on http://{addr} (use it as BANKCONNECT_BASE_URL)"

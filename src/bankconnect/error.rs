@@ -61,6 +61,11 @@ impl BankConnectError {
         }
     }
 
+    /// The upstream's "processing is not finished yet": not a failure, ask again later.
+    pub fn is_not_ready(&self) -> bool {
+        self.code() == Some(super::wire::PROCESSING_NOT_COMPLETED)
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             BankConnectError::Api { retry_after, .. } => *retry_after,

@@ -10,9 +10,30 @@ use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use std::io::Write;
+
+use chrono::NaiveDate;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use crate::domain::pull::PullKind;
 use crate::domain::session::NewSession;
 pub use error::{BankConnectError, ErrorClass};
-use wire::{ConsentDetail, ConsentDetailsResponse, SessionBody, SessionCreated, to_wire_date};
+use wire::{
+    ConsentDetail, ConsentDetailsResponse, FetchRecurringBody, SessionBody, SessionCreated,
+    SessionIdResponse, SessionStatus, to_wire_date,
+};
+
+/// Enriched data as received, gzip-compressed on the way in so that a several-MB payload
+/// never sits in memory uncompressed.
+#[derive(Debug)]
+pub struct FetchedData {
+    pub gzip: Vec<u8>,
+    pub raw_size: usize,
+}
+
+/// The largest enriched payload we accept, uncompressed.
+pub const MAX_DATA_BYTES: usize = 256 * 1024 * 1024;
 
 /// A client for one BankConnect base URL (production, UAT or the sandbox).
 #[derive(Clone)]
@@ -49,10 +70,11 @@ impl BankConnectClient {
         format!("{}/v1/{}", self.base, path)
     }
 
-    async fn send<T: DeserializeOwned>(
+    /// Sends with the auth headers; a non-success answer becomes an error.
+    async fn exchange(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> Result<T, BankConnectError> {
+    ) -> Result<reqwest::Response, BankConnectError> {
         let res = req
             .header("x-api-key", self.api_key.expose_secret())
             .header("server-hash", self.server_hash.expose_secret())
@@ -60,22 +82,99 @@ impl BankConnectClient {
             .await
             .map_err(transport_error)?;
         let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
         let retry_after = res
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = res.bytes().await.map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(error::parse_error_body(
-                status,
-                retry_after.as_deref(),
-                &body,
-            ));
-        }
+        Err(error::parse_error_body(
+            status,
+            retry_after.as_deref(),
+            &body,
+        ))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, BankConnectError> {
+        let body = self
+            .exchange(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(transport_error)?;
         serde_json::from_slice(&body).map_err(|e| BankConnectError::Decode {
             message: e.to_string(),
         })
+    }
+
+    /// Fetch Recurring AA Data: starts a pull and answers the new session's id. Not
+    /// idempotent: every accepted call spends one use of the consent.
+    pub async fn fetch_recurring_aa_data(
+        &self,
+        consent_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<String, BankConnectError> {
+        let body = FetchRecurringBody {
+            consent_id,
+            date_time_range_from: to_wire_date(from),
+            date_time_range_to: to_wire_date(to),
+        };
+        let r: SessionIdResponse = self
+            .send(
+                self.http
+                    .post(self.url("account_aggregator/fetch_recurring_aa_data/"))
+                    .json(&body),
+            )
+            .await?;
+        Ok(r.session_id)
+    }
+
+    /// `session_status`: `None` while processing is under way (the upstream's 400
+    /// `PROCESSING_NOT_COMPLETED`), else each account's outcome.
+    pub async fn session_status(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<SessionStatus>, BankConnectError> {
+        let path = format!("session_data/{}/session_status/", path_segment(session_id));
+        match self.send(self.http.get(self.url(&path))).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.is_not_ready() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Insights or Transactions of a finished session, streamed into gzip.
+    pub async fn fetch_data(
+        &self,
+        session_id: &str,
+        kind: PullKind,
+    ) -> Result<FetchedData, BankConnectError> {
+        let path = format!(
+            "session_data/{}/{}/",
+            path_segment(session_id),
+            kind.as_str()
+        );
+        let mut res = self.exchange(self.http.get(self.url(&path))).await?;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let mut raw_size = 0usize;
+        while let Some(chunk) = res.chunk().await.map_err(transport_error)? {
+            raw_size += chunk.len();
+            if raw_size > MAX_DATA_BYTES {
+                return Err(BankConnectError::Decode {
+                    message: format!("{kind} payload larger than {MAX_DATA_BYTES} bytes"),
+                });
+            }
+            gz.write_all(&chunk).expect("writing to a Vec cannot fail");
+        }
+        let gzip = gz.finish().expect("writing to a Vec cannot fail");
+        Ok(FetchedData { gzip, raw_size })
     }
 
     /// Session API with the recurring parameters: starts the user's consent journey.
@@ -115,6 +214,11 @@ impl BankConnectClient {
         let r: ConsentDetailsResponse = self.send(req).await?;
         Ok(r.consent_details)
     }
+}
+
+/// Session ids come from the upstream; keep them from altering the path.
+fn path_segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 fn transport_error(e: reqwest::Error) -> BankConnectError {

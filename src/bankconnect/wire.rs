@@ -104,3 +104,62 @@ mod tests {
         assert_eq!(r.consent_details[0].frequency_unit.as_deref(), Some("day"));
     }
 }
+
+/// `POST /v1/account_aggregator/fetch_recurring_aa_data/` body.
+#[derive(Debug, Serialize)]
+pub struct FetchRecurringBody<'a> {
+    pub consent_id: &'a str,
+    pub date_time_range_from: String,
+    pub date_time_range_to: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionIdResponse {
+    pub session_id: String,
+}
+
+/// One account's outcome, as `session_status` and `ENRICHMENT_NOTIFICATION` report it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct AccountStatus {
+    #[serde(default)]
+    pub account_id: Option<String>,
+    #[serde(default)]
+    pub bank_name: Option<String>,
+    #[serde(default)]
+    pub account_status: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+impl AccountStatus {
+    pub fn completed(&self) -> bool {
+        self.account_status.as_deref() == Some("completed")
+    }
+}
+
+/// `GET /v1/session_data/<id>/session_status/` once processing has finished.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionStatus {
+    #[serde(default)]
+    pub insights_available: Option<bool>,
+    #[serde(default)]
+    pub accounts: Vec<AccountStatus>,
+}
+
+/// The fields of a webhook this service acts on; everything else is kept as received.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookEvent {
+    #[serde(default)]
+    pub event_name: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub accounts: Vec<AccountStatus>,
+}
+
+pub const ENRICHMENT_NOTIFICATION: &str = "ENRICHMENT_NOTIFICATION";
+pub const SESSION_EXPIRY_NOTIFICATION: &str = "SESSION_EXPIRY_NOTIFICATION";
+/// "Not yet": the answer of status and data endpoints while processing is under way.
+pub const PROCESSING_NOT_COMPLETED: &str = "PROCESSING_NOT_COMPLETED";

@@ -93,6 +93,8 @@ pub struct Consent {
     pub approved_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub next_pull_at: Option<DateTime<Utc>>,
+    /// Set when the upstream said CONSENT_OVERUSED: no pull is sent before this instant.
+    pub pull_blocked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -1,6 +1,8 @@
 //! The rules of consents, sessions and schedules: pure functions and plain types, no I/O.
 
 pub mod consent;
+pub mod fair_use;
+pub mod pull;
 pub mod schedule;
 pub mod session;
 

@@ -103,11 +103,15 @@ pub async fn handle(
     } else {
         vec![]
     };
+    let mut views = Vec::with_capacity(consents.len());
+    for c in consents {
+        views.push(ConsentView::build(&state, c).await?);
+    }
     let view = CallbackView {
         session_id: Some(session_id),
         status: session.status,
         error_code: session.error_code,
-        consents: consents.into_iter().map(ConsentView::from).collect(),
+        consents: views,
     };
     Ok(respond(&state, &headers, view))
 }

@@ -27,6 +27,12 @@ pub enum ApiError {
         code: &'static str,
         what: &'static str,
     },
+    /// The request is valid but the resource's state does not allow it now (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A webhook whose authenticity could not be established.
+    #[error("webhook refused: {0}")]
+    BadSignature(#[from] crate::webhook_auth::VerifyError),
     #[error(transparent)]
     Upstream(#[from] BankConnectError),
     #[error(transparent)]
@@ -51,6 +57,8 @@ impl ApiError {
                 "UNSUPPORTED_MEDIA_TYPE".into(),
             ),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, (*code).into()),
+            ApiError::BadSignature(_) => (StatusCode::UNAUTHORIZED, "INVALID_SIGNATURE".into()),
             ApiError::Upstream(e) => match e.class() {
                 ErrorClass::Transient => (
                     StatusCode::SERVICE_UNAVAILABLE,

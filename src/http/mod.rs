@@ -5,7 +5,10 @@ pub mod callback;
 pub mod consent_sessions;
 pub mod consents;
 pub mod error;
+pub mod page;
 pub mod probes;
+pub mod pulls;
+pub mod webhooks;
 
 use axum::Router;
 use axum::http::HeaderName;
@@ -26,6 +29,11 @@ pub fn router(state: AppState) -> Router {
         .route("/consent-sessions", post(consent_sessions::create))
         .route("/consents", get(consents::list))
         .route("/consents/{consent_id}", get(consents::get))
+        .route("/consents/{consent_id}/pulls", post(pulls::create))
+        .route("/pulls", get(pulls::list))
+        .route("/pulls/{pull_id}", get(pulls::get))
+        .route("/pulls/{pull_id}/insights", get(pulls::insights))
+        .route("/pulls/{pull_id}/transactions", get(pulls::transactions))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -35,6 +43,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route(crate::config::CALLBACK_PATH, get(callback::handle))
+        .route("/webhooks/bankconnect", post(webhooks::receive))
+        .route("/metrics", get(probes::metrics))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .fallback(|| async {

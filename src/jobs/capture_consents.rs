@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{CapturePayload, JobError};
+use super::{CapturePayload, JobError, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::ErrorClass;
 use crate::bankconnect::wire::ConsentDetail;
@@ -26,7 +26,7 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
     let session = store
         .get_session(id)
         .await
-        .map_err(retry)?
+        .map_err(store_retry)?
         .ok_or_else(|| JobError::Fatal(format!("session {id} is not ours")))?;
     if session.status == SessionStatus::Completed {
         return Ok(());
@@ -45,7 +45,7 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
                     state.clock.now(),
                 )
                 .await
-                .map_err(retry)?;
+                .map_err(store_retry)?;
             Err(JobError::Retry {
                 message: message.into(),
                 after: None,
@@ -60,7 +60,7 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
             store
                 .complete_session(id, &consents, now)
                 .await
-                .map_err(retry)?;
+                .map_err(store_retry)?;
             tracing::info!(
                 session_id = id,
                 consents = consents.len(),
@@ -83,7 +83,7 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
                     state.clock.now(),
                 )
                 .await
-                .map_err(retry)?;
+                .map_err(store_retry)?;
             match class {
                 ErrorClass::Transient => Err(JobError::Retry {
                     message: e.to_string(),
@@ -98,13 +98,6 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
                 }
             }
         }
-    }
-}
-
-fn retry(e: crate::store::StoreError) -> JobError {
-    JobError::Retry {
-        message: e.to_string(),
-        after: None,
     }
 }
 
@@ -138,6 +131,7 @@ fn consent_from(d: ConsentDetail, s: &Session, now: DateTime<Utc>) -> Consent {
         approved_at: now,
         expires_at: expires_at(now, tenure_months),
         next_pull_at: Some(first_pull_at(now, frequency_unit, frequency_value)),
+        pull_blocked_until: None,
         created_at: now,
         updated_at: now,
     }

@@ -2,6 +2,10 @@
 //! is leased by one worker at a time, retried with backoff and finally marked dead.
 
 pub mod capture_consents;
+pub mod fetch_data;
+pub mod poll;
+pub mod process_webhook;
+pub mod submit_pull;
 pub mod worker;
 
 use std::time::Duration;
@@ -16,9 +20,23 @@ use crate::domain::consent::string_enum;
 pub enum JobKind {
     /// Fetch and store the consent details of an approved session.
     CaptureConsents,
+    /// Send a pull's Fetch Recurring AA Data call, within the fair-use budget.
+    SubmitPull,
+    /// Ask the upstream whether a submitted pull is done (the webhook's safety net).
+    PollPull,
+    /// Act on a stored webhook.
+    ProcessWebhook,
+    /// Fetch and store a finished pull's Insights or Transactions.
+    FetchPullData,
 }
 
-string_enum!(JobKind { CaptureConsents => "capture_consents" });
+string_enum!(JobKind {
+    CaptureConsents => "capture_consents",
+    SubmitPull => "submit_pull",
+    PollPull => "poll_pull",
+    ProcessWebhook => "process_webhook",
+    FetchPullData => "fetch_pull_data",
+});
 
 impl JobKind {
     /// How many attempts before a job of this kind is dead. With the default backoff (capped
@@ -26,7 +44,10 @@ impl JobKind {
     /// ordinary upstream outage.
     pub fn max_attempts(self) -> i32 {
         match self {
-            JobKind::CaptureConsents => 30,
+            JobKind::CaptureConsents | JobKind::FetchPullData => 30,
+            JobKind::SubmitPull | JobKind::ProcessWebhook => 20,
+            // Polling ends at the pull's deadline, not after a number of tries.
+            JobKind::PollPull => 100_000,
         }
     }
 }
@@ -81,6 +102,35 @@ pub enum JobError {
     Fatal(String),
 }
 
+impl NewJob {
+    /// A job of `kind` about `payload`, due at `run_at`, at most one live per `dedupe_key`.
+    pub fn new(
+        kind: JobKind,
+        payload: impl Serialize,
+        run_at: DateTime<Utc>,
+        dedupe_key: Option<String>,
+    ) -> Self {
+        NewJob {
+            kind,
+            payload: serde_json::to_value(payload).expect("job payloads serialise"),
+            run_at,
+            dedupe_key,
+        }
+    }
+}
+
+/// Payload of the pull jobs: submit, poll and fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullPayload {
+    pub pull_id: String,
+}
+
+/// Payload of [`JobKind::ProcessWebhook`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookPayload {
+    pub inbox_id: i64,
+}
+
 /// Payload of [`JobKind::CaptureConsents`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CapturePayload {
@@ -104,6 +154,51 @@ pub fn retry_delay(attempt: i32, after: Option<Duration>) -> Duration {
 
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+/// What a pull job does with an upstream error on the pull's own session: a transient one is
+/// retried, a permanent one ends the pull as `failed` with the upstream's code, and a
+/// configuration one also leaves the job dead so that operators see it.
+pub(crate) async fn pull_step_failed(
+    state: &crate::app::AppState,
+    pull_id: &str,
+    e: crate::bankconnect::BankConnectError,
+) -> Result<(), JobError> {
+    use crate::bankconnect::ErrorClass;
+    use crate::domain::pull::PullStatus;
+    match e.class() {
+        ErrorClass::Transient => Err(JobError::Retry {
+            message: e.to_string(),
+            after: e.retry_after(),
+        }),
+        class => {
+            state
+                .store
+                .end_pull(
+                    pull_id,
+                    PullStatus::Failed,
+                    &e.code_or_kind(),
+                    &e.to_string(),
+                    state.clock.now(),
+                )
+                .await
+                .map_err(store_retry)?;
+            tracing::warn!(pull_id, error = %e, "pull failed");
+            if class == ErrorClass::Configuration {
+                Err(JobError::Fatal(e.to_string()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A store failure inside a job: the database may be back on the next attempt.
+pub(crate) fn store_retry(e: crate::store::StoreError) -> JobError {
+    JobError::Retry {
+        message: e.to_string(),
+        after: None,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,12 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{CapturePayload, Job, JobError, JobKind, JobOutcome, capture_consents, retry_delay};
+use serde::de::DeserializeOwned;
+
+use super::{
+    Job, JobError, JobKind, JobOutcome, capture_consents, fetch_data, poll, process_webhook,
+    retry_delay, submit_pull,
+};
 use crate::app::AppState;
 
 /// Tunables of the pool; the defaults suit production, tests shorten them.
@@ -109,6 +114,13 @@ async fn run_one(
             }
         }
     };
+    let label = match &outcome {
+        JobOutcome::Done => "done",
+        JobOutcome::Retry { .. } => "retry",
+        JobOutcome::Dead { .. } => "dead",
+        JobOutcome::Release => "released",
+    };
+    state.metrics.job(&job.kind, label);
     if let JobOutcome::Dead { error } = &outcome {
         tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
     }
@@ -128,12 +140,17 @@ async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
         .parse()
         .map_err(|_| JobError::Fatal(format!("unknown job kind `{}`", job.kind)))?;
     match kind {
-        JobKind::CaptureConsents => {
-            let payload: CapturePayload = serde_json::from_value(job.payload.clone())
-                .map_err(|e| JobError::Fatal(format!("bad payload: {e}")))?;
-            capture_consents::run(state, payload).await
-        }
+        JobKind::CaptureConsents => capture_consents::run(state, payload(job)?).await,
+        JobKind::SubmitPull => submit_pull::run(state, payload(job)?).await,
+        JobKind::PollPull => poll::run(state, payload(job)?).await,
+        JobKind::ProcessWebhook => process_webhook::run(state, payload(job)?).await,
+        JobKind::FetchPullData => fetch_data::run(state, payload(job)?).await,
     }
+}
+
+fn payload<T: DeserializeOwned>(job: &Job) -> Result<T, JobError> {
+    serde_json::from_value(job.payload.clone())
+        .map_err(|e| JobError::Fatal(format!("bad payload: {e}")))
 }
 
 fn outcome_of(state: &AppState, job: &Job, result: Result<(), JobError>) -> JobOutcome {

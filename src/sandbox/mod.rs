@@ -5,7 +5,9 @@
 //! give the same ids and accounts. Control endpoints under `/_control` inject faults and count
 //! calls, so tests can prove what the service did and did not send upstream.
 
+mod data;
 mod pages;
+mod pulls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::bankconnect::wire::parse_wire_date;
+use crate::config::WebhookVerify;
+use crate::domain::consent::FrequencyUnit;
 
 /// How the simulator presents itself.
 #[derive(Clone)]
@@ -29,20 +34,87 @@ pub struct SandboxConfig {
     pub public_url: String,
     /// `(x-api-key, server-hash)` the simulator insists on; `None` accepts any non-empty pair.
     pub credentials: Option<(SecretString, SecretString)>,
+    /// Where and how pull webhooks are sent. The URL can also be set through the documented
+    /// `update_webhook` endpoint.
+    pub webhook: WebhookTarget,
+}
+
+/// A webhook destination and how deliveries are signed.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub url: Option<String>,
+    pub scheme: WebhookVerify,
+    pub secret: SecretString,
 }
 
 #[derive(Clone)]
 pub struct Sandbox {
     config: Arc<SandboxConfig>,
     state: Arc<Mutex<SimState>>,
+    http: reqwest::Client,
 }
 
 #[derive(Default)]
 struct SimState {
     seq: u64,
     sessions: HashMap<String, SimSession>,
+    consents: HashMap<String, SimConsent>,
+    pulls: HashMap<String, pulls::SimPull>,
+    webhook_url: Option<String>,
+    settings: Settings,
     calls: BTreeMap<String, u64>,
     faults: HashMap<String, Fault>,
+}
+
+/// Behaviour that tests and load runs tune through `/_control/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// How long after a Fetch Recurring AA Data call the webhook is sent.
+    pub webhook_delay_ms: u64,
+    /// How long a pull takes to process; before that, status and data answer "not yet".
+    pub processing_ms: u64,
+    /// Send no webhooks at all (the service must fall back to polling).
+    pub drop_webhooks: bool,
+    /// Send every webhook twice.
+    pub duplicate_webhooks: bool,
+    /// `session_status` answers `PROCESSING_NOT_COMPLETED` to the first N polls of each pull.
+    pub not_ready_polls: u32,
+    /// Every account of every pull fails upstream.
+    pub fail_accounts: bool,
+    /// The share (0 to 1) of API calls that answer 503 at random.
+    pub error_rate: f64,
+    /// Added to every API call.
+    pub latency_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            webhook_delay_ms: 50,
+            processing_ms: 0,
+            drop_webhooks: false,
+            duplicate_webhooks: false,
+            not_ready_polls: 0,
+            fail_accounts: false,
+            error_rate: 0.0,
+            latency_ms: 0,
+        }
+    }
+}
+
+/// What the simulator knows of an approved consent.
+#[derive(Clone)]
+struct SimConsent {
+    link_id: String,
+    account_id: String,
+    bank_name: String,
+    masked_account_number: String,
+    unit: FrequencyUnit,
+    value: u32,
+    revoked: bool,
+    /// When each accepted Fetch Recurring AA Data call came, for fair use.
+    uses: Vec<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -64,17 +136,28 @@ struct SimSession {
     consents: Vec<Value>,
 }
 
-/// The next `remaining` calls to an endpoint answer `status` instead of doing their work.
-#[derive(Clone, Deserialize)]
+/// The next `remaining` calls to an endpoint misbehave: they answer `status` instead of doing
+/// their work, or they do their work but answer only after `delay_ms` (a client timeout after
+/// the upstream acted).
+#[derive(Clone)]
 struct Fault {
-    status: u16,
+    status: Option<u16>,
+    /// The error code the fault answers with (default `SANDBOX_FAULT`).
+    code: Option<String>,
+    delay_ms: Option<u64>,
     remaining: u32,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FaultRequest {
     endpoint: String,
-    status: u16,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
     count: u32,
 }
 
@@ -82,9 +165,15 @@ const BANKS: [&str; 5] = ["hdfc", "icici", "sbi", "axis", "kotak"];
 const UNITS: [&str; 4] = ["hour", "day", "month", "year"];
 const JOURNEY_MODES: [&str; 2] = ["only_recurring", "once_with_recurring"];
 
-/// Endpoint names, as counted by `/_control/calls`.
+/// Endpoint names, as counted by `/_control/calls` and named in faults.
 pub const SESSION: &str = "session";
 pub const CONSENT_DETAILS: &str = "get_recurring_consent_details";
+pub const FETCH_RECURRING: &str = "fetch_recurring_aa_data";
+pub const SESSION_STATUS: &str = "session_status";
+pub const PROGRESS: &str = "progress";
+pub const INSIGHTS: &str = "insights";
+pub const TRANSACTIONS: &str = "transactions";
+pub const UPDATE_WEBHOOK: &str = "update_webhook";
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
@@ -109,9 +198,17 @@ fn derived_id(seed: &str) -> String {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
+        let state = SimState {
+            webhook_url: config.webhook.url.clone(),
+            ..SimState::default()
+        };
         Self {
             config: Arc::new(config),
-            state: Arc::new(Mutex::new(SimState::default())),
+            state: Arc::new(Mutex::new(state)),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
         }
     }
 
@@ -122,10 +219,43 @@ impl Sandbox {
                 "/v1/account_aggregator/get_recurring_consent_details/",
                 post(consent_details),
             )
+            .route(
+                "/v1/account_aggregator/fetch_recurring_aa_data/",
+                post(pulls::fetch_recurring),
+            )
+            .route(
+                "/v1/session_data/{session_id}/session_status/",
+                get(pulls::session_status),
+            )
+            .route(
+                "/v1/session_data/{session_id}/progress/",
+                get(pulls::progress),
+            )
+            .route(
+                "/v1/session_data/{session_id}/insights/",
+                get(pulls::insights),
+            )
+            .route(
+                "/v1/session_data/{session_id}/transactions/",
+                get(pulls::transactions),
+            )
+            .route(
+                "/v1/session_data/update_webhook/",
+                post(pulls::update_webhook),
+            )
             .route("/sdk", get(pages::sdk_page))
             .route("/sdk/{session_id}/{decision}", post(decide))
             .route("/_control/calls", get(calls))
             .route("/_control/faults", post(set_fault).delete(clear_faults))
+            .route("/_control/settings", get(get_settings).post(set_settings))
+            .route(
+                "/_control/consents/{consent_id}/revoke",
+                post(pulls::revoke),
+            )
+            .route(
+                "/_control/sessions/{session_id}/expire",
+                post(pulls::expire),
+            )
             .with_state(self.clone())
     }
 
@@ -134,18 +264,48 @@ impl Sandbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts the call, then applies an injected fault and the auth check, as the real
-    /// upstream's gateway would before the endpoint itself. `Some` is the refusal to send.
-    fn refuse(&self, endpoint: &str, headers: &HeaderMap) -> Option<Response> {
-        {
+    /// Counts the call, then applies injected latency and faults and the auth check, as the
+    /// real upstream's gateway would before the endpoint itself. `Some` is the answer to send
+    /// instead of the endpoint's own.
+    async fn refuse(&self, endpoint: &str, headers: &HeaderMap) -> Option<Response> {
+        let (latency, fault, error_rate) = {
             let mut st = self.lock();
             *st.calls.entry(endpoint.to_string()).or_default() += 1;
-            if let Some(f) = st.faults.get_mut(endpoint).filter(|f| f.remaining > 0) {
-                f.remaining -= 1;
-                let status =
-                    StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                return Some(error(status, "SANDBOX_FAULT", "injected fault"));
-            }
+            let fault = st
+                .faults
+                .get_mut(endpoint)
+                .filter(|f| f.remaining > 0)
+                .map(|f| {
+                    f.remaining -= 1;
+                    f.clone()
+                });
+            (st.settings.latency_ms, fault, st.settings.error_rate)
+        };
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+        }
+        if let Some(Fault {
+            delay_ms: Some(ms), ..
+        }) = &fault
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+        }
+        if let Some(Fault {
+            status: Some(status),
+            code,
+            ..
+        }) = fault
+        {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let code = code.as_deref().unwrap_or("SANDBOX_FAULT");
+            return Some(error(status, code, "injected fault"));
+        }
+        if error_rate > 0.0 && rand::random::<f64>() < error_rate {
+            return Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SANDBOX_FAULT",
+                "random injected fault",
+            ));
         }
         let header = |name: &str| {
             headers
@@ -202,7 +362,7 @@ async fn create_session(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = sb.refuse(SESSION, &headers) {
+    if let Some(r) = sb.refuse(SESSION, &headers).await {
         return r;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
@@ -332,7 +492,7 @@ async fn consent_details(
     headers: HeaderMap,
     Query(q): Query<SessionQuery>,
 ) -> Response {
-    if let Some(r) = sb.refuse(CONSENT_DETAILS, &headers) {
+    if let Some(r) = sb.refuse(CONSENT_DETAILS, &headers).await {
         return r;
     }
     let st = sb.lock();
@@ -375,8 +535,11 @@ async fn decide(
     State(sb): State<Sandbox>,
     Path((session_id, decision)): Path<(String, String)>,
 ) -> Response {
-    let mut st = sb.lock();
-    let Some(session) = st.sessions.get_mut(&session_id) else {
+    let mut guard = sb.lock();
+    let SimState {
+        sessions, consents, ..
+    } = &mut *guard;
+    let Some(session) = sessions.get_mut(&session_id) else {
         return bad(
             "INVALID_SESSION_ID",
             "Session is invalid, expired, or closed",
@@ -387,6 +550,25 @@ async fn decide(
             if session.journey != Journey::Approved {
                 session.consents = make_consents(&session_id, session);
                 session.journey = Journey::Approved;
+                let registered: Vec<(String, SimConsent)> = session
+                    .consents
+                    .iter()
+                    .map(|c| {
+                        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                        let consent = SimConsent {
+                            link_id: session.link_id.clone(),
+                            account_id: derived_id(&format!("account:{}", text("consent_id"))),
+                            bank_name: text("bank_name"),
+                            masked_account_number: text("masked_account_number"),
+                            unit: session.unit.parse().unwrap_or(FrequencyUnit::Day),
+                            value: session.value,
+                            revoked: false,
+                            uses: vec![],
+                        };
+                        (text("consent_id"), consent)
+                    })
+                    .collect();
+                consents.extend(registered);
             }
             true
         }
@@ -419,10 +601,22 @@ async fn set_fault(State(sb): State<Sandbox>, Json(f): Json<FaultRequest>) -> St
         f.endpoint,
         Fault {
             status: f.status,
+            code: f.code,
+            delay_ms: f.delay_ms,
             remaining: f.count,
         },
     );
     StatusCode::NO_CONTENT
+}
+
+async fn get_settings(State(sb): State<Sandbox>) -> Json<Settings> {
+    Json(sb.lock().settings.clone())
+}
+
+/// Replaces the settings; fields left out take their defaults.
+async fn set_settings(State(sb): State<Sandbox>, Json(settings): Json<Settings>) -> Json<Settings> {
+    sb.lock().settings = settings.clone();
+    Json(settings)
 }
 
 async fn clear_faults(State(sb): State<Sandbox>) -> StatusCode {

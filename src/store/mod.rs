@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::domain::session::{Session, SessionStatus};
 use crate::jobs::{Job, JobOutcome, NewJob};
 
@@ -54,6 +55,59 @@ pub struct ConsentFilter {
 /// A page of consents with the position of each, for cursors.
 pub type ConsentPage = Vec<(i64, Consent)>;
 
+#[derive(Debug, Clone, Default)]
+pub struct PullFilter {
+    pub consent_id: Option<String>,
+    pub status: Option<PullStatus>,
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// A pull to create, with what makes its creation idempotent and budget-checked.
+#[derive(Debug, Clone)]
+pub struct NewPull {
+    pub pull: Pull,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    /// Fair use: pulls sent since `window_start` plus pulls not yet sent must stay below `limit`.
+    pub window_start: DateTime<Utc>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum CreatePull {
+    Created(Pull),
+    /// The idempotency key was used before; `same_request` says whether with this body.
+    Existing {
+        pull: Pull,
+        same_request: bool,
+    },
+    /// The consent's budget for the current window is spent (or promised to queued pulls).
+    OverBudget,
+}
+
+/// Enriched data as stored: gzip-compressed bytes of the upstream's JSON.
+#[derive(Debug, Clone)]
+pub struct StoredData {
+    pub pull_id: String,
+    pub kind: PullKind,
+    pub content_encoding: String,
+    pub body: Vec<u8>,
+    pub raw_size: i64,
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// A webhook as received, verified.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub id: i64,
+    pub dedupe_key: String,
+    pub event_name: Option<String>,
+    pub upstream_session_id: Option<String>,
+    pub body: Vec<u8>,
+    pub received_at: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
@@ -95,6 +149,87 @@ pub trait Store: Send + Sync + 'static {
     async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>>;
     async fn list_consents(&self, filter: &ConsentFilter) -> StoreResult<ConsentPage>;
     async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>>;
+
+    async fn set_consent_status(
+        &self,
+        consent_id: &str,
+        status: ConsentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// No pull is sent for the consent before `until` (the upstream said it was overused).
+    async fn block_consent_until(
+        &self,
+        consent_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Creates a pull and its submit job in one transaction, honouring the idempotency key
+    /// and the fair-use budget.
+    async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull>;
+    async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>>;
+    async fn pull_by_upstream_session(
+        &self,
+        upstream_session_id: &str,
+    ) -> StoreResult<Option<Pull>>;
+    async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
+    /// The end of the newest completed pull's window: where the next default window starts.
+    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
+    /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if the
+    /// consent's budget since `window_start` allows one more. Returns the attempt's id, or
+    /// `None` when the budget is spent. Atomic, so concurrent submitters cannot overspend.
+    async fn reserve_attempt(
+        &self,
+        consent_id: &str,
+        pull_id: &str,
+        window_start: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>>;
+    /// Fetch Recurring AA Data calls sent for the consent since `since` (its fair-use usage).
+    async fn attempts_since(&self, consent_id: &str, since: DateTime<Utc>) -> StoreResult<u32>;
+    /// Gives a reservation back: the call certainly never reached the upstream.
+    async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
+    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job.
+    async fn mark_submitted(
+        &self,
+        pull_id: &str,
+        upstream_session_id: &str,
+        poll: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// `submitted` → `fetching`, and the fetch job, in one transaction. False if the pull was
+    /// not `submitted` (already handled by another event).
+    async fn start_fetching(
+        &self,
+        pull_id: &str,
+        fetch: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Ends a pull that is not yet terminal as `failed` or `expired`. False if it already ended.
+    async fn end_pull(
+        &self,
+        pull_id: &str,
+        status: PullStatus,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Stores the data once and marks the pull `completed`, in one transaction.
+    async fn complete_pull(&self, data: &StoredData, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>>;
+
+    /// Stores an authentic webhook and enqueues its processing in one transaction. False
+    /// when the same delivery was stored before (nothing is enqueued then).
+    async fn record_webhook(
+        &self,
+        dedupe_key: &str,
+        event_name: Option<&str>,
+        upstream_session_id: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
 
     /// Inserts a job; a no-op while a live job has the same dedupe key.
     async fn enqueue_job(&self, job: &NewJob) -> StoreResult<()>;

@@ -13,11 +13,13 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ConsentFilter, ConsentPage, Store, StoreError, StoreResult, from_ms, parse_enum, to_ms,
+    ConsentFilter, ConsentPage, CreatePull, InboxEvent, NewPull, PullFilter, Store, StoreError,
+    StoreResult, StoredData, from_ms, parse_enum, to_ms,
 };
-use crate::domain::consent::Consent;
+use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::pull::{Pull, PullStatus};
 use crate::domain::session::{Session, SessionStatus};
-use crate::jobs::{Job, JobOutcome, NewJob};
+use crate::jobs::{Job, JobKind, JobOutcome, NewJob, WebhookPayload};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -30,7 +32,7 @@ const SESSION_COLUMNS: &str = "session_id, link_id, use_case, journey_mode, tenu
 
 const CONSENT_COLUMNS: &str = "seq, consent_id, session_id, link_id, use_case, journey_mode, bank_name, \
      masked_account_number, tenure_months, frequency_unit, frequency_value, status, approved_at, \
-     expires_at, next_pull_at, created_at, updated_at";
+     expires_at, next_pull_at, pull_blocked_until, created_at, updated_at";
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -104,10 +106,8 @@ fn consent_from_row(r: &SqliteRow) -> StoreResult<(i64, Consent)> {
         status: parse_enum("consent status", r.try_get("status")?)?,
         approved_at: from_ms(r.try_get("approved_at")?)?,
         expires_at: from_ms(r.try_get("expires_at")?)?,
-        next_pull_at: r
-            .try_get::<Option<i64>, _>("next_pull_at")?
-            .map(from_ms)
-            .transpose()?,
+        next_pull_at: opt_ms(r.try_get("next_pull_at")?)?,
+        pull_blocked_until: opt_ms(r.try_get("pull_blocked_until")?)?,
         created_at: from_ms(r.try_get("created_at")?)?,
         updated_at: from_ms(r.try_get("updated_at")?)?,
     };
@@ -243,7 +243,7 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         for c in consents {
             sqlx::query(&format!(
-                "INSERT INTO consents ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO consents ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (consent_id) DO NOTHING",
                 CONSENT_COLUMNS.trim_start_matches("seq, ")
             ))
@@ -261,6 +261,7 @@ impl Store for SqliteStore {
             .bind(to_ms(c.approved_at))
             .bind(to_ms(c.expires_at))
             .bind(c.next_pull_at.map(to_ms))
+            .bind(c.pull_blocked_until.map(to_ms))
             .bind(to_ms(c.created_at))
             .bind(to_ms(c.updated_at))
             .execute(&mut *tx)
@@ -336,6 +337,353 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| consent_from_row(r).map(|(_, c)| c))
             .collect()
+    }
+
+    async fn set_consent_status(
+        &self,
+        consent_id: &str,
+        status: ConsentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE consents SET status = ?, updated_at = ? WHERE consent_id = ?")
+            .bind(status.as_str())
+            .bind(to_ms(now))
+            .bind(consent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn block_consent_until(
+        &self,
+        consent_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE consents SET pull_blocked_until = MAX(COALESCE(pull_blocked_until, 0), ?), updated_at = ?
+             WHERE consent_id = ?",
+        )
+        .bind(to_ms(until))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull> {
+        let p = &new.pull;
+        let mut tx = self.write_tx().await?;
+        if let Some(key) = &new.idempotency_key {
+            let row = sqlx::query(&format!(
+                "SELECT {PULL_COLUMNS}, request_hash FROM pulls WHERE consent_id = ? AND idempotency_key = ?"
+            ))
+            .bind(&p.consent_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let hash: Option<String> = row.try_get("request_hash")?;
+                let (_, pull) = pull_from_row(&row)?;
+                tx.commit().await?;
+                return Ok(CreatePull::Existing {
+                    pull,
+                    same_request: hash.as_deref() == Some(new.request_hash.as_str()),
+                });
+            }
+        }
+        let used: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ?1 AND sent_at >= ?2)
+                  + (SELECT COUNT(*) FROM pulls WHERE consent_id = ?1 AND status = 'queued')",
+        )
+        .bind(&p.consent_id)
+        .bind(to_ms(new.window_start))
+        .fetch_one(&mut *tx)
+        .await?;
+        if used >= new.limit as i64 {
+            tx.commit().await?;
+            return Ok(CreatePull::OverBudget);
+        }
+        sqlx::query(
+            "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
+                                created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.pull_id)
+        .bind(&p.consent_id)
+        .bind(p.kind.as_str())
+        .bind(p.status.as_str())
+        .bind(p.from.to_string())
+        .bind(p.to.to_string())
+        .bind(new.idempotency_key.as_deref())
+        .bind(&new.request_hash)
+        .bind(to_ms(p.created_at))
+        .bind(to_ms(p.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        insert_job(&mut tx, job, p.created_at).await?;
+        tx.commit().await?;
+        Ok(CreatePull::Created(p.clone()))
+    }
+
+    async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>> {
+        let mut conn = self.pool.acquire().await?;
+        pull_where(&mut conn, "pull_id", pull_id).await
+    }
+
+    async fn pull_by_upstream_session(
+        &self,
+        upstream_session_id: &str,
+    ) -> StoreResult<Option<Pull>> {
+        let mut conn = self.pool.acquire().await?;
+        pull_where(&mut conn, "upstream_session_id", upstream_session_id).await
+    }
+
+    async fn list_pulls(&self, f: &PullFilter) -> StoreResult<Vec<(i64, Pull)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PULL_COLUMNS} FROM pulls
+             WHERE (?1 IS NULL OR consent_id = ?1) AND (?2 IS NULL OR status = ?2) AND seq > ?3
+             ORDER BY seq LIMIT ?4"
+        ))
+        .bind(f.consent_id.as_deref())
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pull_from_row).collect()
+    }
+
+    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<NaiveDate>> {
+        let v: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT MAX(to_date) FROM pulls WHERE consent_id = ? AND status = 'completed'",
+        )
+        .bind(consent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        opt_date(v.flatten())
+    }
+
+    async fn reserve_attempt(
+        &self,
+        consent_id: &str,
+        pull_id: &str,
+        window_start: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.write_tx().await?;
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ? AND sent_at >= ?",
+        )
+        .bind(consent_id)
+        .bind(to_ms(window_start))
+        .fetch_one(&mut *tx)
+        .await?;
+        if used >= limit as i64 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO pull_attempts (consent_id, pull_id, sent_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(consent_id)
+        .bind(pull_id)
+        .bind(to_ms(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    async fn attempts_since(&self, consent_id: &str, since: DateTime<Utc>) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ? AND sent_at >= ?",
+        )
+        .bind(consent_id)
+        .bind(to_ms(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u32)
+    }
+
+    async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM pull_attempts WHERE id = ?")
+            .bind(attempt_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_submitted(
+        &self,
+        pull_id: &str,
+        upstream_session_id: &str,
+        poll: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE pulls SET status = 'submitted', upstream_session_id = ?, submitted_at = ?, updated_at = ?,
+                    error_code = NULL, error_message = NULL
+             WHERE pull_id = ? AND status = 'queued'",
+        )
+        .bind(upstream_session_id)
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_job(&mut tx, poll, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_fetching(
+        &self,
+        pull_id: &str,
+        fetch: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let moved = sqlx::query(
+            "UPDATE pulls SET status = 'fetching', updated_at = ? WHERE pull_id = ? AND status = 'submitted'",
+        )
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if moved {
+            insert_job(&mut tx, fetch, now).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn end_pull(
+        &self,
+        pull_id: &str,
+        status: PullStatus,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE pulls SET status = ?, error_code = ?, error_message = ?, updated_at = ?
+             WHERE pull_id = ? AND status NOT IN ('completed', 'failed', 'expired')",
+        )
+        .bind(status.as_str())
+        .bind(code)
+        .bind(message)
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn complete_pull(&self, d: &StoredData, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO pull_data (pull_id, kind, content_encoding, body, raw_size, fetched_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pull_id) DO NOTHING",
+        )
+        .bind(&d.pull_id)
+        .bind(d.kind.as_str())
+        .bind(&d.content_encoding)
+        .bind(&d.body)
+        .bind(d.raw_size)
+        .bind(to_ms(d.fetched_at))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, ?), updated_at = ?,
+                    error_code = NULL, error_message = NULL
+             WHERE pull_id = ? AND status IN ('submitted', 'fetching')",
+        )
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(&d.pull_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>> {
+        let row = sqlx::query(
+            "SELECT pull_id, kind, content_encoding, body, raw_size, fetched_at FROM pull_data WHERE pull_id = ?",
+        )
+        .bind(pull_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredData {
+                pull_id: r.try_get("pull_id")?,
+                kind: parse_enum("pull kind", r.try_get("kind")?)?,
+                content_encoding: r.try_get("content_encoding")?,
+                body: r.try_get("body")?,
+                raw_size: r.try_get("raw_size")?,
+                fetched_at: from_ms(r.try_get("fetched_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_webhook(
+        &self,
+        dedupe_key: &str,
+        event_name: Option<&str>,
+        upstream_session_id: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        )
+        .bind(dedupe_key)
+        .bind(event_name)
+        .bind(upstream_session_id)
+        .bind(body)
+        .bind(to_ms(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(inbox_id) = id {
+            let job = NewJob::new(
+                JobKind::ProcessWebhook,
+                WebhookPayload { inbox_id },
+                now,
+                None,
+            );
+            insert_job(&mut tx, &job, now).await?;
+        }
+        tx.commit().await?;
+        Ok(id.is_some())
+    }
+
+    async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>> {
+        let row = sqlx::query(
+            "SELECT id, dedupe_key, event_name, upstream_session_id, body, received_at FROM webhook_inbox WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(InboxEvent {
+                id: r.try_get("id")?,
+                dedupe_key: r.try_get("dedupe_key")?,
+                event_name: r.try_get("event_name")?,
+                upstream_session_id: r.try_get("upstream_session_id")?,
+                body: r.try_get("body")?,
+                received_at: from_ms(r.try_get("received_at")?)?,
+            })
+        })
+        .transpose()
     }
 
     async fn enqueue_job(&self, job: &NewJob) -> StoreResult<()> {
@@ -441,4 +789,48 @@ impl Store for SqliteStore {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+const PULL_COLUMNS: &str = "seq, pull_id, consent_id, kind, status, from_date, to_date, upstream_session_id, \
+     error_code, error_message, submitted_at, completed_at, created_at, updated_at";
+
+fn date(v: String) -> StoreResult<NaiveDate> {
+    opt_date(Some(v)).map(|d| d.expect("some in, some out"))
+}
+
+fn opt_ms(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    v.map(from_ms).transpose()
+}
+
+fn pull_from_row(r: &SqliteRow) -> StoreResult<(i64, Pull)> {
+    let pull = Pull {
+        pull_id: r.try_get("pull_id")?,
+        consent_id: r.try_get("consent_id")?,
+        status: parse_enum("pull status", r.try_get("status")?)?,
+        kind: parse_enum("pull kind", r.try_get("kind")?)?,
+        from: date(r.try_get("from_date")?)?,
+        to: date(r.try_get("to_date")?)?,
+        upstream_session_id: r.try_get("upstream_session_id")?,
+        error_code: r.try_get("error_code")?,
+        error_message: r.try_get("error_message")?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+        submitted_at: opt_ms(r.try_get("submitted_at")?)?,
+        completed_at: opt_ms(r.try_get("completed_at")?)?,
+    };
+    Ok((r.try_get("seq")?, pull))
+}
+
+async fn pull_where(
+    conn: &mut sqlx::SqliteConnection,
+    column: &str,
+    value: &str,
+) -> StoreResult<Option<Pull>> {
+    let row = sqlx::query(&format!(
+        "SELECT {PULL_COLUMNS} FROM pulls WHERE {column} = ?"
+    ))
+    .bind(value)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| pull_from_row(&r).map(|(_, p)| p)).transpose()
 }

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use aa_recurring::app::App;
 use aa_recurring::config::Config;
+use aa_recurring::config::WebhookVerify;
 use aa_recurring::jobs::worker::WorkerSettings;
-use aa_recurring::sandbox::{Sandbox, SandboxConfig};
+use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub const TOKEN: &str = "test-token";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
 pub struct TestApp {
     pub base: String,
@@ -49,6 +51,15 @@ pub async fn start(
     dir: std::sync::Arc<tempfile::TempDir>,
     extra: &[(&str, &str)],
 ) -> TestApp {
+    start_with_workers(db_url, dir, extra, worker_settings()).await
+}
+
+pub async fn start_with_workers(
+    db_url: String,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    extra: &[(&str, &str)],
+    workers: WorkerSettings,
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
@@ -66,7 +77,7 @@ pub async fn start(
         .get("BANKCONNECT_BASE_URL")
         .cloned()
         .unwrap_or_else(|| format!("{base}/sandbox"));
-    let app = App::start(config, listener, worker_settings())
+    let app = App::start(config, listener, workers)
         .await
         .expect("app starts");
     TestApp {
@@ -79,13 +90,19 @@ pub async fn start(
     }
 }
 
-/// A standalone simulator on its own port, as `aa-recurring sandbox` runs it.
+/// A standalone simulator on its own port, as `aa-recurring sandbox` runs it, signing
+/// webhooks with hmac-sha256 and [`WEBHOOK_SECRET`].
 pub async fn spawn_sandbox() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let sandbox = Sandbox::new(SandboxConfig {
         public_url: base.clone(),
         credentials: None,
+        webhook: WebhookTarget {
+            url: None,
+            scheme: WebhookVerify::HmacSha256,
+            secret: WEBHOOK_SECRET.into(),
+        },
     });
     tokio::spawn(async move { axum::serve(listener, sandbox.router()).await });
     base
@@ -208,6 +225,127 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Starts a journey, approves it and returns the first consent's id.
+    pub async fn approved_consent(&self, link_id: &str, body: Value) -> String {
+        let mut req = json!({"link_id": link_id, "tenure_months": 12, "frequency_unit": "day", "frequency_value": 5});
+        for (k, v) in body.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        let (status, created) = self.post("/api/v1/consent-sessions", &req).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let (_, cb) = self
+            .decide(created["redirect_url"].as_str().unwrap(), "approve")
+            .await;
+        assert_eq!(cb["status"], "completed", "{cb}");
+        cb["consents"][0]["consent_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Starts a pull; returns the answer.
+    pub async fn start_pull(
+        &self,
+        consent_id: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/v1/consents/{consent_id}/pulls")))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        decode(req.send().await.unwrap()).await
+    }
+
+    /// Starts a pull that must be accepted; returns its id.
+    pub async fn pull(&self, consent_id: &str) -> String {
+        let (status, body) = self.start_pull(consent_id, None, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["pull_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the pull reaches `status`; returns it.
+    pub async fn pull_reaches(&self, pull_id: &str, status: &str, secs: u64) -> Value {
+        self.eventually(&format!("/api/v1/pulls/{pull_id}"), secs, |p| {
+            p["status"] == status
+        })
+        .await
+    }
+
+    /// Replaces the simulator's settings.
+    pub async fn sandbox_settings(&self, settings: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_control/settings", self.sandbox_base))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    /// Makes the next `count` calls to `endpoint` answer `status` with `code`.
+    pub async fn inject_error(&self, endpoint: &str, status: u16, code: &str, count: u32) {
+        let r = self
+            .http
+            .post(format!("{}/_control/faults", self.sandbox_base))
+            .json(&json!({"endpoint": endpoint, "status": status, "code": code, "count": count}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+
+    /// Makes the next `count` calls to `endpoint` do their work but answer after `delay_ms`.
+    pub async fn inject_delay(&self, endpoint: &str, delay_ms: u64, count: u32) {
+        let r = self
+            .http
+            .post(format!("{}/_control/faults", self.sandbox_base))
+            .json(&json!({"endpoint": endpoint, "delay_ms": delay_ms, "count": count}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+
+    /// A counter from `/metrics`, by its full sample name with labels.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
+    /// Job counts by status.
+    pub async fn job_counts(&self) -> Vec<(String, i64)> {
+        self.app
+            .as_ref()
+            .unwrap()
+            .state
+            .store
+            .job_counts()
+            .await
+            .unwrap()
     }
 
     pub async fn stop(&mut self) {

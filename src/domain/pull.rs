@@ -1,0 +1,214 @@
+//! Pulls: one Fetch Recurring AA Data call and everything that follows from it.
+
+use chrono::{DateTime, Days, Months, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::consent::{UseCase, string_enum};
+use super::session::{ValidationError, invalid, parse_api_date};
+
+/// Which enriched data a pull fetches when the upstream has finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullKind {
+    Insights,
+    Transactions,
+}
+
+string_enum!(PullKind { Insights => "insights", Transactions => "transactions" });
+
+impl PullKind {
+    /// Monitoring reads Insights; collections reads Transactions.
+    pub fn default_for(use_case: UseCase) -> Self {
+        match use_case {
+            UseCase::Monitoring => PullKind::Insights,
+            UseCase::Collections => PullKind::Transactions,
+        }
+    }
+}
+
+/// `queued` → `submitted` → `fetching` → `completed`; or `failed` / `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullStatus {
+    Queued,
+    Submitted,
+    Fetching,
+    Completed,
+    Failed,
+    Expired,
+}
+
+string_enum!(PullStatus {
+    Queued => "queued",
+    Submitted => "submitted",
+    Fetching => "fetching",
+    Completed => "completed",
+    Failed => "failed",
+    Expired => "expired",
+});
+
+impl PullStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PullStatus::Completed | PullStatus::Failed | PullStatus::Expired
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pull {
+    pub pull_id: String,
+    pub consent_id: String,
+    pub status: PullStatus,
+    pub kind: PullKind,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub upstream_session_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// The body of `POST /api/v1/consents/{id}/pulls` as received.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// The longest window one pull may cover (Sahamati): 6 months of data for monitoring, 1 day
+/// for collections.
+pub fn earliest_from(use_case: UseCase, to: NaiveDate) -> NaiveDate {
+    match use_case {
+        UseCase::Monitoring => to - Months::new(6),
+        UseCase::Collections => to - Days::new(1),
+    }
+}
+
+/// Resolves a pull's window. Missing bounds default to "since the last pull, up to today",
+/// clipped to the Sahamati maximum; given bounds must be ordered, not in the future and
+/// within the maximum.
+pub fn resolve_window(
+    from: Option<&str>,
+    to: Option<&str>,
+    since: NaiveDate,
+    use_case: UseCase,
+    today: NaiveDate,
+) -> Result<(NaiveDate, NaiveDate), ValidationError> {
+    let to_date = to
+        .map(|v| parse_api_date("to", v))
+        .transpose()?
+        .unwrap_or(today);
+    if to_date > today {
+        return Err(invalid("INVALID_WINDOW", "to must not be in the future"));
+    }
+    let earliest = earliest_from(use_case, to_date);
+    let from_date = match from {
+        Some(v) => {
+            let f = parse_api_date("from", v)?;
+            if f >= to_date {
+                return Err(invalid("INVALID_WINDOW", "from must be before to"));
+            }
+            if f < earliest {
+                let max = match use_case {
+                    UseCase::Monitoring => "6 months",
+                    UseCase::Collections => "1 day",
+                };
+                return Err(invalid(
+                    "WINDOW_TOO_LONG",
+                    format!(
+                        "a {use_case} pull covers at most {max} of data ({earliest} or later for to={to_date})"
+                    ),
+                ));
+            }
+            f
+        }
+        None => since.max(earliest).min(to_date - Days::new(1)),
+    };
+    Ok((from_date, to_date))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn defaults_run_from_the_last_pull_to_today() {
+        let today = d("2025-11-10");
+        assert_eq!(
+            resolve_window(None, None, d("2025-10-01"), UseCase::Monitoring, today).unwrap(),
+            (d("2025-10-01"), today)
+        );
+        // Clipped to six months, or one day for collections.
+        assert_eq!(
+            resolve_window(None, None, d("2024-01-01"), UseCase::Monitoring, today).unwrap(),
+            (d("2025-05-10"), today)
+        );
+        assert_eq!(
+            resolve_window(None, None, d("2025-10-01"), UseCase::Collections, today).unwrap(),
+            (d("2025-11-09"), today)
+        );
+        // A pull earlier today still leaves a one-day window.
+        assert_eq!(
+            resolve_window(None, None, today, UseCase::Monitoring, today).unwrap(),
+            (d("2025-11-09"), today)
+        );
+    }
+
+    #[test]
+    fn given_windows_are_checked() {
+        let today = d("2025-11-10");
+        let since = d("2025-01-01");
+        let err = |f: Option<&str>, t: Option<&str>, u| {
+            resolve_window(f, t, since, u, today).unwrap_err().code
+        };
+        assert_eq!(
+            err(Some("2025-11-10"), None, UseCase::Monitoring),
+            "INVALID_WINDOW"
+        );
+        assert_eq!(
+            err(None, Some("2025-11-11"), UseCase::Monitoring),
+            "INVALID_WINDOW"
+        );
+        assert_eq!(
+            err(Some("2025-05-09"), None, UseCase::Monitoring),
+            "WINDOW_TOO_LONG"
+        );
+        assert_eq!(
+            err(Some("2025-11-08"), None, UseCase::Collections),
+            "WINDOW_TOO_LONG"
+        );
+        assert_eq!(
+            err(Some("10/10/2025"), None, UseCase::Monitoring),
+            "INVALID_DATE_FORMAT"
+        );
+        assert!(
+            resolve_window(Some("2025-05-10"), None, since, UseCase::Monitoring, today).is_ok()
+        );
+        assert!(
+            resolve_window(Some("2025-11-09"), None, since, UseCase::Collections, today).is_ok()
+        );
+    }
+
+    #[test]
+    fn kinds_follow_the_use_case() {
+        assert_eq!(
+            PullKind::default_for(UseCase::Monitoring),
+            PullKind::Insights
+        );
+        assert_eq!(
+            PullKind::default_for(UseCase::Collections),
+            PullKind::Transactions
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Pulls: start one for a consent, list and read them, and serve the data they fetched.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::error::{ApiError, Query};
+use super::page::{Page, PageRequest, parse_filter};
+use crate::app::AppState;
+use crate::domain::consent::{ConsentStatus, JourneyMode};
+use crate::domain::fair_use::{next_window_start, window_start};
+use crate::domain::ist;
+use crate::domain::pull::{Pull, PullKind, PullRequest, PullStatus, resolve_window};
+use crate::domain::session::invalid;
+use crate::jobs::{JobKind, NewJob, PullPayload};
+use crate::store::{CreatePull, NewPull, PullFilter};
+
+/// Longest `Idempotency-Key` we keep.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "PULL_NOT_FOUND",
+        what: "pull",
+    }
+}
+
+/// `POST /api/v1/consents/{consent_id}/pulls`. The body may be empty: every field has a default.
+pub async fn create(
+    State(state): State<AppState>,
+    Path(consent_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Pull>), ApiError> {
+    let req: PullRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PullRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::Invalid(invalid("INVALID_BODY", e.to_string()))
+            }
+            _ => ApiError::bad_request("INVALID_JSON", e.to_string()),
+        })?
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.trim().is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
+                Some(k.trim().to_string())
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "INVALID_IDEMPOTENCY_KEY",
+                    format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible characters"
+                    ),
+                ));
+            }
+        },
+    };
+
+    let consent = state
+        .store
+        .get_consent(&consent_id)
+        .await?
+        .ok_or(ApiError::NotFound {
+            code: "CONSENT_NOT_FOUND",
+            what: "consent",
+        })?;
+    let now = state.clock.now();
+    if consent.status != ConsentStatus::Active {
+        return Err(invalid(
+            "CONSENT_NOT_ACTIVE",
+            format!("the consent is {}", consent.status),
+        )
+        .into());
+    }
+    if consent.expires_at <= now {
+        return Err(invalid(
+            "CONSENT_EXPIRED",
+            format!("the consent expired at {}", consent.expires_at),
+        )
+        .into());
+    }
+    let kind = match req.kind.as_deref() {
+        None => PullKind::default_for(consent.use_case),
+        Some(k) => k.parse().map_err(|_| {
+            invalid(
+                "INVALID_KIND",
+                format!(
+                    "kind must be one of {}, got `{k}`",
+                    PullKind::ALL.join(", ")
+                ),
+            )
+        })?,
+    };
+    let today = now.with_timezone(&ist()).date_naive();
+    let since = window_since(&state, &consent).await?;
+    let (from, to) = resolve_window(
+        req.from.as_deref(),
+        req.to.as_deref(),
+        since,
+        consent.use_case,
+        today,
+    )?;
+
+    if let Some(until) = consent.pull_blocked_until.filter(|u| *u > now) {
+        return Err(fair_use_refusal(until));
+    }
+    let pull = Pull {
+        pull_id: format!("pull_{}", uuid::Uuid::new_v4().simple()),
+        consent_id: consent.consent_id.clone(),
+        status: PullStatus::Queued,
+        kind,
+        from,
+        to,
+        upstream_session_id: None,
+        error_code: None,
+        error_message: None,
+        created_at: now,
+        updated_at: now,
+        submitted_at: None,
+        completed_at: None,
+    };
+    let job = NewJob::new(
+        JobKind::SubmitPull,
+        PullPayload {
+            pull_id: pull.pull_id.clone(),
+        },
+        now,
+        Some(format!("submit:{}", pull.pull_id)),
+    );
+    let new = NewPull {
+        pull,
+        idempotency_key,
+        request_hash: hex::encode(Sha256::digest(
+            serde_json::to_vec(&req).expect("serialises"),
+        )),
+        window_start: window_start(consent.frequency_unit, now),
+        limit: consent.frequency_value,
+    };
+    match state.store.create_pull(&new, &job).await? {
+        CreatePull::Created(pull) => {
+            state.jobs_wakeup.notify_one();
+            tracing::info!(pull_id = %pull.pull_id, consent_id = %pull.consent_id, kind = %pull.kind, "pull accepted");
+            Ok((StatusCode::ACCEPTED, axum::Json(pull)))
+        }
+        CreatePull::Existing {
+            pull,
+            same_request: true,
+        } => Ok((StatusCode::ACCEPTED, axum::Json(pull))),
+        CreatePull::Existing { .. } => Err(invalid(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .into()),
+        CreatePull::OverBudget => Err(fair_use_refusal(next_window_start(
+            consent.frequency_unit,
+            now,
+        ))),
+    }
+}
+
+fn fair_use_refusal(next: chrono::DateTime<chrono::Utc>) -> ApiError {
+    ApiError::Conflict {
+        code: "FAIR_USE_LIMIT",
+        message: format!(
+            "the consent's fair-use budget for this window is spent; the next pull is allowed at {}",
+            next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    }
+}
+
+/// Where a default window starts: the end of the last completed pull, else the end of the
+/// journey's one-time fetch, else the approval date.
+async fn window_since(
+    state: &AppState,
+    consent: &crate::domain::consent::Consent,
+) -> Result<NaiveDate, ApiError> {
+    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
+        return Ok(to);
+    }
+    if consent.journey_mode == JourneyMode::OnceWithRecurring
+        && let Some(to) = state
+            .store
+            .get_session(&consent.session_id)
+            .await?
+            .and_then(|s| s.to_date)
+    {
+        return Ok(to);
+    }
+    Ok(consent.approved_at.with_timezone(&ist()).date_naive())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    consent_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Page<Pull>>, ApiError> {
+    let status = parse_filter(
+        "INVALID_STATUS",
+        "status",
+        q.status.as_deref(),
+        PullStatus::ALL,
+    )?;
+    let page = PageRequest::new("pull", q.limit, q.cursor.as_deref())?;
+    let filter = PullFilter {
+        consent_id: q.consent_id,
+        status,
+        after_seq: page.after_seq,
+        limit: page.fetch_limit(),
+    };
+    let rows = state.store.list_pulls(&filter).await?;
+    Ok(axum::Json(page.page(rows, |p| p)))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(pull_id): Path<String>,
+) -> Result<axum::Json<Pull>, ApiError> {
+    state
+        .store
+        .get_pull(&pull_id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(not_found)
+}
+
+pub async fn insights(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    data(state, path, headers, PullKind::Insights).await
+}
+
+pub async fn transactions(
+    state: State<AppState>,
+    path: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    data(state, path, headers, PullKind::Transactions).await
+}
+
+/// Serves stored data. Clients that accept gzip get the stored bytes as they are, so a
+/// several-MB payload costs its compressed size in memory and no CPU.
+async fn data(
+    State(state): State<AppState>,
+    Path(pull_id): Path<String>,
+    headers: HeaderMap,
+    kind: PullKind,
+) -> Result<Response, ApiError> {
+    let pull = state
+        .store
+        .get_pull(&pull_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let absent = ApiError::NotFound {
+        code: "DATA_NOT_FOUND",
+        what: "data",
+    };
+    if pull.kind != kind {
+        return Err(absent);
+    }
+    if pull.status != PullStatus::Completed {
+        return Err(ApiError::Conflict {
+            code: "PULL_NOT_COMPLETED",
+            message: format!(
+                "the pull is {}; data is served once it is completed",
+                pull.status
+            ),
+        });
+    }
+    let stored = state.store.pull_data(&pull_id).await?.ok_or(absent)?;
+    let accepts_gzip = headers
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    if accepts_gzip && stored.content_encoding == "gzip" {
+        return Ok((
+            [
+                (CONTENT_TYPE, "application/json"),
+                (CONTENT_ENCODING, "gzip"),
+                (VARY, "accept-encoding"),
+            ],
+            Body::from(stored.body),
+        )
+            .into_response());
+    }
+    let raw = decompress(&stored.body, stored.raw_size).map_err(|e| {
+        ApiError::Store(crate::store::StoreError::Corrupt(format!(
+            "stored data: {e}"
+        )))
+    })?;
+    Ok((
+        [
+            (CONTENT_TYPE, "application/json"),
+            (VARY, "accept-encoding"),
+        ],
+        Body::from(raw),
+    )
+        .into_response())
+}
+
+fn decompress(gz: &[u8], raw_size: i64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(raw_size.max(0) as usize);
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut out)?;
+    Ok(out)
+}

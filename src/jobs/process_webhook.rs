@@ -1,0 +1,166 @@
+//! Act on a stored webhook: a finished pull moves on to fetching its data (or fails), an
+//! expired session expires its pull, anything else is kept and left alone.
+
+use std::time::Duration;
+
+use super::{JobError, JobKind, NewJob, PullPayload, WebhookPayload, store_retry};
+use crate::app::AppState;
+use crate::bankconnect::wire::{
+    AccountStatus, ENRICHMENT_NOTIFICATION, SESSION_EXPIRY_NOTIFICATION, WebhookEvent,
+};
+use crate::domain::pull::{Pull, PullStatus};
+
+/// A webhook can overtake the commit of its own pull's submission; wait this long for it.
+const UNKNOWN_SESSION_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+pub async fn run(state: &AppState, payload: WebhookPayload) -> Result<(), JobError> {
+    let Some(event) = state
+        .store
+        .get_webhook(payload.inbox_id)
+        .await
+        .map_err(store_retry)?
+    else {
+        return Err(JobError::Fatal(format!(
+            "inbox event {} does not exist",
+            payload.inbox_id
+        )));
+    };
+    let Ok(parsed) = serde_json::from_slice::<WebhookEvent>(&event.body) else {
+        tracing::warn!(
+            inbox_id = event.id,
+            "webhook body is not an event we understand; kept as received"
+        );
+        return Ok(());
+    };
+    let name = parsed.event_name.as_deref().unwrap_or_default();
+    if name != ENRICHMENT_NOTIFICATION && name != SESSION_EXPIRY_NOTIFICATION {
+        return Ok(());
+    }
+    let Some(session_id) = parsed.session_id.as_deref() else {
+        return Ok(());
+    };
+    let Some(pull) = state
+        .store
+        .pull_by_upstream_session(session_id)
+        .await
+        .map_err(store_retry)?
+    else {
+        if state.clock.now() - event.received_at < UNKNOWN_SESSION_GRACE {
+            return Err(JobError::Retry {
+                message: format!("no pull has upstream session {session_id} yet"),
+                after: Some(Duration::from_secs(5)),
+            });
+        }
+        tracing::info!(
+            upstream_session_id = session_id,
+            event = name,
+            "webhook for a session that is not a pull of ours"
+        );
+        return Ok(());
+    };
+    if name == SESSION_EXPIRY_NOTIFICATION {
+        let ended = state
+            .store
+            .end_pull(
+                &pull.pull_id,
+                PullStatus::Expired,
+                "SESSION_EXPIRED",
+                "the upstream session expired before completion",
+                state.clock.now(),
+            )
+            .await
+            .map_err(store_retry)?;
+        if ended {
+            tracing::warn!(pull_id = %pull.pull_id, "pull expired upstream");
+        }
+        return Ok(());
+    }
+    processing_finished(state, &pull, &parsed.accounts).await
+}
+
+/// The upstream has finished processing a pull (said by webhook or by `session_status`):
+/// fetch the data if any account completed, else fail the pull with the accounts' codes.
+pub(crate) async fn processing_finished(
+    state: &AppState,
+    pull: &Pull,
+    accounts: &[AccountStatus],
+) -> Result<(), JobError> {
+    if pull.status != PullStatus::Submitted {
+        return Ok(());
+    }
+    let now = state.clock.now();
+    if !accounts.is_empty() && !accounts.iter().any(AccountStatus::completed) {
+        let (code, message) = failed_accounts(accounts);
+        state
+            .store
+            .end_pull(&pull.pull_id, PullStatus::Failed, &code, &message, now)
+            .await
+            .map_err(store_retry)?;
+        tracing::warn!(pull_id = %pull.pull_id, %code, "every account failed upstream");
+        return Ok(());
+    }
+    let fetch = NewJob::new(
+        JobKind::FetchPullData,
+        PullPayload {
+            pull_id: pull.pull_id.clone(),
+        },
+        now,
+        Some(format!("fetch:{}", pull.pull_id)),
+    );
+    if state
+        .store
+        .start_fetching(&pull.pull_id, &fetch, now)
+        .await
+        .map_err(store_retry)?
+    {
+        state.jobs_wakeup.notify_one();
+    }
+    Ok(())
+}
+
+/// The distinct error codes of failed accounts, and a message naming each account's failure.
+fn failed_accounts(accounts: &[AccountStatus]) -> (String, String) {
+    let mut codes: Vec<&str> = accounts
+        .iter()
+        .map(|a| a.error_code.as_deref().unwrap_or("ACCOUNT_FAILED"))
+        .collect();
+    codes.dedup();
+    let message = accounts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {}",
+                a.account_id.as_deref().unwrap_or("account"),
+                a.error_message
+                    .as_deref()
+                    .or(a.error_code.as_deref())
+                    .unwrap_or("failed")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    (codes.join(","), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accounts_report_their_codes() {
+        let a = |id: &str, code: Option<&str>| AccountStatus {
+            account_id: Some(id.into()),
+            account_status: Some("failed".into()),
+            error_code: code.map(String::from),
+            error_message: Some(format!("{id} broke")),
+            ..Default::default()
+        };
+        let (code, message) = failed_accounts(&[
+            a("a1", Some("FIP_DOWN")),
+            a("a2", Some("FIP_DOWN")),
+            a("a3", None),
+        ]);
+        assert_eq!(code, "FIP_DOWN,ACCOUNT_FAILED");
+        assert_eq!(message, "a1: a1 broke; a2: a2 broke; a3: a3 broke");
+    }
+}

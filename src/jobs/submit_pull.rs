@@ -1,0 +1,184 @@
+//! Send a pull's Fetch Recurring AA Data call.
+//!
+//! The call is not idempotent and every accepted call spends the consent, so each send is
+//! first written to the fair-use ledger (`pull_attempts`) in a transaction that checks the
+//! budget. An attempt whose outcome we never learned stays counted; one that certainly never
+//! left (a refused connection) is given back. A retry is just another budget-checked send, so
+//! no sequence of failures and retries can overspend the consent.
+
+use std::time::Duration;
+
+use super::{JobError, JobKind, NewJob, PullPayload, pull_step_failed, store_retry};
+use crate::app::AppState;
+use crate::bankconnect::BankConnectError;
+use crate::domain::consent::ConsentStatus;
+use crate::domain::fair_use::{next_window_start, window_start};
+use crate::domain::pull::{Pull, PullStatus};
+
+pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
+    let store = &state.store;
+    let Some(pull) = store
+        .get_pull(&payload.pull_id)
+        .await
+        .map_err(store_retry)?
+    else {
+        return Err(JobError::Fatal(format!(
+            "pull {} does not exist",
+            payload.pull_id
+        )));
+    };
+    if pull.status != PullStatus::Queued {
+        return Ok(());
+    }
+    let consent = store
+        .get_consent(&pull.consent_id)
+        .await
+        .map_err(store_retry)?
+        .ok_or_else(|| JobError::Fatal(format!("consent {} does not exist", pull.consent_id)))?;
+    let now = state.clock.now();
+    let refusal = if consent.status != ConsentStatus::Active {
+        Some((
+            "CONSENT_NOT_ACTIVE",
+            format!("the consent is {}", consent.status),
+        ))
+    } else if consent.expires_at <= now {
+        Some((
+            "CONSENT_EXPIRED",
+            format!("the consent expired at {}", consent.expires_at),
+        ))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
+        store
+            .end_pull(&pull.pull_id, PullStatus::Failed, code, &message, now)
+            .await
+            .map_err(store_retry)?;
+        return Ok(());
+    }
+    if let Some(until) = consent.pull_blocked_until
+        && until > now
+    {
+        return Err(wait_until(
+            until,
+            now,
+            "the upstream reported the consent overused",
+        ));
+    }
+
+    let unit = consent.frequency_unit;
+    let Some(attempt) = store
+        .reserve_attempt(
+            &consent.consent_id,
+            &pull.pull_id,
+            window_start(unit, now),
+            consent.frequency_value,
+            now,
+        )
+        .await
+        .map_err(store_retry)?
+    else {
+        return Err(wait_until(
+            next_window_start(unit, now),
+            now,
+            "the fair-use budget of this window is spent",
+        ));
+    };
+
+    match state
+        .bankconnect
+        .fetch_recurring_aa_data(&consent.consent_id, pull.from, pull.to)
+        .await
+    {
+        Ok(session_id) => record_submission(state, &pull, &session_id).await,
+        Err(BankConnectError::Transport {
+            maybe_sent: false,
+            message,
+        }) => {
+            store.cancel_attempt(attempt).await.map_err(store_retry)?;
+            Err(JobError::Retry {
+                message,
+                after: None,
+            })
+        }
+        Err(e) => {
+            let now = state.clock.now();
+            match e.code() {
+                Some("CONSENT_REVOKED") => {
+                    store
+                        .set_consent_status(&consent.consent_id, ConsentStatus::Revoked, now)
+                        .await
+                        .map_err(store_retry)?;
+                    tracing::warn!(consent_id = %consent.consent_id, "consent revoked upstream; schedule stopped");
+                }
+                Some("INVALID_CONSENT_ID") => {
+                    store
+                        .set_consent_status(&consent.consent_id, ConsentStatus::Invalid, now)
+                        .await
+                        .map_err(store_retry)?;
+                    tracing::warn!(consent_id = %consent.consent_id, "consent unknown upstream; marked invalid");
+                }
+                Some("CONSENT_OVERUSED") => {
+                    store
+                        .block_consent_until(&consent.consent_id, next_window_start(unit, now), now)
+                        .await
+                        .map_err(store_retry)?;
+                }
+                _ => {}
+            }
+            pull_step_failed(state, &pull.pull_id, e).await
+        }
+    }
+}
+
+/// The upstream accepted the pull: its session id must be kept, or the spent use is wasted.
+/// The write is retried here rather than by the job, because a job retry would send again.
+async fn record_submission(
+    state: &AppState,
+    pull: &Pull,
+    session_id: &str,
+) -> Result<(), JobError> {
+    let now = state.clock.now();
+    let poll = NewJob::new(
+        JobKind::PollPull,
+        PullPayload {
+            pull_id: pull.pull_id.clone(),
+        },
+        now + state.config.poll_fallback_after,
+        Some(format!("poll:{}", pull.pull_id)),
+    );
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..10 {
+        match state
+            .store
+            .mark_submitted(&pull.pull_id, session_id, &poll, now)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(pull_id = %pull.pull_id, upstream_session_id = session_id, "pull submitted");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(pull_id = %pull.pull_id, upstream_session_id = session_id, error = %e, "recording the submission failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::error!(pull_id = %pull.pull_id, upstream_session_id = session_id, "submission could not be recorded");
+    Err(JobError::Retry {
+        message: format!("upstream session {session_id} could not be recorded"),
+        after: None,
+    })
+}
+
+fn wait_until(
+    until: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    why: &str,
+) -> JobError {
+    JobError::Retry {
+        message: format!("{why}; next pull allowed at {until}"),
+        after: Some((until - now).to_std().unwrap_or_default()),
+    }
+}
