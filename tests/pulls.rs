@@ -150,7 +150,6 @@ async fn duplicate_and_replayed_webhooks_are_processed_once() {
     let consent = app.approved_consent("cust-dup", json!({})).await;
     let pull_id = app.pull(&consent).await;
     let pull = app.pull_reaches(&pull_id, "completed", 20).await;
-    app.eventually("/healthz", 5, |_| true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
@@ -195,6 +194,31 @@ async fn duplicate_and_replayed_webhooks_are_processed_once() {
     assert_eq!(
         app.pull_reaches(&pull_id, "completed", 1).await["completed_at"],
         pull["completed_at"]
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_for_an_unknown_session_is_stored_and_acknowledged() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"session_id": "not-ours", "event_name": "ENRICHMENT_NOTIFICATION", "accounts": []}),
+        json!({"session_id": "not-ours", "event_name": "SESSION_REQUIREMENT_COMPLETION_NOTIFICATION"}),
+        json!(["not", "an", "object"]),
+    ] {
+        let (status, answer) = post_webhook(
+            &app,
+            WebhookVerify::HmacSha256,
+            "sandbox-webhook-secret",
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(answer["status"], "accepted");
+    }
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await,
+        3
     );
 }
 
@@ -582,7 +606,6 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
     app.inject_delay("insights", 3000, 1).await;
     let pull_id = app.pull(&consent).await;
     app.pull_reaches(&pull_id, "fetching", 10).await;
-    app.eventually("/healthz", 5, |_| true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.upstream_calls("insights").await, 1);
     app.app.take().unwrap().abort();

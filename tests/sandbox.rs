@@ -192,3 +192,176 @@ async fn consent_details_follow_the_journey() {
     let (_, again) = decode(details(id).await.unwrap()).await;
     assert_eq!(again, body);
 }
+
+#[tokio::test]
+async fn fetch_recurring_enforces_fair_use_revocation_and_dates() {
+    let base = spawn_sandbox().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut body = session_body();
+    body["aa_recurring_frequency_value"] = json!(2);
+    let (_, created) = post_session(&base, &body).await;
+    let page = http
+        .get(created["redirect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    http.post(form_action(&page, "approve"))
+        .send()
+        .await
+        .unwrap();
+    let id = created["session_id"].as_str().unwrap();
+    let (_, details) = decode(
+        http.post(format!(
+            "{base}/v1/account_aggregator/get_recurring_consent_details/"
+        ))
+        .query(&[("session_id", id)])
+        .header("x-api-key", "k")
+        .header("server-hash", "h")
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    let consent = details["consent_details"][0]["consent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let today = chrono::Utc::now()
+        .with_timezone(&aa_recurring::domain::ist())
+        .date_naive();
+    let wire = |d: chrono::NaiveDate| d.format("%d/%m/%Y").to_string();
+    let fetch = |consent: String, from: String, to: String| {
+        http.post(format!(
+            "{base}/v1/account_aggregator/fetch_recurring_aa_data/"
+        ))
+        .header("x-api-key", "k")
+        .header("server-hash", "h")
+        .json(
+            &json!({"consent_id": consent, "date_time_range_from": from, "date_time_range_to": to}),
+        )
+        .send()
+    };
+    let yesterday = wire(today - chrono::Days::new(1));
+    let (status, answer) = decode(
+        fetch("unknown".into(), yesterday.clone(), wire(today))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::BAD_REQUEST, "INVALID_CONSENT_ID")
+    );
+    let (_, answer) = decode(
+        fetch(consent.clone(), wire(today), yesterday.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code(&answer), "INVALID_DATE_RANGE");
+    let (_, answer) = decode(
+        fetch(consent.clone(), yesterday.clone(), "2025-01-01".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code(&answer), "INVALID_DATE_RANGE");
+    let (_, answer) = decode(
+        fetch(
+            consent.clone(),
+            wire(today),
+            wire(today + chrono::Days::new(1)),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code(&answer), "INVALID_DATE_RANGE");
+
+    // Two a day are allowed; the third is refused.
+    for _ in 0..2 {
+        let (status, answer) = decode(
+            fetch(consent.clone(), yesterday.clone(), wire(today))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer["session_id"].is_string());
+    }
+    let (_, answer) = decode(
+        fetch(consent.clone(), yesterday.clone(), wire(today))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code(&answer), "CONSENT_OVERUSED");
+
+    let r = http
+        .post(format!("{base}/_control/consents/{consent}/revoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (_, answer) = decode(
+        fetch(consent.clone(), yesterday, wire(today))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code(&answer), "CONSENT_REVOKED");
+}
+
+#[tokio::test]
+async fn status_and_data_say_not_yet_until_processing_is_done() {
+    let app = spawn_app().await;
+    app.sandbox_settings(json!({"drop_webhooks": true, "processing_ms": 60000}))
+        .await;
+    let consent = app.approved_consent("cust-sb-status", json!({})).await;
+    let pull_id = app.pull(&consent).await;
+    let pull = app.pull_reaches(&pull_id, "submitted", 5).await;
+    let session = pull["upstream_session_id"].as_str().unwrap();
+    let auth = |r: reqwest::RequestBuilder| {
+        r.header("x-api-key", aa_recurring::config::SANDBOX_API_KEY)
+            .header("server-hash", aa_recurring::config::SANDBOX_SERVER_HASH)
+    };
+    for path in ["session_status", "insights", "transactions"] {
+        let r = auth(app.http.get(format!(
+            "{}/v1/session_data/{session}/{path}/",
+            app.sandbox_base
+        )))
+        .send()
+        .await
+        .unwrap();
+        let (status, body) = decode(r).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(code(&body), "PROCESSING_NOT_COMPLETED", "{path}");
+    }
+    let r = auth(app.http.get(format!(
+        "{}/v1/session_data/{session}/progress/",
+        app.sandbox_base
+    )))
+    .send()
+    .await
+    .unwrap();
+    let (_, body) = decode(r).await;
+    assert_eq!(body["session_progress"], "processing");
+    let r = auth(app.http.get(format!(
+        "{}/v1/session_data/nope/session_status/",
+        app.sandbox_base
+    )))
+    .send()
+    .await
+    .unwrap();
+    let (status, body) = decode(r).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND")
+    );
+}
