@@ -71,6 +71,8 @@ pub struct Config {
     pub poll_fallback_after: Duration,
     pub pull_deadline: Duration,
     pub data_retention_days: u32,
+    /// A service-wide floor under every consent's pull spacing (never a ceiling).
+    pub pull_interval_min: Option<Duration>,
     pub log_format: LogFormat,
 }
 
@@ -222,6 +224,10 @@ impl Config {
         )?)
         .map_err(|_| err("DATA_RETENTION_DAYS", "too large"))?;
 
+        let pull_interval_min = get("PULL_INTERVAL_MIN_SECS")
+            .map(|v| positive("PULL_INTERVAL_MIN_SECS", Some(v), 0).map(Duration::from_secs))
+            .transpose()?;
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -266,6 +272,7 @@ impl Config {
             poll_fallback_after,
             pull_deadline,
             data_retention_days,
+            pull_interval_min,
             log_format,
         })
     }

@@ -163,3 +163,88 @@ pub const ENRICHMENT_NOTIFICATION: &str = "ENRICHMENT_NOTIFICATION";
 pub const SESSION_EXPIRY_NOTIFICATION: &str = "SESSION_EXPIRY_NOTIFICATION";
 /// "Not yet": the answer of status and data endpoints while processing is under way.
 pub const PROCESSING_NOT_COMPLETED: &str = "PROCESSING_NOT_COMPLETED";
+
+#[derive(Deserialize)]
+struct DataPayload {
+    #[serde(default)]
+    accounts: Vec<DataAccount>,
+}
+
+#[derive(Deserialize)]
+struct DataAccount {
+    #[serde(default)]
+    account_id: Option<String>,
+    /// Insights nest transactions under `data`.
+    #[serde(default)]
+    data: Option<DataInner>,
+    /// The Transactions answer (shape not public) is read the same way if they sit here.
+    #[serde(default)]
+    transactions: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct DataInner {
+    #[serde(default)]
+    transactions: Vec<serde_json::Value>,
+}
+
+/// One transaction of an Insights or Transactions answer, with what identifies and orders it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireTransaction {
+    pub account_id: Option<String>,
+    /// The upstream's `hash`: the same transaction has the same hash in every pull.
+    pub hash: String,
+    /// `date` as sent: `YYYY-MM-DD HH:MM:SS`.
+    pub date: String,
+    pub body: serde_json::Value,
+}
+
+/// Reads every account's transactions out of an enriched-data answer, skipping the rest of
+/// the document. A transaction with no `hash` is keyed by a hash of its own JSON.
+pub fn transactions_in(
+    reader: impl std::io::Read,
+) -> Result<Vec<WireTransaction>, serde_json::Error> {
+    use sha2::{Digest, Sha256};
+    let payload: DataPayload = serde_json::from_reader(std::io::BufReader::new(reader))?;
+    let mut out = vec![];
+    for account in payload.accounts {
+        let nested = account.data.map(|d| d.transactions).unwrap_or_default();
+        for t in nested.into_iter().chain(account.transactions) {
+            let hash = t["hash"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| hex::encode(Sha256::digest(t.to_string().as_bytes())));
+            let date = t["date"].as_str().unwrap_or_default().to_string();
+            out.push(WireTransaction {
+                account_id: account.account_id.clone(),
+                hash,
+                date,
+                body: t,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod data_tests {
+    use super::*;
+
+    #[test]
+    fn transactions_are_read_from_both_shapes() {
+        let insights = br#"{"session_id": "s", "accounts": [{"account_id": "a1", "data": {"transactions": [
+            {"hash": "h1", "date": "2025-01-02 10:00:00", "amount": 5}], "monthly_analysis": {}}}]}"#;
+        let t = transactions_in(&insights[..]).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].hash.as_str(), t[0].date.as_str()),
+            ("h1", "2025-01-02 10:00:00")
+        );
+        assert_eq!(t[0].account_id.as_deref(), Some("a1"));
+        let txns = br#"{"accounts": [{"account_id": "a2", "transactions": [{"date": "2025-01-03 00:00:00", "amount": 1}]}]}"#;
+        let t = transactions_in(&txns[..]).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].hash.len(), 64, "a missing hash is derived");
+        assert!(transactions_in(&b"not json"[..]).is_err());
+    }
+}

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Months, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::fair_use::{Limit, limits};
 use super::ist;
+use super::schedule::pull_interval;
 
 /// Why the lender holds the consent; it decides the Sahamati limits and which data is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +97,26 @@ pub struct Consent {
     pub next_pull_at: Option<DateTime<Utc>>,
     /// Set when the upstream said CONSENT_OVERUSED: no pull is sent before this instant.
     pub pull_blocked_until: Option<DateTime<Utc>>,
+    /// The lender's own, slower spacing of scheduled pulls, in seconds.
+    pub pull_interval_secs: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Consent {
+    /// Every fair-use rule this consent's pulls must keep.
+    pub fn limits(&self) -> [Limit; 2] {
+        limits(self.use_case, self.frequency_unit, self.frequency_value)
+    }
+
+    /// The spacing of scheduled pulls, given the service-wide minimum.
+    pub fn interval(&self, global_min: Option<chrono::Duration>) -> chrono::Duration {
+        pull_interval(
+            &self.limits(),
+            global_min,
+            self.pull_interval_secs.map(chrono::Duration::seconds),
+        )
+    }
 }
 
 /// The longest tenure we accept; FinBox auto-corrects monitoring tenure above 60 months.

@@ -5,8 +5,55 @@
 use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
-use super::consent::FrequencyUnit;
+use super::consent::{FrequencyUnit, UseCase};
 use super::ist;
+
+/// One fair-use rule: at most `max` pulls in any calendar `unit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub unit: FrequencyUnit,
+    pub max: u32,
+}
+
+/// Sahamati's own cap per use case, whatever the consent says: account monitoring at most 5
+/// pulls a month, collections at most 1 a day.
+pub fn sahamati_cap(use_case: UseCase) -> Limit {
+    match use_case {
+        UseCase::Monitoring => Limit {
+            unit: FrequencyUnit::Month,
+            max: 5,
+        },
+        UseCase::Collections => Limit {
+            unit: FrequencyUnit::Day,
+            max: 1,
+        },
+    }
+}
+
+/// Every rule a consent's pulls must keep: its own frequency first, then the Sahamati cap.
+pub fn limits(use_case: UseCase, unit: FrequencyUnit, value: u32) -> [Limit; 2] {
+    [Limit { unit, max: value }, sahamati_cap(use_case)]
+}
+
+/// The windows to count sent pulls in at `now`: `(window start, max)` per limit.
+pub fn budget_windows(limits: &[Limit], now: DateTime<Utc>) -> Vec<(DateTime<Utc>, u32)> {
+    limits
+        .iter()
+        .map(|l| (window_start(l.unit, now), l.max))
+        .collect()
+}
+
+/// Whether one more pull may be sent, given how many were sent in each limit's current
+/// window (`used[i]` for `limits[i]`). `Err` is the instant every limit allows one again.
+pub fn check_all(limits: &[Limit], used: &[u32], now: DateTime<Utc>) -> Result<(), DateTime<Utc>> {
+    let mut next: Option<DateTime<Utc>> = None;
+    for (l, u) in limits.iter().zip(used) {
+        if let Err(at) = check(l.unit, l.max, *u, now) {
+            next = Some(next.map_or(at, |n| n.max(at)));
+        }
+    }
+    next.map_or(Ok(()), Err)
+}
 
 /// The start of the calendar window (in IST) that contains `t`.
 pub fn window_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
@@ -69,20 +116,21 @@ pub struct Usage {
     pub next_pull_allowed_at: DateTime<Utc>,
 }
 
+/// The usage of `limits[0]` (the consent's own frequency), and when the next pull is allowed
+/// under every limit and any upstream block.
 pub fn usage(
-    unit: FrequencyUnit,
-    value: u32,
-    used: u32,
+    limits: &[Limit],
+    used: &[u32],
     blocked_until: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Usage {
-    let window_resets_at = next_window_start(unit, now);
-    let allowed = check(unit, value, used, now).err().unwrap_or(now);
+    let own = limits[0];
+    let allowed = check_all(limits, used, now).err().unwrap_or(now);
     Usage {
-        window: unit,
-        pulls_allowed: value,
-        pulls_used: used,
-        window_resets_at,
+        window: own.unit,
+        pulls_allowed: own.max,
+        pulls_used: used[0],
+        window_resets_at: next_window_start(own.unit, now),
         next_pull_allowed_at: blocked_until.map_or(allowed, |b| b.max(allowed)),
     }
 }
@@ -159,27 +207,35 @@ mod tests {
     #[test]
     fn usage_says_when_the_next_pull_is_allowed() {
         let now = ist_at(2025, 3, 9, 12, 0);
-        let u = usage(FrequencyUnit::Day, 2, 1, None, now);
+        let two_a_day = limits(UseCase::Monitoring, FrequencyUnit::Day, 2);
+        let u = usage(&two_a_day, &[1, 1], None, now);
         assert_eq!(u.next_pull_allowed_at, now);
         assert_eq!(u.window_resets_at, ist_at(2025, 3, 10, 0, 0));
-        let spent = usage(FrequencyUnit::Day, 2, 2, None, now);
+        let spent = usage(&two_a_day, &[2, 2], None, now);
         assert_eq!(spent.next_pull_allowed_at, ist_at(2025, 3, 10, 0, 0));
-        let blocked = usage(
-            FrequencyUnit::Day,
-            2,
-            0,
-            Some(ist_at(2025, 3, 9, 18, 0)),
-            now,
-        );
+        // The monthly Sahamati cap outlasts the daily window.
+        let capped = usage(&two_a_day, &[0, 5], None, now);
+        assert_eq!(capped.next_pull_allowed_at, ist_at(2025, 4, 1, 0, 0));
+        let blocked = usage(&two_a_day, &[0, 0], Some(ist_at(2025, 3, 9, 18, 0)), now);
         assert_eq!(blocked.next_pull_allowed_at, ist_at(2025, 3, 9, 18, 0));
-        let stale_block = usage(
-            FrequencyUnit::Day,
-            2,
-            0,
-            Some(ist_at(2025, 3, 1, 0, 0)),
-            now,
-        );
+        let stale_block = usage(&two_a_day, &[0, 0], Some(ist_at(2025, 3, 1, 0, 0)), now);
         assert_eq!(stale_block.next_pull_allowed_at, now);
+    }
+
+    #[test]
+    fn sahamati_caps_bound_generous_consents() {
+        let now = ist_at(2025, 3, 31, 23, 59);
+        // A monitoring consent that says 3 a day still gets at most 5 a month.
+        let l = limits(UseCase::Monitoring, FrequencyUnit::Day, 3);
+        assert!(check_all(&l, &[2, 4], now).is_ok());
+        assert_eq!(check_all(&l, &[0, 5], now), Err(ist_at(2025, 4, 1, 0, 0)));
+        // Collections: 1 a day even if the consent says 5 an hour.
+        let l = limits(UseCase::Collections, FrequencyUnit::Hour, 5);
+        assert_eq!(check_all(&l, &[1, 1], now), Err(ist_at(2025, 4, 1, 0, 0)));
+        assert!(check_all(&l, &[0, 0], now).is_ok());
+        // 00:01 IST on 1 April is a new day and a new month.
+        let after = ist_at(2025, 4, 1, 0, 1);
+        assert_eq!(budget_windows(&l, after)[1], (ist_at(2025, 4, 1, 0, 0), 1));
     }
 
     #[test]

@@ -71,6 +71,36 @@ pub struct Pull {
     pub updated_at: DateTime<Utc>,
     pub submitted_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When the pull's data was deleted at the end of its data life.
+    pub data_purged_at: Option<DateTime<Utc>>,
+}
+
+impl Pull {
+    /// A new pull, accepted and waiting to be sent.
+    pub fn queued(
+        consent_id: &str,
+        kind: PullKind,
+        from: NaiveDate,
+        to: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Pull {
+            pull_id: format!("pull_{}", uuid::Uuid::new_v4().simple()),
+            consent_id: consent_id.to_string(),
+            status: PullStatus::Queued,
+            kind,
+            from,
+            to,
+            upstream_session_id: None,
+            error_code: None,
+            error_message: None,
+            created_at: now,
+            updated_at: now,
+            submitted_at: None,
+            completed_at: None,
+            data_purged_at: None,
+        }
+    }
 }
 
 /// The body of `POST /api/v1/consents/{id}/pulls` as received.
@@ -91,9 +121,26 @@ pub fn earliest_from(use_case: UseCase, to: NaiveDate) -> NaiveDate {
     }
 }
 
-/// Resolves a pull's window. Missing bounds default to "since the last pull, up to today",
-/// clipped to the Sahamati maximum; given bounds must be ordered, not in the future and
-/// within the maximum.
+/// The next gap-free window: from where the data we hold ends, as far as one pull may reach
+/// (up to today). A consent that fell behind catches up window by window; a window always
+/// spans at least one day, so a pull made on the day of the last one overlaps it (the
+/// overlap's transactions are deduplicated by hash).
+pub fn next_window(
+    since: NaiveDate,
+    use_case: UseCase,
+    today: NaiveDate,
+) -> (NaiveDate, NaiveDate) {
+    let reach = match use_case {
+        UseCase::Monitoring => since + Months::new(6),
+        UseCase::Collections => since + Days::new(1),
+    };
+    let to = reach.min(today);
+    let from = since.min(to - Days::new(1));
+    (from, to)
+}
+
+/// Resolves a pull's window. With no bounds it is [`next_window`]; given bounds must be
+/// ordered, not in the future and within the Sahamati maximum.
 pub fn resolve_window(
     from: Option<&str>,
     to: Option<&str>,
@@ -101,6 +148,9 @@ pub fn resolve_window(
     use_case: UseCase,
     today: NaiveDate,
 ) -> Result<(NaiveDate, NaiveDate), ValidationError> {
+    if from.is_none() && to.is_none() {
+        return Ok(next_window(since, use_case, today));
+    }
     let to_date = to
         .map(|v| parse_api_date("to", v))
         .transpose()?
@@ -143,26 +193,54 @@ mod tests {
     }
 
     #[test]
-    fn defaults_run_from_the_last_pull_to_today() {
+    fn defaults_run_gap_free_from_the_last_pull() {
         let today = d("2025-11-10");
         assert_eq!(
             resolve_window(None, None, d("2025-10-01"), UseCase::Monitoring, today).unwrap(),
             (d("2025-10-01"), today)
         );
-        // Clipped to six months, or one day for collections.
+        // Behind by more than six months: catch up from where the data ends.
         assert_eq!(
             resolve_window(None, None, d("2024-01-01"), UseCase::Monitoring, today).unwrap(),
-            (d("2025-05-10"), today)
+            (d("2024-01-01"), d("2024-07-01"))
         );
         assert_eq!(
             resolve_window(None, None, d("2025-10-01"), UseCase::Collections, today).unwrap(),
-            (d("2025-11-09"), today)
+            (d("2025-10-01"), d("2025-10-02"))
         );
         // A pull earlier today still leaves a one-day window.
         assert_eq!(
             resolve_window(None, None, today, UseCase::Monitoring, today).unwrap(),
             (d("2025-11-09"), today)
         );
+        // Only `to` given: as far back as allowed, but not before the last pull.
+        assert_eq!(
+            resolve_window(
+                None,
+                Some("2025-11-10"),
+                d("2024-01-01"),
+                UseCase::Monitoring,
+                today
+            )
+            .unwrap(),
+            (d("2025-05-10"), today)
+        );
+    }
+
+    #[test]
+    fn catch_up_windows_tile_without_gaps() {
+        let today = d("2025-11-10");
+        let mut since = d("2023-12-25");
+        let mut windows = vec![];
+        while since < today {
+            let (from, to) = next_window(since, UseCase::Monitoring, today);
+            assert_eq!(from, since, "no gap");
+            assert!(to - from <= chrono::Duration::days(184));
+            windows.push((from, to));
+            since = to;
+        }
+        assert_eq!(windows.last().unwrap().1, today);
+        assert_eq!(windows.len(), 4);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! When a consent's pulls happen.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 
 use super::consent::FrequencyUnit;
+use super::fair_use::Limit;
 
 /// The spacing of a consent's scheduled pulls: `value` pulls per `unit` means one pull every
 /// `unit / value`. The unit is taken at its longest calendar length (31-day month, 366-day
@@ -17,10 +18,20 @@ pub fn cadence_interval(unit: FrequencyUnit, value: u32) -> Duration {
     unit_len / value.max(1) as i32
 }
 
-/// A new consent's first scheduled pull comes one interval after approval; the journey's own
-/// one-time fetch, if any, covers the start.
-pub fn first_pull_at(approved_at: DateTime<Utc>, unit: FrequencyUnit, value: u32) -> DateTime<Utc> {
-    approved_at + cadence_interval(unit, value)
+/// The spacing of scheduled pulls: the slowest cadence any limit demands, made slower (never
+/// faster) by a global minimum and by the consent's own setting.
+pub fn pull_interval(
+    limits: &[Limit],
+    global_min: Option<Duration>,
+    consent: Option<Duration>,
+) -> Duration {
+    limits
+        .iter()
+        .map(|l| cadence_interval(l.unit, l.max))
+        .chain(global_min)
+        .chain(consent)
+        .max()
+        .unwrap_or_else(|| Duration::days(1))
 }
 
 #[cfg(test)]
@@ -50,15 +61,32 @@ mod tests {
     }
 
     #[test]
-    fn first_pull_is_one_interval_after_approval() {
-        let t = DateTime::parse_from_rfc3339("2025-10-10T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+    fn settings_only_ever_slow_the_schedule() {
+        use crate::domain::consent::UseCase;
+        use crate::domain::fair_use::limits;
+        let l = limits(UseCase::Collections, FrequencyUnit::Day, 1);
+        assert_eq!(pull_interval(&l, None, None), Duration::days(1));
         assert_eq!(
-            first_pull_at(t, FrequencyUnit::Day, 2),
-            DateTime::parse_from_rfc3339("2025-10-10T22:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc)
+            pull_interval(&l, Some(Duration::hours(1)), None),
+            Duration::days(1)
+        );
+        assert_eq!(
+            pull_interval(&l, None, Some(Duration::hours(1))),
+            Duration::days(1)
+        );
+        assert_eq!(
+            pull_interval(&l, Some(Duration::days(2)), None),
+            Duration::days(2)
+        );
+        assert_eq!(
+            pull_interval(&l, None, Some(Duration::days(3))),
+            Duration::days(3)
+        );
+        // A monitoring consent of 3 a day is spread to Sahamati's 5 a month.
+        let l = limits(UseCase::Monitoring, FrequencyUnit::Day, 3);
+        assert_eq!(
+            pull_interval(&l, None, None),
+            cadence_interval(FrequencyUnit::Month, 5)
         );
     }
 }

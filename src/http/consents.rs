@@ -7,7 +7,7 @@ use super::error::{ApiError, Query};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
 use crate::domain::consent::{Consent, ConsentStatus};
-use crate::domain::fair_use::{Usage, usage, window_start};
+use crate::domain::fair_use::{Usage, budget_windows, usage};
 use crate::store::ConsentFilter;
 
 /// A consent as the API shows it: the stored fields plus its fair-use usage.
@@ -21,18 +21,16 @@ pub struct ConsentView {
 impl ConsentView {
     pub async fn build(state: &AppState, consent: Consent) -> Result<Self, ApiError> {
         let now = state.clock.now();
-        let unit = consent.frequency_unit;
+        let limits = consent.limits();
+        let starts: Vec<_> = budget_windows(&limits, now)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         let used = state
             .store
-            .attempts_since(&consent.consent_id, window_start(unit, now))
+            .attempts_since(&consent.consent_id, &starts)
             .await?;
-        let usage = usage(
-            unit,
-            consent.frequency_value,
-            used,
-            consent.pull_blocked_until,
-            now,
-        );
+        let usage = usage(&limits, &used, consent.pull_blocked_until, now);
         Ok(ConsentView { consent, usage })
     }
 }

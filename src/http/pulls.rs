@@ -5,20 +5,19 @@ use axum::extract::{Path, State};
 use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::NaiveDate;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::consents::ConsentView;
 use super::error::{ApiError, Query};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
-use crate::domain::consent::{ConsentStatus, JourneyMode};
-use crate::domain::fair_use::{next_window_start, window_start};
+use crate::domain::consent::ConsentStatus;
 use crate::domain::ist;
 use crate::domain::pull::{Pull, PullKind, PullRequest, PullStatus, resolve_window};
 use crate::domain::session::invalid;
-use crate::jobs::{JobKind, NewJob, PullPayload};
-use crate::store::{CreatePull, NewPull, PullFilter};
+use crate::jobs::submit_pull;
+use crate::store::{CreatePull, PullFilter};
 
 /// Longest `Idempotency-Key` we keep.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -100,7 +99,7 @@ pub async fn create(
         })?,
     };
     let today = now.with_timezone(&ist()).date_naive();
-    let since = window_since(&state, &consent).await?;
+    let since = submit_pull::window_since(&state, &consent).await?;
     let (from, to) = resolve_window(
         req.from.as_deref(),
         req.to.as_deref(),
@@ -112,38 +111,17 @@ pub async fn create(
     if let Some(until) = consent.pull_blocked_until.filter(|u| *u > now) {
         return Err(fair_use_refusal(until));
     }
-    let pull = Pull {
-        pull_id: format!("pull_{}", uuid::Uuid::new_v4().simple()),
-        consent_id: consent.consent_id.clone(),
-        status: PullStatus::Queued,
+    let request_hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&req).expect("serialises"),
+    ));
+    let (new, job) = submit_pull::plan(
+        &consent,
         kind,
-        from,
-        to,
-        upstream_session_id: None,
-        error_code: None,
-        error_message: None,
-        created_at: now,
-        updated_at: now,
-        submitted_at: None,
-        completed_at: None,
-    };
-    let job = NewJob::new(
-        JobKind::SubmitPull,
-        PullPayload {
-            pull_id: pull.pull_id.clone(),
-        },
+        (from, to),
         now,
-        Some(format!("submit:{}", pull.pull_id)),
-    );
-    let new = NewPull {
-        pull,
         idempotency_key,
-        request_hash: hex::encode(Sha256::digest(
-            serde_json::to_vec(&req).expect("serialises"),
-        )),
-        window_start: window_start(consent.frequency_unit, now),
-        limit: consent.frequency_value,
-    };
+        request_hash,
+    );
     match state.store.create_pull(&new, &job).await? {
         CreatePull::Created(pull) => {
             state.jobs_wakeup.notify_one();
@@ -159,10 +137,16 @@ pub async fn create(
             "this Idempotency-Key was used with a different request body",
         )
         .into()),
-        CreatePull::OverBudget => Err(fair_use_refusal(next_window_start(
-            consent.frequency_unit,
-            now,
-        ))),
+        CreatePull::OverBudget => {
+            let usage = ConsentView::build(&state, consent).await?.usage;
+            // Pulls accepted but not yet sent fill the budget too; then the window must turn.
+            let next = if usage.next_pull_allowed_at > now {
+                usage.next_pull_allowed_at
+            } else {
+                usage.window_resets_at
+            };
+            Err(fair_use_refusal(next))
+        }
     }
 }
 
@@ -174,27 +158,6 @@ fn fair_use_refusal(next: chrono::DateTime<chrono::Utc>) -> ApiError {
             next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
     }
-}
-
-/// Where a default window starts: the end of the last completed pull, else the end of the
-/// journey's one-time fetch, else the approval date.
-async fn window_since(
-    state: &AppState,
-    consent: &crate::domain::consent::Consent,
-) -> Result<NaiveDate, ApiError> {
-    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
-        return Ok(to);
-    }
-    if consent.journey_mode == JourneyMode::OnceWithRecurring
-        && let Some(to) = state
-            .store
-            .get_session(&consent.session_id)
-            .await?
-            .and_then(|s| s.to_date)
-    {
-        return Ok(to);
-    }
-    Ok(consent.approved_at.with_timezone(&ist()).date_naive())
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,6 @@ use crate::bankconnect::wire::ConsentDetail;
 use crate::domain::consent::{
     Consent, ConsentStatus, MAX_FREQUENCY_VALUE, expires_at, mask_account_number,
 };
-use crate::domain::schedule::first_pull_at;
 use crate::domain::session::{Session, SessionStatus};
 
 /// The longest tenure we believe from upstream (FinBox quotes ranges up to 84 months); a
@@ -53,9 +52,13 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
         }
         Ok(details) => {
             let now = state.clock.now();
+            let global_min = state
+                .config
+                .pull_interval_min
+                .and_then(|d| chrono::Duration::from_std(d).ok());
             let consents: Vec<Consent> = details
                 .into_iter()
-                .map(|d| consent_from(d, &session, now))
+                .map(|d| consent_from(d, &session, now, global_min))
                 .collect();
             store
                 .complete_session(id, &consents, now)
@@ -103,7 +106,12 @@ pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobErr
 
 /// One upstream consent entry as a stored consent. The upstream's tenure and frequency win
 /// (they are what the user approved); the journey's request fills any gap.
-fn consent_from(d: ConsentDetail, s: &Session, now: DateTime<Utc>) -> Consent {
+fn consent_from(
+    d: ConsentDetail,
+    s: &Session,
+    now: DateTime<Utc>,
+    global_min: Option<chrono::Duration>,
+) -> Consent {
     let tenure_months = d
         .tenure_month_count
         .filter(|t| (1..=MAX_UPSTREAM_TENURE_MONTHS).contains(t))
@@ -116,7 +124,7 @@ fn consent_from(d: ConsentDetail, s: &Session, now: DateTime<Utc>) -> Consent {
         .frequency_value
         .filter(|v| (1..=MAX_FREQUENCY_VALUE).contains(v))
         .unwrap_or(s.frequency_value);
-    Consent {
+    let mut consent = Consent {
         consent_id: d.consent_id,
         session_id: s.session_id.clone(),
         link_id: s.link_id.clone(),
@@ -130,11 +138,16 @@ fn consent_from(d: ConsentDetail, s: &Session, now: DateTime<Utc>) -> Consent {
         status: ConsentStatus::Active,
         approved_at: now,
         expires_at: expires_at(now, tenure_months),
-        next_pull_at: Some(first_pull_at(now, frequency_unit, frequency_value)),
+        next_pull_at: None,
         pull_blocked_until: None,
+        pull_interval_secs: None,
         created_at: now,
         updated_at: now,
-    }
+    };
+    // The first scheduled pull comes one interval after approval; the journey's one-time
+    // fetch, if any, covers the start.
+    consent.next_pull_at = Some(now + consent.interval(global_min));
+    consent
 }
 
 #[cfg(test)]
@@ -174,7 +187,7 @@ mod tests {
             frequency_unit: Some("day".into()),
             frequency_value: Some(3),
         };
-        let c = consent_from(d, &session(), now);
+        let c = consent_from(d, &session(), now, None);
         assert_eq!(c.tenure_months, 24);
         assert_eq!(c.frequency_unit, FrequencyUnit::Day);
         assert_eq!(c.frequency_value, 3);
@@ -190,7 +203,7 @@ mod tests {
             frequency_unit: Some("fortnight".into()),
             frequency_value: Some(9),
         };
-        let c = consent_from(sparse, &session(), now);
+        let c = consent_from(sparse, &session(), now, None);
         assert_eq!(c.tenure_months, 12);
         assert_eq!(c.frequency_unit, FrequencyUnit::Month);
         assert_eq!(c.frequency_value, 5);

@@ -4,8 +4,29 @@ use std::time::Duration;
 
 use super::{JobError, PullPayload, pull_step_failed, store_retry};
 use crate::app::AppState;
+use crate::bankconnect::wire::transactions_in;
 use crate::domain::pull::PullStatus;
-use crate::store::StoredData;
+use crate::store::{StoredData, TimelineEntry};
+
+/// The pull's transactions for the consent's merged timeline, read straight from the
+/// compressed bytes. A payload we cannot read is still stored; it just adds nothing.
+fn timeline_of(stored: &StoredData, pull_id: &str) -> Vec<TimelineEntry> {
+    match transactions_in(flate2::read::GzDecoder::new(&stored.body[..])) {
+        Ok(txns) => txns
+            .into_iter()
+            .map(|t| TimelineEntry {
+                hash: t.hash,
+                txn_at: t.date,
+                pull_id: pull_id.to_string(),
+                body: t.body,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(pull_id, error = %e, "could not read transactions from the payload");
+            vec![]
+        }
+    }
+}
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
     let Some(pull) = state
@@ -39,9 +60,10 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
                 body: data.gzip,
                 fetched_at: now,
             };
+            let timeline = timeline_of(&stored, &pull.pull_id);
             state
                 .store
-                .complete_pull(&stored, now)
+                .complete_pull(&pull.consent_id, &stored, &timeline, now)
                 .await
                 .map_err(store_retry)?;
             tracing::info!(pull_id = %pull.pull_id, kind = %pull.kind, bytes = data.raw_size, "pull completed");

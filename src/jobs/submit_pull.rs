@@ -11,9 +11,12 @@ use std::time::Duration;
 use super::{JobError, JobKind, NewJob, PullPayload, pull_step_failed, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::BankConnectError;
+use crate::domain::consent::Consent;
 use crate::domain::consent::ConsentStatus;
-use crate::domain::fair_use::{next_window_start, window_start};
+use crate::domain::fair_use::{budget_windows, check_all, next_window_start};
+use crate::domain::pull::PullKind;
 use crate::domain::pull::{Pull, PullStatus};
+use crate::store::NewPull;
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
     let store = &state.store;
@@ -66,20 +69,30 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         ));
     }
 
-    let unit = consent.frequency_unit;
+    let limits = consent.limits();
     let Some(attempt) = store
         .reserve_attempt(
             &consent.consent_id,
             &pull.pull_id,
-            window_start(unit, now),
-            consent.frequency_value,
+            &budget_windows(&limits, now),
             now,
         )
         .await
         .map_err(store_retry)?
     else {
+        let starts: Vec<_> = budget_windows(&limits, now)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let used = store
+            .attempts_since(&consent.consent_id, &starts)
+            .await
+            .map_err(store_retry)?;
+        let next = check_all(&limits, &used, now)
+            .err()
+            .unwrap_or(now + chrono::Duration::minutes(1));
         return Err(wait_until(
-            next_window_start(unit, now),
+            next,
             now,
             "the fair-use budget of this window is spent",
         ));
@@ -120,7 +133,11 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
                 }
                 Some("CONSENT_OVERUSED") => {
                     store
-                        .block_consent_until(&consent.consent_id, next_window_start(unit, now), now)
+                        .block_consent_until(
+                            &consent.consent_id,
+                            next_window_start(consent.frequency_unit, now),
+                            now,
+                        )
                         .await
                         .map_err(store_retry)?;
                 }
@@ -170,6 +187,58 @@ async fn record_submission(
         message: format!("upstream session {session_id} could not be recorded"),
         after: None,
     })
+}
+
+/// A pull for `consent` and the job that will send it, budget-checked against the consent's
+/// limits at `now`. Used by both the API and the scheduler.
+pub fn plan(
+    consent: &Consent,
+    kind: PullKind,
+    (from, to): (chrono::NaiveDate, chrono::NaiveDate),
+    now: chrono::DateTime<chrono::Utc>,
+    idempotency_key: Option<String>,
+    request_hash: String,
+) -> (NewPull, NewJob) {
+    let pull = Pull::queued(&consent.consent_id, kind, from, to, now);
+    let job = NewJob::new(
+        JobKind::SubmitPull,
+        PullPayload {
+            pull_id: pull.pull_id.clone(),
+        },
+        now,
+        Some(format!("submit:{}", pull.pull_id)),
+    );
+    let new = NewPull {
+        pull,
+        idempotency_key,
+        request_hash,
+        budget: budget_windows(&consent.limits(), now),
+    };
+    (new, job)
+}
+
+/// Where a consent's next default window starts: the end of its last completed pull, else
+/// the end of the journey's one-time fetch, else the approval date.
+pub async fn window_since(
+    state: &AppState,
+    consent: &Consent,
+) -> Result<chrono::NaiveDate, crate::store::StoreError> {
+    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
+        return Ok(to);
+    }
+    if consent.journey_mode == crate::domain::consent::JourneyMode::OnceWithRecurring
+        && let Some(to) = state
+            .store
+            .get_session(&consent.session_id)
+            .await?
+            .and_then(|s| s.to_date)
+    {
+        return Ok(to);
+    }
+    Ok(consent
+        .approved_at
+        .with_timezone(&crate::domain::ist())
+        .date_naive())
 }
 
 fn wait_until(

@@ -69,10 +69,49 @@ pub struct NewPull {
     pub pull: Pull,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
-    /// Fair use: pulls sent since `window_start` plus pulls not yet sent must stay below `limit`.
-    pub window_start: DateTime<Utc>,
-    pub limit: u32,
+    /// Fair use: for each `(window start, max)`, pulls sent since the start plus pulls not yet
+    /// sent must stay below the max.
+    pub budget: Vec<(DateTime<Utc>, u32)>,
 }
+
+/// A due consent's scheduled pull, fired only if the consent's `next_pull_at` is still
+/// `expected` (so that several instances fire each slot once).
+#[derive(Debug, Clone)]
+pub struct ScheduledPull {
+    pub consent_id: String,
+    pub expected: DateTime<Utc>,
+    /// Where `next_pull_at` moves when the pull is created (or skipped because one is in flight).
+    pub next_pull_at: DateTime<Utc>,
+    /// Where it moves instead when the budget is spent: when the budget allows again.
+    pub next_when_over_budget: DateTime<Utc>,
+    pub pull: NewPull,
+    pub job: NewJob,
+}
+
+/// What a scheduler batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FireReport {
+    pub fired: u32,
+    /// The budget was spent: moved to when it allows again.
+    pub deferred: u32,
+    /// A pull for the consent was still under way: this slot was skipped.
+    pub in_flight: u32,
+    /// Another instance fired it first.
+    pub lost: u32,
+}
+
+/// One transaction of a consent's merged timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub hash: String,
+    /// As the upstream sends it: `YYYY-MM-DD HH:MM:SS`.
+    pub txn_at: String,
+    pub pull_id: String,
+    pub body: serde_json::Value,
+}
+
+/// Where a page of a timeline starts: after this entry.
+pub type TimelineCursor = (String, i64);
 
 #[derive(Debug, Clone)]
 pub enum CreatePull {
@@ -175,19 +214,23 @@ pub trait Store: Send + Sync + 'static {
     async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
     /// The end of the newest completed pull's window: where the next default window starts.
     async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
-    /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if the
-    /// consent's budget since `window_start` allows one more. Returns the attempt's id, or
-    /// `None` when the budget is spent. Atomic, so concurrent submitters cannot overspend.
+    /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if
+    /// every `(window start, max)` of the consent's budget allows one more. Returns the
+    /// attempt's id, or `None` when the budget is spent. Atomic, so concurrent submitters
+    /// cannot overspend.
     async fn reserve_attempt(
         &self,
         consent_id: &str,
         pull_id: &str,
-        window_start: DateTime<Utc>,
-        limit: u32,
+        budget: &[(DateTime<Utc>, u32)],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>>;
-    /// Fetch Recurring AA Data calls sent for the consent since `since` (its fair-use usage).
-    async fn attempts_since(&self, consent_id: &str, since: DateTime<Utc>) -> StoreResult<u32>;
+    /// Fetch Recurring AA Data calls sent for the consent since each of `starts`.
+    async fn attempts_since(
+        &self,
+        consent_id: &str,
+        starts: &[DateTime<Utc>],
+    ) -> StoreResult<Vec<u32>>;
     /// Gives a reservation back: the call certainly never reached the upstream.
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
     /// `queued` → `submitted` with the upstream's session id, and the fallback poll job.
@@ -215,9 +258,60 @@ pub trait Store: Send + Sync + 'static {
         message: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
-    /// Stores the data once and marks the pull `completed`, in one transaction.
-    async fn complete_pull(&self, data: &StoredData, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Stores the data once, merges its transactions into the consent's timeline (each hash
+    /// once) and marks the pull `completed`, in one transaction.
+    async fn complete_pull(
+        &self,
+        consent_id: &str,
+        data: &StoredData,
+        timeline: &[TimelineEntry],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>>;
+    /// A consent's merged transactions from `from` to `to` (inclusive dates), oldest first.
+    async fn timeline(
+        &self,
+        consent_id: &str,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+        after: Option<&TimelineCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<(TimelineCursor, TimelineEntry)>>;
+
+    /// Active consents whose `next_pull_at` has come, soonest first, through an index.
+    async fn due_consents(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Consent>>;
+    /// Fires a batch of scheduled pulls in one transaction.
+    async fn fire_scheduled(
+        &self,
+        batch: &[ScheduledPull],
+        now: DateTime<Utc>,
+    ) -> StoreResult<FireReport>;
+    /// `active` → `paused`. `None` if the consent does not exist; unchanged if not active.
+    async fn pause_consent(
+        &self,
+        consent_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+    /// `paused` → `active` with the schedule restarting at `next_pull_at`.
+    async fn resume_consent(
+        &self,
+        consent_id: &str,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+    /// Sets the consent's own pull spacing and reschedules its next pull.
+    async fn set_pull_interval(
+        &self,
+        consent_id: &str,
+        secs: Option<i64>,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+    /// Active or paused consents past their tenure become `expired`. Returns how many.
+    async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Deletes stored data fetched before `older_than`, and all data of consents that ended
+    /// before it; the pulls stay, marked purged. Returns how many pulls were purged.
+    async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Stores an authentic webhook and enqueues its processing in one transaction. False
     /// when the same delivery was stored before (nothing is enqueued then).

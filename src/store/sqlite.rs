@@ -13,8 +13,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ConsentFilter, ConsentPage, CreatePull, InboxEvent, NewPull, PullFilter, Store, StoreError,
-    StoreResult, StoredData, from_ms, parse_enum, to_ms,
+    ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, PullFilter,
+    ScheduledPull, Store, StoreError, StoreResult, StoredData, TimelineCursor, TimelineEntry,
+    from_ms, parse_enum, to_ms,
 };
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};
@@ -32,7 +33,7 @@ const SESSION_COLUMNS: &str = "session_id, link_id, use_case, journey_mode, tenu
 
 const CONSENT_COLUMNS: &str = "seq, consent_id, session_id, link_id, use_case, journey_mode, bank_name, \
      masked_account_number, tenure_months, frequency_unit, frequency_value, status, approved_at, \
-     expires_at, next_pull_at, pull_blocked_until, created_at, updated_at";
+     expires_at, next_pull_at, pull_blocked_until, pull_interval_secs, created_at, updated_at";
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -108,6 +109,7 @@ fn consent_from_row(r: &SqliteRow) -> StoreResult<(i64, Consent)> {
         expires_at: from_ms(r.try_get("expires_at")?)?,
         next_pull_at: opt_ms(r.try_get("next_pull_at")?)?,
         pull_blocked_until: opt_ms(r.try_get("pull_blocked_until")?)?,
+        pull_interval_secs: r.try_get("pull_interval_secs")?,
         created_at: from_ms(r.try_get("created_at")?)?,
         updated_at: from_ms(r.try_get("updated_at")?)?,
     };
@@ -243,7 +245,7 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         for c in consents {
             sqlx::query(&format!(
-                "INSERT INTO consents ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO consents ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (consent_id) DO NOTHING",
                 CONSENT_COLUMNS.trim_start_matches("seq, ")
             ))
@@ -262,6 +264,7 @@ impl Store for SqliteStore {
             .bind(to_ms(c.expires_at))
             .bind(c.next_pull_at.map(to_ms))
             .bind(c.pull_blocked_until.map(to_ms))
+            .bind(c.pull_interval_secs)
             .bind(to_ms(c.created_at))
             .bind(to_ms(c.updated_at))
             .execute(&mut *tx)
@@ -345,12 +348,21 @@ impl Store for SqliteStore {
         status: ConsentStatus,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE consents SET status = ?, updated_at = ? WHERE consent_id = ?")
-            .bind(status.as_str())
-            .bind(to_ms(now))
-            .bind(consent_id)
-            .execute(&self.pool)
-            .await?;
+        let ended = matches!(
+            status,
+            ConsentStatus::Revoked | ConsentStatus::Expired | ConsentStatus::Invalid
+        );
+        sqlx::query(
+            "UPDATE consents SET status = ?, ended_at = CASE WHEN ? THEN COALESCE(ended_at, ?) END, updated_at = ?
+             WHERE consent_id = ?",
+        )
+        .bind(status.as_str())
+        .bind(ended)
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -393,35 +405,11 @@ impl Store for SqliteStore {
                 });
             }
         }
-        let used: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ?1 AND sent_at >= ?2)
-                  + (SELECT COUNT(*) FROM pulls WHERE consent_id = ?1 AND status = 'queued')",
-        )
-        .bind(&p.consent_id)
-        .bind(to_ms(new.window_start))
-        .fetch_one(&mut *tx)
-        .await?;
-        if used >= new.limit as i64 {
+        if !budget_allows(&mut tx, &p.consent_id, &new.budget, true).await? {
             tx.commit().await?;
             return Ok(CreatePull::OverBudget);
         }
-        sqlx::query(
-            "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
-                                created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&p.pull_id)
-        .bind(&p.consent_id)
-        .bind(p.kind.as_str())
-        .bind(p.status.as_str())
-        .bind(p.from.to_string())
-        .bind(p.to.to_string())
-        .bind(new.idempotency_key.as_deref())
-        .bind(&new.request_hash)
-        .bind(to_ms(p.created_at))
-        .bind(to_ms(p.updated_at))
-        .execute(&mut *tx)
-        .await?;
+        insert_pull(&mut tx, new).await?;
         insert_job(&mut tx, job, p.created_at).await?;
         tx.commit().await?;
         Ok(CreatePull::Created(p.clone()))
@@ -469,19 +457,11 @@ impl Store for SqliteStore {
         &self,
         consent_id: &str,
         pull_id: &str,
-        window_start: DateTime<Utc>,
-        limit: u32,
+        budget: &[(DateTime<Utc>, u32)],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>> {
         let mut tx = self.write_tx().await?;
-        let used: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ? AND sent_at >= ?",
-        )
-        .bind(consent_id)
-        .bind(to_ms(window_start))
-        .fetch_one(&mut *tx)
-        .await?;
-        if used >= limit as i64 {
+        if !budget_allows(&mut tx, consent_id, budget, false).await? {
             tx.commit().await?;
             return Ok(None);
         }
@@ -497,15 +477,17 @@ impl Store for SqliteStore {
         Ok(Some(id))
     }
 
-    async fn attempts_since(&self, consent_id: &str, since: DateTime<Utc>) -> StoreResult<u32> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ? AND sent_at >= ?",
-        )
-        .bind(consent_id)
-        .bind(to_ms(since))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u32)
+    async fn attempts_since(
+        &self,
+        consent_id: &str,
+        starts: &[DateTime<Utc>],
+    ) -> StoreResult<Vec<u32>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(starts.len());
+        for start in starts {
+            out.push(sent_since(&mut conn, consent_id, *start).await?);
+        }
+        Ok(out)
     }
 
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()> {
@@ -585,7 +567,13 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn complete_pull(&self, d: &StoredData, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn complete_pull(
+        &self,
+        consent_id: &str,
+        d: &StoredData,
+        timeline: &[TimelineEntry],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO pull_data (pull_id, kind, content_encoding, body, raw_size, fetched_at)
@@ -599,6 +587,20 @@ impl Store for SqliteStore {
         .bind(to_ms(d.fetched_at))
         .execute(&mut *tx)
         .await?;
+        for t in timeline {
+            sqlx::query(
+                "INSERT INTO transactions (consent_id, hash, txn_at, pull_id, body, fetched_at)
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (consent_id, hash) DO NOTHING",
+            )
+            .bind(consent_id)
+            .bind(&t.hash)
+            .bind(&t.txn_at)
+            .bind(&t.pull_id)
+            .bind(t.body.to_string())
+            .bind(to_ms(d.fetched_at))
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, ?), updated_at = ?,
                     error_code = NULL, error_message = NULL
@@ -611,6 +613,201 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn timeline(
+        &self,
+        consent_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        after: Option<&TimelineCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<(TimelineCursor, TimelineEntry)>> {
+        let (after_at, after_seq) = after.cloned().unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT seq, hash, txn_at, pull_id, body FROM transactions
+             WHERE consent_id = ?1 AND txn_at >= ?2 AND txn_at < ?3 AND (txn_at, seq) > (?4, ?5)
+             ORDER BY txn_at, seq LIMIT ?6",
+        )
+        .bind(consent_id)
+        .bind(from.to_string())
+        .bind((to + chrono::Days::new(1)).to_string())
+        .bind(after_at)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get("body")?;
+                let entry = TimelineEntry {
+                    hash: r.try_get("hash")?,
+                    txn_at: r.try_get("txn_at")?,
+                    pull_id: r.try_get("pull_id")?,
+                    body: serde_json::from_str(&body)
+                        .map_err(|e| StoreError::Corrupt(format!("transaction: {e}")))?,
+                };
+                Ok(((entry.txn_at.clone(), r.try_get("seq")?), entry))
+            })
+            .collect()
+    }
+
+    async fn due_consents(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Consent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents
+             WHERE status = 'active' AND next_pull_at <= ? ORDER BY next_pull_at LIMIT ?"
+        ))
+        .bind(to_ms(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| consent_from_row(r).map(|(_, c)| c))
+            .collect()
+    }
+
+    async fn fire_scheduled(
+        &self,
+        batch: &[ScheduledPull],
+        now: DateTime<Utc>,
+    ) -> StoreResult<FireReport> {
+        let mut report = FireReport::default();
+        let mut tx = self.write_tx().await?;
+        for item in batch {
+            let in_flight: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM pulls WHERE consent_id = ? AND status IN ('queued', 'submitted', 'fetching') LIMIT 1",
+            )
+            .bind(&item.consent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let over = in_flight.is_none()
+                && !budget_allows(&mut tx, &item.consent_id, &item.pull.budget, true).await?;
+            let next = if over {
+                item.next_when_over_budget
+            } else {
+                item.next_pull_at
+            };
+            let moved = sqlx::query(
+                "UPDATE consents SET next_pull_at = ?, updated_at = ?
+                 WHERE consent_id = ? AND next_pull_at = ? AND status = 'active'",
+            )
+            .bind(to_ms(next))
+            .bind(to_ms(now))
+            .bind(&item.consent_id)
+            .bind(to_ms(item.expected))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !moved {
+                report.lost += 1;
+            } else if in_flight.is_some() {
+                report.in_flight += 1;
+            } else if over {
+                report.deferred += 1;
+            } else {
+                insert_pull(&mut tx, &item.pull).await?;
+                insert_job(&mut tx, &item.job, now).await?;
+                report.fired += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn pause_consent(
+        &self,
+        consent_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query("UPDATE consents SET status = 'paused', updated_at = ? WHERE consent_id = ? AND status = 'active'")
+            .bind(to_ms(now))
+            .bind(consent_id)
+            .execute(&self.pool)
+            .await?;
+        self.get_consent(consent_id).await
+    }
+
+    async fn resume_consent(
+        &self,
+        consent_id: &str,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query(
+            "UPDATE consents SET status = 'active', next_pull_at = ?, updated_at = ?
+             WHERE consent_id = ? AND status = 'paused'",
+        )
+        .bind(to_ms(next_pull_at))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        self.get_consent(consent_id).await
+    }
+
+    async fn set_pull_interval(
+        &self,
+        consent_id: &str,
+        secs: Option<i64>,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query(
+            "UPDATE consents SET pull_interval_secs = ?, next_pull_at = ?, updated_at = ? WHERE consent_id = ?",
+        )
+        .bind(secs)
+        .bind(to_ms(next_pull_at))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        self.get_consent(consent_id).await
+    }
+
+    async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE consents SET status = 'expired', ended_at = COALESCE(ended_at, expires_at), updated_at = ?
+             WHERE status IN ('active', 'paused') AND expires_at <= ?",
+        )
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
+        let cutoff = to_ms(older_than);
+        let mut tx = self.write_tx().await?;
+        let purged = sqlx::query(
+            "UPDATE pulls SET data_purged_at = ?, updated_at = ?
+             WHERE data_purged_at IS NULL AND pull_id IN (
+                SELECT pull_id FROM pull_data WHERE fetched_at < ?
+                UNION
+                SELECT d.pull_id FROM pull_data d JOIN pulls p ON p.pull_id = d.pull_id
+                    JOIN consents c ON c.consent_id = p.consent_id
+                WHERE c.ended_at < ?)",
+        )
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(cutoff)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM pull_data WHERE pull_id IN (SELECT pull_id FROM pulls WHERE data_purged_at IS NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM transactions WHERE fetched_at < ?1
+                OR consent_id IN (SELECT consent_id FROM consents WHERE ended_at < ?1)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(purged)
     }
 
     async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>> {
@@ -792,7 +989,7 @@ impl Store for SqliteStore {
 }
 
 const PULL_COLUMNS: &str = "seq, pull_id, consent_id, kind, status, from_date, to_date, upstream_session_id, \
-     error_code, error_message, submitted_at, completed_at, created_at, updated_at";
+     error_code, error_message, submitted_at, completed_at, data_purged_at, created_at, updated_at";
 
 fn date(v: String) -> StoreResult<NaiveDate> {
     opt_date(Some(v)).map(|d| d.expect("some in, some out"))
@@ -817,8 +1014,71 @@ fn pull_from_row(r: &SqliteRow) -> StoreResult<(i64, Pull)> {
         updated_at: from_ms(r.try_get("updated_at")?)?,
         submitted_at: opt_ms(r.try_get("submitted_at")?)?,
         completed_at: opt_ms(r.try_get("completed_at")?)?,
+        data_purged_at: opt_ms(r.try_get("data_purged_at")?)?,
     };
     Ok((r.try_get("seq")?, pull))
+}
+
+/// Fetch Recurring AA Data calls sent for a consent since `start`.
+async fn sent_since(
+    conn: &mut sqlx::SqliteConnection,
+    consent_id: &str,
+    start: DateTime<Utc>,
+) -> StoreResult<u32> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ? AND sent_at >= ?",
+    )
+    .bind(consent_id)
+    .bind(to_ms(start))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n as u32)
+}
+
+/// Whether one more pull fits every `(window start, max)` of a consent's budget. With
+/// `count_queued`, pulls accepted but not yet sent count as well, since each will send.
+async fn budget_allows(
+    conn: &mut sqlx::SqliteConnection,
+    consent_id: &str,
+    budget: &[(DateTime<Utc>, u32)],
+    count_queued: bool,
+) -> StoreResult<bool> {
+    let queued: i64 = if count_queued {
+        sqlx::query_scalar("SELECT COUNT(*) FROM pulls WHERE consent_id = ? AND status = 'queued'")
+            .bind(consent_id)
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        0
+    };
+    for (start, max) in budget {
+        if i64::from(sent_since(conn, consent_id, *start).await?) + queued >= i64::from(*max) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn insert_pull(conn: &mut sqlx::SqliteConnection, new: &NewPull) -> StoreResult<()> {
+    let p = &new.pull;
+    sqlx::query(
+        "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
+                            created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&p.pull_id)
+    .bind(&p.consent_id)
+    .bind(p.kind.as_str())
+    .bind(p.status.as_str())
+    .bind(p.from.to_string())
+    .bind(p.to.to_string())
+    .bind(new.idempotency_key.as_deref())
+    .bind(&new.request_hash)
+    .bind(to_ms(p.created_at))
+    .bind(to_ms(p.updated_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn pull_where(
