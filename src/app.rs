@@ -15,6 +15,7 @@ use crate::config::{Config, Upstream};
 use crate::jobs::worker::{self, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+use crate::scheduler::{self, SchedulerSettings};
 use crate::store::{self, DynStore};
 
 /// What every handler and job needs. Cheap to clone.
@@ -38,6 +39,25 @@ pub struct App {
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+}
+
+/// How the background parts run; the defaults are production's, tests tighten them.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub workers: WorkerSettings,
+    pub scheduler: SchedulerSettings,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            workers: WorkerSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl App {
@@ -45,7 +65,7 @@ impl App {
     pub async fn start(
         config: Config,
         listener: TcpListener,
-        workers: WorkerSettings,
+        options: RunOptions,
     ) -> anyhow::Result<App> {
         let addr = listener.local_addr()?;
         let store = store::connect(&config.database_url).await?;
@@ -72,6 +92,7 @@ impl App {
                         scheme: config.webhook_verify,
                         secret: config.webhook_secrets[0].clone(),
                     },
+                    clock: options.clock.clone(),
                 });
                 (format!("http://{loopback}/sandbox"), Some(sandbox))
             }
@@ -88,7 +109,7 @@ impl App {
             config: Arc::new(config),
             store,
             bankconnect,
-            clock: Arc::new(SystemClock),
+            clock: options.clock.clone(),
             jobs_wakeup: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::default()),
         };
@@ -106,7 +127,16 @@ impl App {
                     .await
             })
         };
-        let workers = tokio::spawn(worker::run(state.clone(), workers, shutdown.clone()));
+        let workers = tokio::spawn(worker::run(
+            state.clone(),
+            options.workers,
+            shutdown.clone(),
+        ));
+        let scheduler = tokio::spawn(scheduler::run(
+            state.clone(),
+            options.scheduler,
+            shutdown.clone(),
+        ));
         Ok(App {
             addr,
             state,
@@ -114,6 +144,7 @@ impl App {
             shutdown,
             server,
             workers,
+            scheduler,
         })
     }
 
@@ -128,6 +159,7 @@ impl App {
         let served = self.server.await?;
         self.shutdown.cancel();
         self.workers.await?;
+        self.scheduler.await?;
         served?;
         Ok(())
     }
@@ -136,6 +168,7 @@ impl App {
     /// back. For tests of crash recovery.
     pub fn abort(self) {
         self.workers.abort();
+        self.scheduler.abort();
         self.server.abort();
     }
 

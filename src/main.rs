@@ -9,11 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use aa_recurring::app::App;
+use aa_recurring::app::{App, RunOptions};
 use aa_recurring::config::{
     Config, LogFormat, SANDBOX_STANDARD_WEBHOOK_SECRET, SANDBOX_WEBHOOK_SECRET, WebhookVerify,
 };
-use aa_recurring::jobs::worker::WorkerSettings;
 use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 
 #[derive(Parser)]
@@ -141,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     scheme,
                     secret: secret.into(),
                 },
+                clock: std::sync::Arc::new(aa_recurring::clock::SystemClock),
             });
             eprintln!(
                 "BankConnect sandbox listening on http://{addr} (use it as BANKCONNECT_BASE_URL)"
@@ -158,7 +158,7 @@ async fn serve() -> anyhow::Result<()> {
     init_tracing(config.log_format);
     let listener = TcpListener::bind(config.bind_addr).await?;
     let banner = banner(&config);
-    let app = App::start(config, listener, WorkerSettings::default()).await?;
+    let app = App::start(config, listener, RunOptions::default()).await?;
     if let Some(banner) = banner {
         eprintln!("{banner}");
     }

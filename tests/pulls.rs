@@ -593,13 +593,16 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
         ("BANKCONNECT_SERVER_HASH", "h"),
         ("WEBHOOK_SECRETS", WEBHOOK_SECRET),
     ];
-    let workers = aa_recurring::jobs::worker::WorkerSettings {
-        lease: Duration::from_secs(2),
-        ..worker_settings()
+    let options = aa_recurring::app::RunOptions {
+        workers: aa_recurring::jobs::worker::WorkerSettings {
+            lease: Duration::from_secs(2),
+            ..worker_settings()
+        },
+        ..test_options()
     };
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let db_url = format!("sqlite://{}/kill.db", dir.path().display());
-    let mut app = start_with_workers(db_url.clone(), dir.clone(), &upstream, workers.clone()).await;
+    let mut app = start_with(db_url.clone(), dir.clone(), &upstream, options.clone()).await;
     set_webhook_url(&app).await;
     let consent = approve_against(&app, "cust-kill").await;
     // The data fetch hangs long enough to kill the worker in the middle of it.
@@ -611,7 +614,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
     app.app.take().unwrap().abort();
 
     // A new instance reclaims the job once its lease has expired.
-    let app = start_with_workers(db_url, dir, &upstream, workers).await;
+    let app = start_with(db_url, dir, &upstream, options).await;
     let pull = app.pull_reaches(&pull_id, "completed", 20).await;
     assert_eq!(pull["status"], "completed");
     assert_eq!(app.upstream_calls("fetch_recurring_aa_data").await, 1);

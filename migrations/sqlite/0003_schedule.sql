@@ -4,6 +4,9 @@ ALTER TABLE consents ADD COLUMN pull_interval_secs INTEGER;
 ALTER TABLE consents ADD COLUMN ended_at INTEGER;
 -- The scheduler's only query: due consents, in due order, through this index.
 CREATE INDEX consents_due ON consents (status, next_pull_at);
+-- Housekeeping: consents reaching tenure end, and consents whose data life is over.
+CREATE INDEX consents_expiry ON consents (status, expires_at);
+CREATE INDEX consents_ended ON consents (ended_at) WHERE ended_at IS NOT NULL;
 
 -- Set when the pull's stored data was deleted at the end of its data life.
 ALTER TABLE pulls ADD COLUMN data_purged_at INTEGER;

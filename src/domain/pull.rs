@@ -121,22 +121,25 @@ pub fn earliest_from(use_case: UseCase, to: NaiveDate) -> NaiveDate {
     }
 }
 
-/// The next gap-free window: from where the data we hold ends, as far as one pull may reach
-/// (up to today). A consent that fell behind catches up window by window; a window always
-/// spans at least one day, so a pull made on the day of the last one overlaps it (the
-/// overlap's transactions are deduplicated by hash).
+/// The next window. Monitoring is gap-free: from where the data we hold ends, as far as one
+/// pull may reach (six months, up to today), so a consent that fell behind catches up window
+/// by window as the budget allows. Collections may pull one day a day, so a collections
+/// consent that fell behind could never catch up; it takes the latest day, which is what
+/// collections needs. A window always spans at least one day, so a pull on the day of the
+/// last one overlaps it (the overlap's transactions are deduplicated by hash).
 pub fn next_window(
     since: NaiveDate,
     use_case: UseCase,
     today: NaiveDate,
 ) -> (NaiveDate, NaiveDate) {
-    let reach = match use_case {
-        UseCase::Monitoring => since + Months::new(6),
-        UseCase::Collections => since + Days::new(1),
-    };
-    let to = reach.min(today);
-    let from = since.min(to - Days::new(1));
-    (from, to)
+    let yesterday = today - Days::new(1);
+    match use_case {
+        UseCase::Monitoring => {
+            let to = (since + Months::new(6)).min(today);
+            (since.min(yesterday).min(to - Days::new(1)), to)
+        }
+        UseCase::Collections => (yesterday, today),
+    }
 }
 
 /// Resolves a pull's window. With no bounds it is [`next_window`]; given bounds must be
@@ -204,9 +207,10 @@ mod tests {
             resolve_window(None, None, d("2024-01-01"), UseCase::Monitoring, today).unwrap(),
             (d("2024-01-01"), d("2024-07-01"))
         );
+        // Collections always take the latest day.
         assert_eq!(
             resolve_window(None, None, d("2025-10-01"), UseCase::Collections, today).unwrap(),
-            (d("2025-10-01"), d("2025-10-02"))
+            (d("2025-11-09"), today)
         );
         // A pull earlier today still leaves a one-day window.
         assert_eq!(

@@ -3,11 +3,13 @@
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, Query};
+use super::error::{ApiError, Json, Query};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::fair_use::{Usage, budget_windows, usage};
+use crate::domain::ist;
+use crate::domain::session::{MAX_LOOKBACK_MONTHS, invalid, parse_api_date};
 use crate::store::ConsentFilter;
 
 /// A consent as the API shows it: the stored fields plus its fair-use usage.
@@ -54,11 +56,11 @@ pub async fn list(
         q.status.as_deref(),
         ConsentStatus::ALL,
     )?;
-    let page = PageRequest::new("consent", q.limit, q.cursor.as_deref())?;
+    let page = PageRequest::<i64>::new("consent", q.limit, q.cursor.as_deref())?;
     let filter = ConsentFilter {
         link_id: q.link_id,
         status,
-        after_seq: page.after_seq,
+        after_seq: page.after,
         limit: page.fetch_limit(),
     };
     let rows = state.store.list_consents(&filter).await?;
@@ -82,4 +84,215 @@ pub async fn get(
             what: "consent",
         })?;
     Ok(axum::Json(ConsentView::build(&state, consent).await?))
+}
+
+fn consent_not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "CONSENT_NOT_FOUND",
+        what: "consent",
+    }
+}
+
+fn wrong_state(consent: &Consent, action: &str) -> ApiError {
+    ApiError::Conflict {
+        code: "CONSENT_NOT_ACTIVE",
+        message: format!("a {} consent cannot be {action}", consent.status),
+    }
+}
+
+/// `POST /api/v1/consents/{id}/pause`: stop the schedule (Sahamati: monitor only while the
+/// loan is active). Pausing a paused consent is a no-op.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(consent_id): Path<String>,
+) -> Result<axum::Json<ConsentView>, ApiError> {
+    let now = state.clock.now();
+    let consent = state
+        .store
+        .pause_consent(&consent_id, now)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    if consent.status != ConsentStatus::Paused {
+        return Err(wrong_state(&consent, "paused"));
+    }
+    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+}
+
+/// `POST /api/v1/consents/{id}/resume`: restart the schedule. Missed slots are not made up
+/// in a burst: the next pull comes at its old time, or now if that has passed, and covers
+/// the data since the last pull.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(consent_id): Path<String>,
+) -> Result<axum::Json<ConsentView>, ApiError> {
+    let now = state.clock.now();
+    let current = state
+        .store
+        .get_consent(&consent_id)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    if current.expires_at <= now {
+        return Err(ApiError::Conflict {
+            code: "CONSENT_EXPIRED",
+            message: format!("the consent expired at {}", current.expires_at),
+        });
+    }
+    let next = current.next_pull_at.map_or(now, |n| n.max(now));
+    let consent = state
+        .store
+        .resume_consent(&consent_id, next, now)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    if consent.status != ConsentStatus::Active {
+        return Err(wrong_state(&consent, "resumed"));
+    }
+    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentPatch {
+    /// Seconds, or a duration such as `"36h"` or `"7days"`; `null` goes back to the default.
+    pull_interval: Option<serde_json::Value>,
+}
+
+/// The longest spacing we accept: a year, the longest calendar unit.
+const MAX_PULL_INTERVAL_SECS: i64 = 366 * 86_400;
+
+/// `PATCH /api/v1/consents/{id}` `{pull_interval}`: make this consent's pulls less frequent.
+/// Nothing can make them more frequent than the consent and Sahamati allow.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(consent_id): Path<String>,
+    Json(body): Json<ConsentPatch>,
+) -> Result<axum::Json<ConsentView>, ApiError> {
+    let secs = match body.pull_interval {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => {
+            Some(n.as_i64().filter(|s| *s > 0).ok_or_else(|| {
+                invalid(
+                    "INVALID_PULL_INTERVAL",
+                    "pull_interval must be a positive number of seconds",
+                )
+            })?)
+        }
+        Some(serde_json::Value::String(s)) => Some(
+            humantime::parse_duration(&s)
+                .map_err(|e| invalid("INVALID_PULL_INTERVAL", format!("pull_interval `{s}`: {e}")))?
+                .as_secs() as i64,
+        ),
+        Some(_) => {
+            return Err(invalid(
+                "INVALID_PULL_INTERVAL",
+                "pull_interval must be seconds, a duration like \"36h\", or null",
+            )
+            .into());
+        }
+    };
+    let consent = state
+        .store
+        .get_consent(&consent_id)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    let global_min = state
+        .config
+        .pull_interval_min
+        .and_then(|d| chrono::Duration::from_std(d).ok());
+    let floor = Consent {
+        pull_interval_secs: None,
+        ..consent.clone()
+    }
+    .interval(global_min);
+    if let Some(s) = secs {
+        if s < floor.num_seconds() {
+            return Err(invalid(
+                "PULL_INTERVAL_TOO_SHORT",
+                format!(
+                    "this consent allows a pull at most every {} seconds; pull_interval may only be longer",
+                    floor.num_seconds()
+                ),
+            )
+            .into());
+        }
+        if s > MAX_PULL_INTERVAL_SECS {
+            return Err(invalid(
+                "INVALID_PULL_INTERVAL",
+                "pull_interval may be at most a year",
+            )
+            .into());
+        }
+    }
+    // Keep the slot of the last pull and move the next one by the new spacing.
+    let now = state.clock.now();
+    let old = consent.interval(global_min);
+    let new = Consent {
+        pull_interval_secs: secs,
+        ..consent.clone()
+    }
+    .interval(global_min);
+    let next = consent
+        .next_pull_at
+        .map_or(now + new, |n| (n - old + new).max(now));
+    let consent = state
+        .store
+        .set_pull_interval(&consent_id, secs, next, now)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/consents/{id}/transactions?from=&to=`: one timeline across all the
+/// consent's pulls, each transaction once (by the upstream's `hash`), oldest first.
+pub async fn transactions(
+    State(state): State<AppState>,
+    Path(consent_id): Path<String>,
+    Query(q): Query<TimelineQuery>,
+) -> Result<axum::Json<Page<serde_json::Value>>, ApiError> {
+    let consent = state
+        .store
+        .get_consent(&consent_id)
+        .await?
+        .ok_or_else(consent_not_found)?;
+    let today = state.clock.now().with_timezone(&ist()).date_naive();
+    let from = match q.from.as_deref() {
+        Some(v) => parse_api_date("from", v)?,
+        None => {
+            consent.approved_at.with_timezone(&ist()).date_naive()
+                - chrono::Months::new(MAX_LOOKBACK_MONTHS)
+        }
+    };
+    let to = match q.to.as_deref() {
+        Some(v) => parse_api_date("to", v)?,
+        None => today,
+    };
+    if from > to {
+        return Err(invalid("INVALID_WINDOW", "from must not be after to").into());
+    }
+    let page = PageRequest::<(String, i64)>::new("txn", q.limit, q.cursor.as_deref())?;
+    let rows = state
+        .store
+        .timeline(
+            &consent_id,
+            from,
+            to,
+            page.after.as_ref(),
+            page.fetch_limit(),
+        )
+        .await?;
+    Ok(axum::Json(page.page(rows, |t| {
+        let mut body = t.body;
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("pull_id".into(), serde_json::Value::String(t.pull_id));
+        }
+        body
+    })))
 }

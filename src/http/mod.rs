@@ -28,7 +28,16 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/consent-sessions", post(consent_sessions::create))
         .route("/consents", get(consents::list))
-        .route("/consents/{consent_id}", get(consents::get))
+        .route(
+            "/consents/{consent_id}",
+            get(consents::get).patch(consents::patch),
+        )
+        .route("/consents/{consent_id}/pause", post(consents::pause))
+        .route("/consents/{consent_id}/resume", post(consents::resume))
+        .route(
+            "/consents/{consent_id}/transactions",
+            get(consents::transactions),
+        )
         .route("/consents/{consent_id}/pulls", post(pulls::create))
         .route("/pulls", get(pulls::list))
         .route("/pulls/{pull_id}", get(pulls::get))

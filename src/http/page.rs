@@ -1,4 +1,7 @@
 //! Cursor pagination shared by the list endpoints: `{items, next_cursor}`, oldest first.
+//!
+//! A cursor is an opaque token naming its list and a position: a row's sequence number, or
+//! for timelines `(timestamp, sequence)`. A token from one list is refused by another.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,15 +19,39 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// A validated page request: rows after `after_seq`, `limit` of them.
-pub struct PageRequest {
-    /// Names the list, so a cursor from one list is refused by another.
+/// A position in a list.
+pub trait Position: Sized {
+    fn encode(&self) -> String;
+    fn decode(s: &str) -> Option<Self>;
+}
+
+impl Position for i64 {
+    fn encode(&self) -> String {
+        self.to_string()
+    }
+    fn decode(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+impl Position for (String, i64) {
+    fn encode(&self) -> String {
+        format!("{}|{}", self.0, self.1)
+    }
+    fn decode(s: &str) -> Option<Self> {
+        let (at, seq) = s.rsplit_once('|')?;
+        Some((at.to_string(), seq.parse().ok()?))
+    }
+}
+
+/// A validated page request: rows after `after`, `limit` of them.
+pub struct PageRequest<P> {
     scope: &'static str,
-    pub after_seq: Option<i64>,
+    pub after: Option<P>,
     pub limit: u32,
 }
 
-impl PageRequest {
+impl<P: Position> PageRequest<P> {
     pub fn new(
         scope: &'static str,
         limit: Option<u32>,
@@ -34,16 +61,16 @@ impl PageRequest {
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(invalid("INVALID_LIMIT", format!("limit must be 1 to {MAX_LIMIT}")).into());
         }
-        let after_seq = cursor
+        let after = cursor
             .map(|c| {
-                decode(scope, c).ok_or_else(|| {
+                decode(scope, c).and_then(|k| P::decode(&k)).ok_or_else(|| {
                     ApiError::bad_request("INVALID_CURSOR", "cursor is not one this list gave out")
                 })
             })
             .transpose()?;
         Ok(PageRequest {
             scope,
-            after_seq,
+            after,
             limit,
         })
     }
@@ -54,10 +81,11 @@ impl PageRequest {
     }
 
     /// Turns the fetched rows (with their positions) into a page.
-    pub fn page<R, T>(&self, mut rows: Vec<(i64, R)>, view: impl Fn(R) -> T) -> Page<T> {
+    pub fn page<R, T>(&self, mut rows: Vec<(P, R)>, view: impl Fn(R) -> T) -> Page<T> {
         let next_cursor = if rows.len() > self.limit as usize {
             rows.truncate(self.limit as usize);
-            rows.last().map(|(seq, _)| encode(self.scope, *seq))
+            rows.last()
+                .map(|(pos, _)| encode(self.scope, &pos.encode()))
         } else {
             None
         };
@@ -87,18 +115,19 @@ pub fn parse_filter<T: std::str::FromStr>(
     .transpose()
 }
 
-fn encode(scope: &str, seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{scope}:{seq}"))
+fn encode(scope: &str, key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{scope}:{key}"))
 }
 
-fn decode(scope: &str, c: &str) -> Option<i64> {
+fn decode(scope: &str, c: &str) -> Option<String> {
     let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
-    std::str::from_utf8(&raw)
-        .ok()?
-        .strip_prefix(scope)?
-        .strip_prefix(':')?
-        .parse()
-        .ok()
+    Some(
+        std::str::from_utf8(&raw)
+            .ok()?
+            .strip_prefix(scope)?
+            .strip_prefix(':')?
+            .to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -107,23 +136,29 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_forgeries() {
-        assert_eq!(decode("consent", &encode("consent", 42)), Some(42));
-        assert_eq!(decode("consent", "42"), None);
-        assert_eq!(decode("consent", &encode("pull", 42)), None);
+        let ok = PageRequest::<i64>::new("consent", None, Some(&encode("consent", "42"))).unwrap();
+        assert_eq!(ok.after, Some(42));
+        assert!(PageRequest::<i64>::new("consent", None, Some("42")).is_err());
+        assert!(PageRequest::<i64>::new("consent", None, Some(&encode("pull", "42"))).is_err());
+        assert!(PageRequest::<i64>::new("consent", None, Some(&encode("consent", "x"))).is_err());
+        let keyed = PageRequest::<(String, i64)>::new(
+            "txn",
+            None,
+            Some(&encode("txn", "2025-01-02 10:00:00|7")),
+        )
+        .unwrap();
+        assert_eq!(keyed.after, Some(("2025-01-02 10:00:00".to_string(), 7)));
     }
 
     #[test]
     fn pages_say_whether_more_exist() {
-        let req = PageRequest::new("x", Some(2), None).unwrap();
+        let req = PageRequest::<i64>::new("x", Some(2), None).unwrap();
         let page = req.page(vec![(1, 'a'), (2, 'b'), (3, 'c')], |c| c);
         assert_eq!(page.items, vec!['a', 'b']);
-        assert_eq!(
-            page.next_cursor.as_deref().and_then(|c| decode("x", c)),
-            Some(2)
-        );
-        let last = req.page(vec![(3, 'c')], |c| c);
-        assert_eq!(last.next_cursor, None);
-        assert!(PageRequest::new("x", Some(0), None).is_err());
-        assert!(PageRequest::new("x", Some(201), None).is_err());
+        let next = PageRequest::<i64>::new("x", Some(2), page.next_cursor.as_deref()).unwrap();
+        assert_eq!(next.after, Some(2));
+        assert_eq!(req.page(vec![(3, 'c')], |c| c).next_cursor, None);
+        assert!(PageRequest::<i64>::new("x", Some(0), None).is_err());
+        assert!(PageRequest::<i64>::new("x", Some(201), None).is_err());
     }
 }

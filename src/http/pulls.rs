@@ -179,11 +179,11 @@ pub async fn list(
         q.status.as_deref(),
         PullStatus::ALL,
     )?;
-    let page = PageRequest::new("pull", q.limit, q.cursor.as_deref())?;
+    let page = PageRequest::<i64>::new("pull", q.limit, q.cursor.as_deref())?;
     let filter = PullFilter {
         consent_id: q.consent_id,
         status,
-        after_seq: page.after_seq,
+        after_seq: page.after,
         limit: page.fetch_limit(),
     };
     let rows = state.store.list_pulls(&filter).await?;
@@ -245,6 +245,12 @@ async fn data(
                 "the pull is {}; data is served once it is completed",
                 pull.status
             ),
+        });
+    }
+    if pull.data_purged_at.is_some() {
+        return Err(ApiError::NotFound {
+            code: "DATA_PURGED",
+            what: "data (deleted at the end of its data life)",
         });
     }
     let stored = state.store.pull_data(&pull_id).await?.ok_or(absent)?;

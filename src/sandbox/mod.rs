@@ -37,6 +37,8 @@ pub struct SandboxConfig {
     /// Where and how pull webhooks are sent. The URL can also be set through the documented
     /// `update_webhook` endpoint.
     pub webhook: WebhookTarget,
+    /// The simulator's "today" and fair-use windows; in-process it shares the service's clock.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// A webhook destination and how deliveries are signed.

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -83,7 +83,7 @@ pub(super) async fn fetch_recurring(
             "date_time_range_from and date_time_range_to must be DD/MM/YYYY",
         );
     };
-    let now = Utc::now();
+    let now = sb.config.clock.now();
     if from > to || to > now.with_timezone(&ist()).date_naive() {
         return bad(
             "INVALID_DATE_RANGE",
@@ -154,6 +154,7 @@ impl Sandbox {
         let target = self.config.webhook.clone();
         let http = self.http.clone();
         let sb = self.clone();
+        let clock = self.config.clock.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let bytes = serde_json::to_vec(&event).expect("serialises");
@@ -162,7 +163,7 @@ impl Sandbox {
                     target.scheme,
                     target.secret.expose_secret(),
                     &id,
-                    Utc::now().timestamp(),
+                    clock.now().timestamp(),
                     &bytes,
                 );
                 let mut req = http

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aa_recurring::app::App;
+use aa_recurring::app::{App, RunOptions};
 use aa_recurring::config::Config;
 use aa_recurring::config::WebhookVerify;
 use aa_recurring::jobs::worker::WorkerSettings;
 use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+use aa_recurring::scheduler::SchedulerSettings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -34,6 +35,19 @@ pub fn worker_settings() -> WorkerSettings {
     }
 }
 
+/// Background parts tuned for tests: quick polls and ticks, housekeeping on every tick.
+pub fn test_options() -> RunOptions {
+    RunOptions {
+        workers: worker_settings(),
+        scheduler: SchedulerSettings {
+            tick: Duration::from_millis(50),
+            housekeeping_every: chrono::Duration::zero(),
+            ..SchedulerSettings::default()
+        },
+        ..RunOptions::default()
+    }
+}
+
 /// The service in sandbox mode on a fresh SQLite file.
 pub async fn spawn_app() -> TestApp {
     spawn_with(&[]).await
@@ -51,14 +65,14 @@ pub async fn start(
     dir: std::sync::Arc<tempfile::TempDir>,
     extra: &[(&str, &str)],
 ) -> TestApp {
-    start_with_workers(db_url, dir, extra, worker_settings()).await
+    start_with(db_url, dir, extra, test_options()).await
 }
 
-pub async fn start_with_workers(
+pub async fn start_with(
     db_url: String,
     dir: std::sync::Arc<tempfile::TempDir>,
     extra: &[(&str, &str)],
-    workers: WorkerSettings,
+    options: RunOptions,
 ) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -77,7 +91,7 @@ pub async fn start_with_workers(
         .get("BANKCONNECT_BASE_URL")
         .cloned()
         .unwrap_or_else(|| format!("{base}/sandbox"));
-    let app = App::start(config, listener, workers)
+    let app = App::start(config, listener, options)
         .await
         .expect("app starts");
     TestApp {
@@ -103,6 +117,7 @@ pub async fn spawn_sandbox() -> String {
             scheme: WebhookVerify::HmacSha256,
             secret: WEBHOOK_SECRET.into(),
         },
+        clock: std::sync::Arc::new(aa_recurring::clock::SystemClock),
     });
     tokio::spawn(async move { axum::serve(listener, sandbox.router()).await });
     base
