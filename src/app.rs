@@ -30,6 +30,28 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+impl AppState {
+    /// The state every handler, job and scheduler tick works with, talking to BankConnect at
+    /// `upstream` (everything before `/v1`).
+    pub fn new(config: Config, store: DynStore, upstream: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let bankconnect = BankConnectClient::new(
+            upstream,
+            config.api_key.clone(),
+            config.server_hash.clone(),
+            config.upstream_connect_timeout,
+            config.upstream_timeout,
+        )?;
+        Ok(AppState {
+            config: Arc::new(config),
+            store,
+            bankconnect,
+            clock,
+            jobs_wakeup: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+}
+
 /// A running service: the HTTP server and its workers.
 pub struct App {
     pub addr: SocketAddr,
@@ -97,22 +119,7 @@ impl App {
                 (format!("http://{loopback}/sandbox"), Some(sandbox))
             }
         };
-        let bankconnect = BankConnectClient::new(
-            &base_url,
-            config.api_key.clone(),
-            config.server_hash.clone(),
-            config.upstream_connect_timeout,
-            config.upstream_timeout,
-        )?;
-
-        let state = AppState {
-            config: Arc::new(config),
-            store,
-            bankconnect,
-            clock: options.clock.clone(),
-            jobs_wakeup: Arc::new(Notify::new()),
-            metrics: Arc::new(Metrics::default()),
-        };
+        let state = AppState::new(config, store, &base_url, options.clock.clone())?;
         let mut router = crate::http::router(state.clone());
         if let Some(sb) = &sandbox {
             router = router.nest("/sandbox", sb.router());
