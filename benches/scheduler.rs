@@ -18,9 +18,11 @@ fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -32,19 +34,26 @@ fn percentile(mut xs: Vec<Duration>, p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let consents: i64 = std::env::var("CONSENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let consents: i64 = std::env::var("CONSENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let rss_start = rss_mib();
 
-    let store = connect(&url).await?;
+    let store = connect(&url, &Default::default()).await?;
     store.migrate().await?;
-    let t0: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-01-05T04:30:00Z")?.with_timezone(&Utc);
+    let t0: DateTime<Utc> =
+        DateTime::parse_from_rfc3339("2026-01-05T04:30:00Z")?.with_timezone(&Utc);
     let base = t0.timestamp_millis() + 3_600_000;
     // Population: consent i is due at base + i seconds, so moving the clock picks exactly how
     // many are due. Inserted with plain SQL: this is setup, not what is measured.
     {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await?;
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await?;
         sqlx::query(
             "INSERT INTO sessions (session_id, link_id, use_case, journey_mode, tenure_months, frequency_unit,
                                    frequency_value, status, created_at, updated_at)

@@ -33,7 +33,12 @@ pub struct AppState {
 impl AppState {
     /// The state every handler, job and scheduler tick works with, talking to BankConnect at
     /// `upstream` (everything before `/v1`).
-    pub fn new(config: Config, store: DynStore, upstream: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        store: DynStore,
+        upstream: &str,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let bankconnect = BankConnectClient::new(
             upstream,
             config.api_key.clone(),
@@ -90,7 +95,7 @@ impl App {
         options: RunOptions,
     ) -> anyhow::Result<App> {
         let addr = listener.local_addr()?;
-        let store = store::connect(&config.database_url).await?;
+        let store = store::connect(&config.database_url, &config.pool).await?;
         store.migrate().await?;
 
         let (base_url, sandbox) = match &config.upstream {

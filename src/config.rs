@@ -73,6 +73,9 @@ pub struct Config {
     pub data_retention_days: u32,
     /// A service-wide floor under every consent's pull spacing (never a ceiling).
     pub pull_interval_min: Option<Duration>,
+    pub pool: crate::store::PoolSettings,
+    /// How long a worker holds a job without a heartbeat before another instance may take it.
+    pub job_lease: Duration,
     pub log_format: LogFormat,
 }
 
@@ -228,6 +231,17 @@ impl Config {
             .map(|v| positive("PULL_INTERVAL_MIN_SECS", Some(v), 0).map(Duration::from_secs))
             .transpose()?;
 
+        let pool = crate::store::PoolSettings {
+            max_connections: u32::try_from(positive(
+                "DATABASE_MAX_CONNECTIONS",
+                get("DATABASE_MAX_CONNECTIONS"),
+                10,
+            )?)
+            .map_err(|_| err("DATABASE_MAX_CONNECTIONS", "too large"))?,
+            acquire_timeout: secs("DATABASE_ACQUIRE_TIMEOUT_SECS", 5)?,
+        };
+        let job_lease = secs("JOB_LEASE_SECS", 60)?;
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -273,6 +287,8 @@ impl Config {
             pull_deadline,
             data_retention_days,
             pull_interval_min,
+            pool,
+            job_lease,
             log_format,
         })
     }

@@ -88,7 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let config = Config::from_env()?;
             init_tracing(config.log_format);
-            let store = aa_recurring::store::connect(&config.database_url).await?;
+            let store = aa_recurring::store::connect(&config.database_url, &config.pool).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
             Ok(())
@@ -158,7 +158,9 @@ async fn serve() -> anyhow::Result<()> {
     init_tracing(config.log_format);
     let listener = TcpListener::bind(config.bind_addr).await?;
     let banner = banner(&config);
-    let app = App::start(config, listener, RunOptions::default()).await?;
+    let mut options = RunOptions::default();
+    options.workers.lease = config.job_lease;
+    let app = App::start(config, listener, options).await?;
     if let Some(banner) = banner {
         eprintln!("{banner}");
     }

@@ -480,3 +480,9 @@ async fn probes_answer() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ready");
 }
+
+/// The same tests on Postgres (or a loud note that they were skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
+}

@@ -2,6 +2,8 @@
 //! more sent pulls than the consent and Sahamati allow. Runs the service's own code paths (the
 //! scheduler's tick, the API's planning, the submitter's ledger) against a real SQLite store.
 
+mod common;
+
 use std::sync::Arc;
 
 use aa_recurring::app::AppState;
@@ -42,7 +44,12 @@ fn op() -> impl Strategy<Value = Op> {
         (1u32..3000).prop_map(Op::Advance),
         Just(Op::Tick),
         Just(Op::Manual),
-        prop_oneof![Just(Outcome::Accepted), Just(Outcome::NotSent), Just(Outcome::Ambiguous)].prop_map(Op::Send),
+        prop_oneof![
+            Just(Outcome::Accepted),
+            Just(Outcome::NotSent),
+            Just(Outcome::Ambiguous)
+        ]
+        .prop_map(Op::Send),
     ]
 }
 
@@ -57,9 +64,16 @@ fn unit() -> impl Strategy<Value = FrequencyUnit> {
 
 async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = connect(&format!("sqlite://{}/p.db", dir.path().display())).await.unwrap();
+    let store = connect(
+        &common::fresh_database(dir.path()).await,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
-    let t0: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-03-31T18:00:00Z").unwrap().with_timezone(&Utc);
+    let t0: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-03-31T18:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
     let clock = Arc::new(ManualClock::new(t0));
     let config = Config::from_lookup(|_| None).unwrap();
     let st = AppState::new(config, store.clone(), "http://127.0.0.1:9", clock.clone()).unwrap();
@@ -76,7 +90,10 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
         bank_name: None,
         mobile_number: None,
     };
-    store.insert_session(&Session::started("s".into(), &new, t0)).await.unwrap();
+    store
+        .insert_session(&Session::started("s".into(), &new, t0))
+        .await
+        .unwrap();
     let mut consent = Consent {
         consent_id: "c".into(),
         session_id: "s".into(),
@@ -98,7 +115,10 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
         updated_at: t0,
     };
     consent.next_pull_at = Some(t0 + consent.interval(None));
-    store.complete_session("s", std::slice::from_ref(&consent), t0).await.unwrap();
+    store
+        .complete_session("s", std::slice::from_ref(&consent), t0)
+        .await
+        .unwrap();
 
     let settings = SchedulerSettings::default();
     let mut sent: Vec<DateTime<Utc>> = vec![];
@@ -130,9 +150,15 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
                     })
                     .await
                     .unwrap();
-                let Some((_, pull)) = queued.into_iter().next() else { continue };
+                let Some((_, pull)) = queued.into_iter().next() else {
+                    continue;
+                };
                 let budget = budget_windows(&consent.limits(), now);
-                let Some(attempt) = store.reserve_attempt("c", &pull.pull_id, &budget, now).await.unwrap() else {
+                let Some(attempt) = store
+                    .reserve_attempt("c", &pull.pull_id, &budget, now)
+                    .await
+                    .unwrap()
+                else {
                     continue;
                 };
                 match outcome {
@@ -140,12 +166,20 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
                         sent.push(now);
                         let poll = NewJob::new(
                             JobKind::PollPull,
-                            PullPayload { pull_id: pull.pull_id.clone() },
+                            PullPayload {
+                                pull_id: pull.pull_id.clone(),
+                            },
                             now,
                             None,
                         );
-                        store.mark_submitted(&pull.pull_id, &format!("up-{attempt}"), &poll, now).await.unwrap();
-                        store.end_pull(&pull.pull_id, PullStatus::Failed, "X", "done here", now).await.unwrap();
+                        store
+                            .mark_submitted(&pull.pull_id, &format!("up-{attempt}"), &poll, now)
+                            .await
+                            .unwrap();
+                        store
+                            .end_pull(&pull.pull_id, PullStatus::Failed, "X", "done here", now)
+                            .await
+                            .unwrap();
                     }
                     Outcome::NotSent => store.cancel_attempt(attempt).await.unwrap(),
                     Outcome::Ambiguous => sent.push(now),
@@ -157,7 +191,10 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
     // Every calendar window of every limit holds at most its max.
     for limit in consent.limits() {
         for t in &sent {
-            let (start, end) = (window_start(limit.unit, *t), next_window_start(limit.unit, *t));
+            let (start, end) = (
+                window_start(limit.unit, *t),
+                next_window_start(limit.unit, *t),
+            );
             let n = sent.iter().filter(|s| **s >= start && **s < end).count();
             assert!(
                 n <= limit.max as usize,
@@ -186,4 +223,10 @@ proptest! {
             .unwrap()
             .block_on(run_case(use_case, unit, value, ops));
     }
+}
+
+/// The same property on Postgres (or a loud note that it was skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
 }

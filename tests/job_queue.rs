@@ -1,5 +1,7 @@
 //! The durable queue's contract, against a real SQLite file.
 
+mod common;
+
 use std::time::Duration;
 
 use aa_recurring::jobs::{JobKind, JobOutcome, NewJob};
@@ -9,9 +11,12 @@ use serde_json::json;
 
 async fn store() -> (DynStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = connect(&format!("sqlite://{}/q.db", dir.path().display()))
-        .await
-        .unwrap();
+    let store = connect(
+        &common::fresh_database(dir.path()).await,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     (store, dir)
 }
@@ -183,4 +188,10 @@ async fn retries_wait_and_releases_do_not_count_as_attempts() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The same tests on Postgres (or a loud note that they were skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
 }

@@ -601,7 +601,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
         ..test_options()
     };
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let db_url = format!("sqlite://{}/kill.db", dir.path().display());
+    let db_url = fresh_database(dir.path()).await;
     let mut app = start_with(db_url.clone(), dir.clone(), &upstream, options.clone()).await;
     set_webhook_url(&app).await;
     let consent = approve_against(&app, "cust-kill").await;
@@ -647,4 +647,10 @@ async fn set_webhook_url(app: &TestApp) {
 
 async fn approve_against(app: &TestApp, link_id: &str) -> String {
     app.approved_consent(link_id, json!({})).await
+}
+
+/// The same tests on Postgres (or a loud note that they were skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
 }

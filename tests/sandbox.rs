@@ -365,3 +365,9 @@ async fn status_and_data_say_not_yet_until_processing_is_done() {
         (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND")
     );
 }
+
+/// The same tests on Postgres (or a loud note that they were skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
+}

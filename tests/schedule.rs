@@ -23,7 +23,7 @@ fn start_instant() -> DateTime<Utc> {
 async fn clocked(extra: &[(&str, &str)]) -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(start_instant()));
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let db_url = format!("sqlite://{}/schedule.db", dir.path().display());
+    let db_url = fresh_database(dir.path()).await;
     let options = aa_recurring::app::RunOptions {
         clock: clock.clone(),
         ..test_options()
@@ -32,11 +32,19 @@ async fn clocked(extra: &[(&str, &str)]) -> (TestApp, Arc<ManualClock>) {
 }
 
 /// Lets the service catch up with the clock: time moves on a second at a time while anything
-/// is still under way.
+/// is due or under way.
 async fn settle(app: &TestApp, clock: &ManualClock) {
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let mut busy = false;
+        // Busy while an active consent is due (the scheduler has not ticked yet) or a pull is
+        // under way.
+        let now = clock.now();
+        let (_, active) = app.get("/api/v1/consents?status=active&limit=200").await;
+        let mut busy = active["items"].as_array().unwrap().iter().any(|c| {
+            c["next_pull_at"]
+                .as_str()
+                .is_some_and(|t| DateTime::parse_from_rfc3339(t).unwrap() <= now)
+        });
         for status in ["queued", "submitted", "fetching"] {
             let (_, list) = app.get(&format!("/api/v1/pulls?status={status}")).await;
             busy |= !list["items"].as_array().unwrap().is_empty();
@@ -427,4 +435,10 @@ async fn overlapping_windows_give_one_deduplicated_timeline() {
         (status, code(&body)),
         (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_WINDOW")
     );
+}
+
+/// The same tests on Postgres (or a loud note that they were skipped).
+#[test]
+fn postgres_pass() {
+    common::postgres_pass();
 }

@@ -1,6 +1,9 @@
 //! Persistence behind one trait, so SQLite (embedded) and Postgres (scale-out) are two
 //! implementations of the same contract. All SQL lives under this module.
 
+#[macro_use]
+mod sql;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -32,12 +35,17 @@ impl StoreError {
     /// True when the database itself is out of reach (as opposed to a bad query or row), so
     /// the caller may answer 503 and expect a retry to work.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            )
-        )
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => true,
+            // Postgres: connection exceptions (08…) and operator intervention such as a
+            // shutdown or restart (57…).
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+            _ => false,
+        }
     }
 }
 
@@ -357,13 +365,36 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store that `database_url` names.
-pub async fn connect(database_url: &str) -> StoreResult<DynStore> {
+/// Connection pool sizing, from `DATABASE_MAX_CONNECTIONS` and `DATABASE_ACQUIRE_TIMEOUT_SECS`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing with 503.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store that `database_url` names: `sqlite:…` or `postgres:…`.
+pub async fn connect(database_url: &str, settings: &PoolSettings) -> StoreResult<DynStore> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(database_url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect(database_url, settings).await?,
+        ))
+    } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+        Ok(Arc::new(
+            postgres::PgStore::connect(database_url, settings).await?,
+        ))
     } else {
         Err(StoreError::Unsupported(
-            "postgres:// is not supported by this build yet; use sqlite://",
+            "DATABASE_URL must start with sqlite: or postgres:",
         ))
     }
 }

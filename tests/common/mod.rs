@@ -55,8 +55,75 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_with(extra: &[(&str, &str)]) -> TestApp {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let db_url = format!("sqlite://{}/test.db", dir.path().display());
+    let db_url = fresh_database(dir.path()).await;
     start(db_url, dir, extra).await
+}
+
+/// True in the Postgres pass of a test binary (see [`postgres_pass`]).
+pub fn on_postgres() -> bool {
+    std::env::var("AA_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// A new, empty database for one test: a SQLite file in `dir`, or in the Postgres pass a new
+/// database on the server that `TEST_POSTGRES_URL` names.
+pub async fn fresh_database(dir: &std::path::Path) -> String {
+    if !on_postgres() {
+        return format!("sqlite://{}/test.db", dir.display());
+    }
+    let admin =
+        std::env::var("TEST_POSTGRES_URL").expect("the Postgres pass needs TEST_POSTGRES_URL");
+    let name = format!("aa_test_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("TEST_POSTGRES_URL answers");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create a test database");
+    pool.close().await;
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// Runs every test of this binary again on Postgres, in a child process of the same binary,
+/// when `TEST_POSTGRES_URL` is set; says loudly that it did not otherwise. Each binary has a
+/// `postgres_pass` test that calls this, so `cargo test` covers both backends.
+pub fn postgres_pass() {
+    use std::io::Write;
+    if on_postgres() {
+        return;
+    }
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** POSTGRES TESTS SKIPPED for {}: set TEST_POSTGRES_URL (e.g. postgres://postgres:postgres@127.0.0.1/postgres) to run them ***\n",
+            std::env::current_exe()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+        );
+        return;
+    };
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "postgres_pass"])
+        .env("AA_TEST_BACKEND", "postgres")
+        .env("TEST_POSTGRES_URL", url)
+        .output()
+        .expect("run the Postgres pass");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .filter(|l| l.starts_with("test result"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = writeln!(std::io::stderr(), "postgres pass: {summary}");
+    assert!(
+        out.status.success(),
+        "the Postgres pass failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Starts (or restarts) the service on `db_url`.
