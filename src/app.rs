@@ -115,7 +115,7 @@ impl App {
                     ),
                     credentials: Some((config.api_key.clone(), config.server_hash.clone())),
                     webhook: WebhookTarget {
-                        url: Some(format!("http://{loopback}/webhooks/bankconnect")),
+                        urls: vec![format!("http://{loopback}/webhooks/bankconnect")],
                         scheme: config.webhook_verify,
                         secret: config.webhook_secrets[0].clone(),
                     },

@@ -46,9 +46,10 @@ enum Command {
         /// Require this server-hash (default: accept any non-empty one).
         #[arg(long, env = "SANDBOX_SERVER_HASH")]
         server_hash: Option<String>,
-        /// Where pull webhooks go (can also be set through the update_webhook API).
-        #[arg(long, env = "SANDBOX_WEBHOOK_URL")]
-        webhook_url: Option<String>,
+        /// Where pull webhooks go, comma-separated for several instances (taken in turn);
+        /// can also be set through the update_webhook API.
+        #[arg(long, env = "SANDBOX_WEBHOOK_URL", value_delimiter = ',')]
+        webhook_url: Vec<String>,
         /// How webhooks are signed: secret-key, hmac-sha256 or standard-webhooks.
         #[arg(long, env = "WEBHOOK_VERIFY", default_value = "hmac-sha256")]
         webhook_verify: String,
@@ -136,7 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
                 credentials,
                 webhook: WebhookTarget {
-                    url: webhook_url,
+                    urls: webhook_url,
                     scheme,
                     secret: secret.into(),
                 },

@@ -6,13 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use aa_recurring::app::AppState;
 use aa_recurring::clock::{Clock, ManualClock};
-use aa_recurring::config::Config;
-use aa_recurring::domain::consent::{Consent, ConsentStatus, FrequencyUnit, JourneyMode, UseCase};
+use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
 use aa_recurring::domain::fair_use::{budget_windows, next_window_start, window_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
-use aa_recurring::domain::session::{NewSession, Session};
 use aa_recurring::jobs::{JobKind, NewJob, PullPayload, submit_pull};
 use aa_recurring::scheduler::{self, SchedulerSettings};
 use aa_recurring::store::{PullFilter, connect};
@@ -75,50 +72,9 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
         .unwrap()
         .with_timezone(&Utc);
     let clock = Arc::new(ManualClock::new(t0));
-    let config = Config::from_lookup(|_| None).unwrap();
-    let st = AppState::new(config, store.clone(), "http://127.0.0.1:9", clock.clone()).unwrap();
+    let st = common::bare_state(store.clone(), clock.clone());
 
-    let new = NewSession {
-        link_id: "prop".into(),
-        use_case,
-        journey_mode: JourneyMode::OnlyRecurring,
-        tenure_months: 60,
-        frequency_unit: unit,
-        frequency_value: value,
-        from_date: None,
-        to_date: None,
-        bank_name: None,
-        mobile_number: None,
-    };
-    store
-        .insert_session(&Session::started("s".into(), &new, t0))
-        .await
-        .unwrap();
-    let mut consent = Consent {
-        consent_id: "c".into(),
-        session_id: "s".into(),
-        link_id: "prop".into(),
-        use_case,
-        journey_mode: JourneyMode::OnlyRecurring,
-        bank_name: None,
-        masked_account_number: None,
-        tenure_months: 60,
-        frequency_unit: unit,
-        frequency_value: value,
-        status: ConsentStatus::Active,
-        approved_at: t0,
-        expires_at: t0 + Duration::days(1800),
-        next_pull_at: None,
-        pull_blocked_until: None,
-        pull_interval_secs: None,
-        created_at: t0,
-        updated_at: t0,
-    };
-    consent.next_pull_at = Some(t0 + consent.interval(None));
-    store
-        .complete_session("s", std::slice::from_ref(&consent), t0)
-        .await
-        .unwrap();
+    let consent = common::insert_consent(&store, "c", use_case, unit, value, t0).await;
 
     let settings = SchedulerSettings::default();
     let mut sent: Vec<DateTime<Utc>> = vec![];

@@ -437,6 +437,57 @@ async fn overlapping_windows_give_one_deduplicated_timeline() {
     );
 }
 
+#[tokio::test]
+async fn instances_ticking_together_fire_each_slot_once() {
+    use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+    use aa_recurring::scheduler::{SchedulerSettings, tick};
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(dir.path()).await;
+    let clock = Arc::new(ManualClock::new(start_instant()));
+    let mut states = vec![];
+    for _ in 0..3 {
+        let store = aa_recurring::store::connect(&url, &Default::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        states.push(bare_state(store, clock.clone()));
+    }
+    for i in 0..60 {
+        insert_consent(
+            &states[0].store,
+            &format!("c{i}"),
+            UseCase::Collections,
+            FrequencyUnit::Day,
+            1,
+            clock.now(),
+        )
+        .await;
+    }
+    clock.advance(chrono::Duration::days(1));
+    let settings = SchedulerSettings {
+        batch: 7,
+        ..SchedulerSettings::default()
+    };
+    let (a, b, c) = tokio::join!(
+        tick(&states[0], &settings),
+        tick(&states[1], &settings),
+        tick(&states[2], &settings)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.fired + b.fired + c.fired, 60, "{a:?} {b:?} {c:?}");
+    let pulls = states[1]
+        .store
+        .list_pulls(&aa_recurring::store::PullFilter {
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pulls.len(), 60);
+    // Nothing is due any more, whoever ticks.
+    assert_eq!(tick(&states[2], &settings).await.unwrap().fired, 0);
+}
+
 /// The same tests on Postgres (or a loud note that they were skipped).
 #[test]
 fn postgres_pass() {

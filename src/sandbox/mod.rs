@@ -44,7 +44,8 @@ pub struct SandboxConfig {
 /// A webhook destination and how deliveries are signed.
 #[derive(Clone)]
 pub struct WebhookTarget {
-    pub url: Option<String>,
+    /// Deliveries go to these in turn (several instances behind no load balancer).
+    pub urls: Vec<String>,
     pub scheme: WebhookVerify,
     pub secret: SecretString,
 }
@@ -62,7 +63,8 @@ struct SimState {
     sessions: HashMap<String, SimSession>,
     consents: HashMap<String, SimConsent>,
     pulls: HashMap<String, pulls::SimPull>,
-    webhook_url: Option<String>,
+    webhook_urls: Vec<String>,
+    webhook_turn: usize,
     settings: Settings,
     calls: BTreeMap<String, u64>,
     faults: HashMap<String, Fault>,
@@ -201,7 +203,7 @@ fn derived_id(seed: &str) -> String {
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
         let state = SimState {
-            webhook_url: config.webhook.url.clone(),
+            webhook_urls: config.webhook.urls.clone(),
             ..SimState::default()
         };
         Self {
@@ -259,6 +261,16 @@ impl Sandbox {
                 post(pulls::expire),
             )
             .with_state(self.clone())
+    }
+
+    /// The next webhook destination, in turn.
+    fn next_webhook_url(&self) -> Option<String> {
+        let mut st = self.lock();
+        if st.webhook_urls.is_empty() {
+            return None;
+        }
+        st.webhook_turn = st.webhook_turn.wrapping_add(1);
+        Some(st.webhook_urls[st.webhook_turn % st.webhook_urls.len()].clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {

@@ -129,12 +129,17 @@ pub(super) async fn fetch_recurring(
         "event_name": "ENRICHMENT_NOTIFICATION",
     });
     st.pulls.insert(session_id.clone(), pull);
-    let url = st.webhook_url.clone();
     drop(st);
     if !settings.drop_webhooks {
         let times = if settings.duplicate_webhooks { 2 } else { 1 };
         let delay = Duration::from_millis(settings.webhook_delay_ms.max(settings.processing_ms));
-        sb.send_webhook(url, event, format!("msg_{}", session_id), delay, times);
+        sb.send_webhook(
+            sb.next_webhook_url(),
+            event,
+            format!("msg_{}", session_id),
+            delay,
+            times,
+        );
     }
     Json(json!({"session_id": session_id})).into_response()
 }
@@ -354,7 +359,7 @@ pub(super) async fn update_webhook(
         .filter(|u| url::Url::parse(u).is_ok())
     {
         Some(u) => {
-            sb.lock().webhook_url = Some(u.to_string());
+            sb.lock().webhook_urls = vec![u.to_string()];
             Json(json!({"message": "success"})).into_response()
         }
         None => bad("INVALID_URL", "webhook_url must be a URL"),
@@ -380,14 +385,11 @@ pub(super) async fn expire(
     State(sb): State<Sandbox>,
     Path(session_id): Path<String>,
 ) -> StatusCode {
-    let url = {
-        let mut st = sb.lock();
-        match st.pulls.get_mut(&session_id) {
-            Some(p) => p.expired = true,
-            None => return StatusCode::NOT_FOUND,
-        }
-        st.webhook_url.clone()
-    };
+    match sb.lock().pulls.get_mut(&session_id) {
+        Some(p) => p.expired = true,
+        None => return StatusCode::NOT_FOUND,
+    }
+    let url = sb.next_webhook_url();
     let event = json!({"session_id": session_id, "event_name": "SESSION_EXPIRY_NOTIFICATION"});
     sb.send_webhook(
         url,

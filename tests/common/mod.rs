@@ -180,7 +180,7 @@ pub async fn spawn_sandbox() -> String {
         public_url: base.clone(),
         credentials: None,
         webhook: WebhookTarget {
-            url: None,
+            urls: vec![],
             scheme: WebhookVerify::HmacSha256,
             secret: WEBHOOK_SECRET.into(),
         },
@@ -458,4 +458,70 @@ pub fn code(body: &Value) -> &str {
     body["error"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+/// Stores a consent directly (with its session), as a capture would: for tests that drive the
+/// scheduler or the store without the HTTP journey.
+pub async fn insert_consent(
+    store: &aa_recurring::store::DynStore,
+    consent_id: &str,
+    use_case: aa_recurring::domain::consent::UseCase,
+    unit: aa_recurring::domain::consent::FrequencyUnit,
+    value: u32,
+    approved_at: chrono::DateTime<chrono::Utc>,
+) -> aa_recurring::domain::consent::Consent {
+    use aa_recurring::domain::consent::{Consent, ConsentStatus, JourneyMode};
+    use aa_recurring::domain::session::{NewSession, Session};
+    let session_id = format!("session-{consent_id}");
+    let new = NewSession {
+        link_id: format!("link-{consent_id}"),
+        use_case,
+        journey_mode: JourneyMode::OnlyRecurring,
+        tenure_months: 60,
+        frequency_unit: unit,
+        frequency_value: value,
+        from_date: None,
+        to_date: None,
+        bank_name: None,
+        mobile_number: None,
+    };
+    store
+        .insert_session(&Session::started(session_id.clone(), &new, approved_at))
+        .await
+        .unwrap();
+    let mut consent = Consent {
+        consent_id: consent_id.to_string(),
+        session_id: session_id.clone(),
+        link_id: new.link_id.clone(),
+        use_case,
+        journey_mode: JourneyMode::OnlyRecurring,
+        bank_name: None,
+        masked_account_number: None,
+        tenure_months: 60,
+        frequency_unit: unit,
+        frequency_value: value,
+        status: ConsentStatus::Active,
+        approved_at,
+        expires_at: approved_at + chrono::Duration::days(1800),
+        next_pull_at: None,
+        pull_blocked_until: None,
+        pull_interval_secs: None,
+        created_at: approved_at,
+        updated_at: approved_at,
+    };
+    consent.next_pull_at = Some(approved_at + consent.interval(None));
+    store
+        .complete_session(&session_id, std::slice::from_ref(&consent), approved_at)
+        .await
+        .unwrap();
+    consent
+}
+
+/// Service state without an HTTP server, for driving the scheduler and jobs directly.
+pub fn bare_state(
+    store: aa_recurring::store::DynStore,
+    clock: std::sync::Arc<dyn aa_recurring::clock::Clock>,
+) -> aa_recurring::app::AppState {
+    let config = aa_recurring::config::Config::from_lookup(|_| None).unwrap();
+    aa_recurring::app::AppState::new(config, store, "http://127.0.0.1:9", clock).unwrap()
 }
