@@ -39,11 +39,12 @@ impl StoreError {
             StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
             ) => true,
-            // Postgres: connection exceptions (08…) and operator intervention such as a
-            // shutdown or restart (57…).
-            StoreError::Database(sqlx::Error::Database(e)) => e
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+            // Postgres: connection exceptions (08…), too many connections or no resources
+            // (53…), operator intervention such as a shutdown or restart (57…), and a
+            // database that is not accepting connections (55000).
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
+            }),
             _ => false,
         }
     }

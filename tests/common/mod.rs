@@ -72,8 +72,13 @@ pub async fn fresh_database(dir: &std::path::Path) -> String {
     }
     let admin =
         std::env::var("TEST_POSTGRES_URL").expect("the Postgres pass needs TEST_POSTGRES_URL");
+    fresh_postgres_database(&admin).await
+}
+
+/// A new, empty database on the Postgres server `admin` connects to; returns its URL.
+pub async fn fresh_postgres_database(admin: &str) -> String {
     let name = format!("aa_test_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&admin)
+    let pool = sqlx::PgPool::connect(admin)
         .await
         .expect("TEST_POSTGRES_URL answers");
     sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -81,7 +86,7 @@ pub async fn fresh_database(dir: &std::path::Path) -> String {
         .await
         .expect("create a test database");
     pool.close().await;
-    let mut url = url::Url::parse(&admin).unwrap();
+    let mut url = url::Url::parse(admin).unwrap();
     url.set_path(&format!("/{name}"));
     url.to_string()
 }
