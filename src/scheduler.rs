@@ -94,13 +94,9 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             let window = next_window(since, consent.use_case, today);
             let interval = consent.interval(global_min);
             let limits = consent.limits();
-            let starts: Vec<_> = budget_windows(&limits, now)
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect();
             let used = state
                 .store
-                .attempts_since(&consent.consent_id, &starts)
+                .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
                 .await?;
             // Keep to the consent's slots (no drift from late ticks); after a long stop, start
             // afresh from now rather than firing every missed slot.

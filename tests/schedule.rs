@@ -345,8 +345,15 @@ async fn data_past_its_data_life_is_purged_and_the_pull_stays() {
         ))
         .await;
     assert!(!timeline["items"].as_array().unwrap().is_empty());
-    app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
-        .await;
+    // Nothing new is fetched meanwhile: every account's consent of this customer is paused.
+    let (_, all) = app.get("/api/v1/consents?link_id=cust-purge").await;
+    for c in all["items"].as_array().unwrap() {
+        let id = c["consent_id"].as_str().unwrap();
+        let (status, paused) = app
+            .post(&format!("/api/v1/consents/{id}/pause"), &json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{paused}");
+    }
 
     run_days(&app, &clock, 29).await;
     let (status, _) = app.get(&format!("/api/v1/pulls/{pull_id}/insights")).await;
@@ -362,6 +369,9 @@ async fn data_past_its_data_life_is_purged_and_the_pull_stays() {
         .get(&format!("/api/v1/consents/{consent}/transactions"))
         .await;
     assert_eq!(timeline["items"], json!([]));
+    // Finished jobs of that time are gone too; the queue does not grow for ever.
+    let counts = app.job_counts().await;
+    assert!(!counts.iter().any(|(s, _)| s == "done"), "{counts:?}");
 }
 
 #[tokio::test]

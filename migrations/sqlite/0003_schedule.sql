@@ -25,3 +25,6 @@ CREATE TABLE transactions (
 );
 CREATE INDEX transactions_timeline ON transactions (consent_id, txn_at, seq);
 CREATE INDEX transactions_by_age ON transactions (fetched_at);
+
+-- Housekeeping: the inbox is kept for the data life too.
+CREATE INDEX webhook_inbox_by_age ON webhook_inbox (received_at);

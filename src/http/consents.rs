@@ -24,13 +24,9 @@ impl ConsentView {
     pub async fn build(state: &AppState, consent: Consent) -> Result<Self, ApiError> {
         let now = state.clock.now();
         let limits = consent.limits();
-        let starts: Vec<_> = budget_windows(&limits, now)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
         let used = state
             .store
-            .attempts_since(&consent.consent_id, &starts)
+            .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
             .await?;
         let usage = usage(&limits, &used, consent.pull_blocked_until, now);
         Ok(ConsentView { consent, usage })

@@ -80,12 +80,8 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         .await
         .map_err(store_retry)?
     else {
-        let starts: Vec<_> = budget_windows(&limits, now)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
         let used = store
-            .attempts_since(&consent.consent_id, &starts)
+            .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
             .await
             .map_err(store_retry)?;
         let next = check_all(&limits, &used, now)

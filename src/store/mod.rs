@@ -234,11 +234,12 @@ pub trait Store: Send + Sync + 'static {
         budget: &[(DateTime<Utc>, u32)],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>>;
-    /// Fetch Recurring AA Data calls sent for the consent since each of `starts`.
+    /// Fetch Recurring AA Data calls sent for the consent in each current window of `budget`
+    /// (`(window start, max)`, as `fair_use::budget_windows` gives them).
     async fn attempts_since(
         &self,
         consent_id: &str,
-        starts: &[DateTime<Utc>],
+        budget: &[(DateTime<Utc>, u32)],
     ) -> StoreResult<Vec<u32>>;
     /// Gives a reservation back: the call certainly never reached the upstream.
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
@@ -319,7 +320,8 @@ pub trait Store: Send + Sync + 'static {
     /// Active or paused consents past their tenure become `expired`. Returns how many.
     async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64>;
     /// Deletes stored data fetched before `older_than`, and all data of consents that ended
-    /// before it; the pulls stay, marked purged. Returns how many pulls were purged.
+    /// before it; the pulls stay, marked purged. Webhooks received and jobs finished before
+    /// it go too. Returns how many pulls were purged.
     async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Stores an authentic webhook and enqueues its processing in one transaction. False

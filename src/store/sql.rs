@@ -430,11 +430,11 @@ macro_rules! sql_store {
             async fn attempts_since(
                 &self,
                 consent_id: &str,
-                starts: &[DateTime<Utc>],
+                budget: &[(DateTime<Utc>, u32)],
             ) -> StoreResult<Vec<u32>> {
                 let mut conn = self.pool.acquire().await?;
-                let mut out = Vec::with_capacity(starts.len());
-                for start in starts {
+                let mut out = Vec::with_capacity(budget.len());
+                for (start, _) in budget {
                     out.push(sent_since(&mut conn, consent_id, *start).await?);
                 }
                 Ok(out)
@@ -758,6 +758,14 @@ macro_rules! sql_store {
                 .bind(cutoff)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query("DELETE FROM webhook_inbox WHERE received_at < $1")
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM jobs WHERE status = 'done' AND run_at < $1")
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(purged)
             }
