@@ -61,8 +61,6 @@ impl AppState {
 pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
-    /// The in-process simulator, in sandbox mode.
-    pub sandbox: Option<Sandbox>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
@@ -126,7 +124,7 @@ impl App {
         };
         let state = AppState::new(config, store, &base_url, options.clock.clone())?;
         let mut router = crate::http::router(state.clone());
-        if let Some(sb) = &sandbox {
+        if let Some(sb) = sandbox {
             router = router.nest("/sandbox", sb.router());
         }
 
@@ -152,7 +150,6 @@ impl App {
         Ok(App {
             addr,
             state,
-            sandbox,
             shutdown,
             server,
             workers,

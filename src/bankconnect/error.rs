@@ -49,10 +49,6 @@ impl BankConnectError {
         }
     }
 
-    pub fn is_transient(&self) -> bool {
-        self.class() == ErrorClass::Transient
-    }
-
     /// The documented error code, if the upstream sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -194,7 +190,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(e.is_transient());
+        assert_eq!(e.class(), ErrorClass::Transient);
     }
 
     #[test]
@@ -210,7 +206,7 @@ mod tests {
             message: "timeout".into(),
             maybe_sent: true,
         };
-        assert!(t.is_transient());
+        assert_eq!(t.class(), ErrorClass::Transient);
     }
 
     #[test]

@@ -47,15 +47,6 @@ string_enum!(PullStatus {
     Expired => "expired",
 });
 
-impl PullStatus {
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PullStatus::Completed | PullStatus::Failed | PullStatus::Expired
-        )
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pull {
     pub pull_id: String,

@@ -347,11 +347,6 @@ impl Sandbox {
         }
         None
     }
-
-    /// Calls counted per endpoint since start.
-    pub fn calls(&self, endpoint: &str) -> u64 {
-        self.lock().calls.get(endpoint).copied().unwrap_or(0)
-    }
 }
 
 fn str_field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {

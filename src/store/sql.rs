@@ -154,7 +154,8 @@ macro_rules! sql_store {
                     return Ok(session);
                 }
                 sqlx::query(
-                    "UPDATE sessions SET status = 'capturing', callback_at = COALESCE(callback_at, $1), updated_at = $2
+                    "UPDATE sessions SET status = 'capturing', callback_at = COALESCE(callback_at, $1), updated_at = $2,
+                            error_code = NULL, error_message = NULL
                      WHERE session_id = $3",
                 )
                 .bind(to_ms(now))
