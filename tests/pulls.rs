@@ -628,6 +628,78 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
     );
 }
 
+#[tokio::test]
+async fn a_graceful_stop_hands_running_jobs_back() {
+    let sandbox = spawn_sandbox().await;
+    let upstream = [
+        ("BANKCONNECT_BASE_URL", sandbox.as_str()),
+        ("BANKCONNECT_API_KEY", "k"),
+        ("BANKCONNECT_SERVER_HASH", "h"),
+        ("WEBHOOK_SECRETS", WEBHOOK_SECRET),
+    ];
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db_url = fresh_database(dir.path()).await;
+    let mut app = start(db_url.clone(), dir.clone(), &upstream).await;
+    set_webhook_url(&app).await;
+    let consent = app.approved_consent("cust-drain", json!({})).await;
+    // The fetch outlasts the shutdown grace period (2 s in tests).
+    app.inject_delay("insights", 6000, 1).await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "fetching", 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = app.app.as_ref().unwrap().state.clone();
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    // Given back, not left leased: nothing is running, and the attempt did not count.
+    let counts = state.store.job_counts().await.unwrap();
+    assert!(
+        !counts.iter().any(|(s, _)| s == "running" || s == "dead"),
+        "{counts:?}"
+    );
+    let now = chrono::Utc::now();
+    let claimed = state
+        .store
+        .claim_jobs("inspector", now, now, 10)
+        .await
+        .unwrap();
+    let fetch = claimed
+        .iter()
+        .find(|j| j.kind == "fetch_pull_data")
+        .expect("the fetch job is queued again");
+    assert_eq!(fetch.attempts, 1, "the released attempt was not counted");
+    state
+        .store
+        .finish_job(
+            fetch.id,
+            "inspector",
+            &aa_recurring::jobs::JobOutcome::Release,
+            now,
+        )
+        .await
+        .unwrap();
+    for j in claimed.iter().filter(|j| j.kind != "fetch_pull_data") {
+        state
+            .store
+            .finish_job(
+                j.id,
+                "inspector",
+                &aa_recurring::jobs::JobOutcome::Release,
+                now,
+            )
+            .await
+            .unwrap();
+    }
+
+    // The next instance finishes it.
+    let app = start(db_url, dir, &upstream).await;
+    app.pull_reaches(&pull_id, "completed", 20).await;
+}
+
 /// Points the standalone sandbox's webhooks at the app, through the documented API.
 async fn set_webhook_url(app: &TestApp) {
     let r = app

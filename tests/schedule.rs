@@ -496,6 +496,22 @@ async fn instances_ticking_together_fire_each_slot_once() {
     assert_eq!(pulls.len(), 60);
     // Nothing is due any more, whoever ticks.
     assert_eq!(tick(&states[2], &settings).await.unwrap().fired, 0);
+    // The batch's submissions are spread out rather than all due at the same instant.
+    let (first, last) = submit_spread(&url).await;
+    assert!(last > first, "all {first}");
+    assert!(last - first <= 60 * 20, "spread {} ms", last - first);
+}
+
+/// The earliest and latest `run_at` of the submit jobs, in unix milliseconds.
+async fn submit_spread(url: &str) -> (i64, i64) {
+    let sql = "SELECT MIN(run_at), MAX(run_at) FROM jobs WHERE kind = 'submit_pull'";
+    if on_postgres() {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_one(&pool).await.unwrap()
+    }
 }
 
 /// The same tests on Postgres (or a loud note that they were skipped).
