@@ -269,24 +269,17 @@ async fn data(
         )
             .into_response());
     }
-    let raw = decompress(&stored.body, stored.raw_size).map_err(|e| {
-        ApiError::Store(crate::store::StoreError::Corrupt(format!(
-            "stored data: {e}"
-        )))
-    })?;
+    // Decompressed as it is sent, so the uncompressed payload is never whole in memory.
+    let reader = tokio::io::BufReader::new(std::io::Cursor::new(stored.body));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        async_compression::tokio::bufread::GzipDecoder::new(reader),
+    ));
     Ok((
         [
             (CONTENT_TYPE, "application/json"),
             (VARY, "accept-encoding"),
         ],
-        Body::from(raw),
+        body,
     )
         .into_response())
-}
-
-fn decompress(gz: &[u8], raw_size: i64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(raw_size.max(0) as usize);
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut out)?;
-    Ok(out)
 }
