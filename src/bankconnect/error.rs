@@ -26,6 +26,19 @@ pub enum BankConnectError {
     Decode { message: String },
 }
 
+/// What a documented Fetch Recurring AA Data refusal says about the consent itself
+/// (bankconnect.md §3). Other codes (`INVALID_DATE_RANGE`, `INVALID_SESSION_ID`) concern only
+/// the pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentVerdict {
+    /// `CONSENT_REVOKED`: the user revoked it; stop for good.
+    Revoked,
+    /// `INVALID_CONSENT_ID`: unknown or not linked upstream; stop for good.
+    Invalid,
+    /// `CONSENT_OVERUSED`: no more pulls until the next frequency window.
+    Overused,
+}
+
 /// How an error should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -53,6 +66,16 @@ impl BankConnectError {
     pub fn code(&self) -> Option<&str> {
         match self {
             BankConnectError::Api { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What the error says about the consent, if it is one of the documented refusals.
+    pub fn consent_verdict(&self) -> Option<ConsentVerdict> {
+        match self.code()? {
+            "CONSENT_REVOKED" => Some(ConsentVerdict::Revoked),
+            "INVALID_CONSENT_ID" => Some(ConsentVerdict::Invalid),
+            "CONSENT_OVERUSED" => Some(ConsentVerdict::Overused),
             _ => None,
         }
     }
@@ -207,6 +230,30 @@ mod tests {
             maybe_sent: true,
         };
         assert_eq!(t.class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn documented_refusals_say_what_happened_to_the_consent() {
+        let refusal = |code: &str| BankConnectError::Api {
+            status: 400,
+            code: Some(code.into()),
+            message: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(
+            refusal("CONSENT_REVOKED").consent_verdict(),
+            Some(ConsentVerdict::Revoked)
+        );
+        assert_eq!(
+            refusal("INVALID_CONSENT_ID").consent_verdict(),
+            Some(ConsentVerdict::Invalid)
+        );
+        assert_eq!(
+            refusal("CONSENT_OVERUSED").consent_verdict(),
+            Some(ConsentVerdict::Overused)
+        );
+        assert_eq!(refusal("INVALID_DATE_RANGE").consent_verdict(), None);
+        assert_eq!(refusal("INVALID_SESSION_ID").consent_verdict(), None);
     }
 
     #[test]

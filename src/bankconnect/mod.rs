@@ -18,7 +18,7 @@ use flate2::write::GzEncoder;
 
 use crate::domain::pull::PullKind;
 use crate::domain::session::NewSession;
-pub use error::{BankConnectError, ErrorClass};
+pub use error::{BankConnectError, ConsentVerdict, ErrorClass};
 use wire::{
     ConsentDetail, ConsentDetailsResponse, FetchRecurringBody, SessionBody, SessionCreated,
     SessionIdResponse, SessionStatus, to_wire_date,

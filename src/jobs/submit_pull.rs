@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use super::{JobError, JobKind, NewJob, PullPayload, pull_step_failed, store_retry};
 use crate::app::AppState;
-use crate::bankconnect::BankConnectError;
-use crate::domain::consent::Consent;
-use crate::domain::consent::ConsentStatus;
+use crate::bankconnect::{BankConnectError, ConsentVerdict};
+use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::fair_use::{budget_windows, check_all, next_window_start};
-use crate::domain::pull::PullKind;
-use crate::domain::pull::{Pull, PullStatus};
+use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::store::NewPull;
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
@@ -112,22 +110,22 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         }
         Err(e) => {
             let now = state.clock.now();
-            match e.code() {
-                Some("CONSENT_REVOKED") => {
+            match e.consent_verdict() {
+                Some(ConsentVerdict::Revoked) => {
                     store
                         .set_consent_status(&consent.consent_id, ConsentStatus::Revoked, now)
                         .await
                         .map_err(store_retry)?;
                     tracing::warn!(consent_id = %consent.consent_id, "consent revoked upstream; schedule stopped");
                 }
-                Some("INVALID_CONSENT_ID") => {
+                Some(ConsentVerdict::Invalid) => {
                     store
                         .set_consent_status(&consent.consent_id, ConsentStatus::Invalid, now)
                         .await
                         .map_err(store_retry)?;
                     tracing::warn!(consent_id = %consent.consent_id, "consent unknown upstream; marked invalid");
                 }
-                Some("CONSENT_OVERUSED") => {
+                Some(ConsentVerdict::Overused) => {
                     store
                         .block_consent_until(
                             &consent.consent_id,
@@ -137,7 +135,7 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
                         .await
                         .map_err(store_retry)?;
                 }
-                _ => {}
+                None => {}
             }
             pull_step_failed(state, &pull.pull_id, e).await
         }
