@@ -16,6 +16,7 @@ use crate::jobs::worker::{self, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use crate::scheduler::{self, SchedulerSettings};
+use crate::store::group_commit::WebhookIntake;
 use crate::store::{self, DynStore};
 
 /// What every handler and job needs. Cheap to clone.
@@ -28,6 +29,8 @@ pub struct AppState {
     /// Wakes the worker pool when a job is enqueued in this process.
     pub jobs_wakeup: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Group commit for webhook deliveries.
+    pub webhooks: WebhookIntake,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
         )?;
         Ok(AppState {
             config: Arc::new(config),
+            webhooks: WebhookIntake::start(store.clone()),
             store,
             bankconnect,
             clock,

@@ -222,6 +222,42 @@ async fn a_webhook_for_an_unknown_session_is_stored_and_acknowledged() {
     );
 }
 
+#[tokio::test]
+async fn concurrent_deliveries_are_committed_together_and_each_counted_once() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let mut set = tokio::task::JoinSet::new();
+    // 80 distinct deliveries, 20 of them sent twice, all at once.
+    for i in 0..100 {
+        let app = app.clone();
+        set.spawn(async move {
+            let n = if i < 80 { i } else { i - 80 };
+            let body = json!({"session_id": format!("burst-{n}"), "event_name": "SOMETHING_ELSE"});
+            post_webhook(
+                &app,
+                WebhookVerify::HmacSha256,
+                "sandbox-webhook-secret",
+                &body,
+            )
+            .await
+        });
+    }
+    let mut accepted = 0;
+    let mut duplicate = 0;
+    while let Some(r) = set.join_next().await {
+        let (status, answer) = r.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        match answer["status"].as_str().unwrap() {
+            "accepted" => accepted += 1,
+            "duplicate" => duplicate += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((accepted, duplicate), (80, 20));
+    // One processing job per stored delivery.
+    let jobs: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum();
+    assert_eq!(jobs, 80);
+}
+
 async fn post_webhook(
     app: &TestApp,
     scheme: WebhookVerify,

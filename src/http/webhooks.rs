@@ -1,5 +1,5 @@
 //! `POST /webhooks/bankconnect`: verify the raw bytes, commit to the inbox together with the
-//! processing job, then acknowledge. Nothing unauthenticated is stored; duplicates are
+//! processing job (group-committed with concurrent deliveries), then acknowledge. Nothing unauthenticated is stored; duplicates are
 //! acknowledged and processed once.
 
 use axum::body::Bytes;
@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::bankconnect::wire::WebhookEvent;
+use crate::store::NewWebhook;
 use crate::webhook_auth;
 
 pub async fn receive(
@@ -46,16 +47,13 @@ pub async fn receive(
         Some(id) => format!("id:{id}"),
         None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
     };
-    let fresh = state
-        .store
-        .record_webhook(
-            &dedupe_key,
-            event.as_ref().and_then(|e| e.event_name.as_deref()),
-            event.as_ref().and_then(|e| e.session_id.as_deref()),
-            &body,
-            now,
-        )
-        .await?;
+    let webhook = NewWebhook {
+        dedupe_key,
+        event_name: event.as_ref().and_then(|e| e.event_name.clone()),
+        upstream_session_id: event.and_then(|e| e.session_id),
+        body: body.to_vec(),
+    };
+    let fresh = state.webhooks.record(webhook, now).await?;
     if fresh {
         state.jobs_wakeup.notify_one();
         state.metrics.webhook("accepted");

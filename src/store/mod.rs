@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod sql;
+pub mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 
@@ -29,6 +30,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The batch this write was committed with failed (the error is shared by the batch).
+    #[error("{message}")]
+    Batch { unavailable: bool, message: String },
 }
 
 impl StoreError {
@@ -36,6 +40,7 @@ impl StoreError {
     /// the caller may answer 503 and expect a retry to work.
     pub fn is_unavailable(&self) -> bool {
         match self {
+            StoreError::Batch { unavailable, .. } => *unavailable,
             StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
             ) => true,
@@ -143,6 +148,15 @@ pub struct StoredData {
     pub body: Vec<u8>,
     pub raw_size: i64,
     pub fetched_at: DateTime<Utc>,
+}
+
+/// An authentic webhook to store. `dedupe_key` is the sender's event id, or the body's hash.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub dedupe_key: String,
+    pub event_name: Option<String>,
+    pub upstream_session_id: Option<String>,
+    pub body: Vec<u8>,
 }
 
 /// A webhook as received, verified.
@@ -324,16 +338,14 @@ pub trait Store: Send + Sync + 'static {
     /// it go too. Returns how many pulls were purged.
     async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
 
-    /// Stores an authentic webhook and enqueues its processing in one transaction. False
-    /// when the same delivery was stored before (nothing is enqueued then).
-    async fn record_webhook(
+    /// Stores a batch of authentic webhooks, each with its processing job, in one
+    /// transaction (group commit). Returns, per webhook, false when the same delivery was
+    /// stored before (nothing is enqueued for it then).
+    async fn record_webhooks(
         &self,
-        dedupe_key: &str,
-        event_name: Option<&str>,
-        upstream_session_id: Option<&str>,
-        body: &[u8],
+        batch: &[NewWebhook],
         now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Vec<bool>>;
     async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
 
     /// Inserts a job; a no-op while a live job has the same dedupe key.

@@ -8,9 +8,9 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 
 use super::{
-    ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, PoolSettings,
-    PullFilter, ScheduledPull, Store, StoreError, StoreResult, StoredData, TimelineCursor,
-    TimelineEntry, from_ms, parse_enum, to_ms,
+    ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, NewWebhook,
+    PoolSettings, PullFilter, ScheduledPull, Store, StoreError, StoreResult, StoredData,
+    TimelineCursor, TimelineEntry, from_ms, parse_enum, to_ms,
 };
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};

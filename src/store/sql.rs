@@ -791,37 +791,29 @@ macro_rules! sql_store {
                 .transpose()
             }
 
-            async fn record_webhook(
-                &self,
-                dedupe_key: &str,
-                event_name: Option<&str>,
-                upstream_session_id: Option<&str>,
-                body: &[u8],
-                now: DateTime<Utc>,
-            ) -> StoreResult<bool> {
+            async fn record_webhooks(&self, batch: &[NewWebhook], now: DateTime<Utc>) -> StoreResult<Vec<bool>> {
                 let mut tx = self.write_tx().await?;
-                let id: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                )
-                .bind(dedupe_key)
-                .bind(event_name)
-                .bind(upstream_session_id)
-                .bind(body)
-                .bind(to_ms(now))
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(inbox_id) = id {
-                    let job = NewJob::new(
-                        JobKind::ProcessWebhook,
-                        WebhookPayload { inbox_id },
-                        now,
-                        None,
-                    );
-                    insert_job(&mut tx, &job, now).await?;
+                let mut fresh = Vec::with_capacity(batch.len());
+                for w in batch {
+                    let id: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                    )
+                    .bind(&w.dedupe_key)
+                    .bind(w.event_name.as_deref())
+                    .bind(w.upstream_session_id.as_deref())
+                    .bind(&w.body)
+                    .bind(to_ms(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(inbox_id) = id {
+                        let job = NewJob::new(JobKind::ProcessWebhook, WebhookPayload { inbox_id }, now, None);
+                        insert_job(&mut tx, &job, now).await?;
+                    }
+                    fresh.push(id.is_some());
                 }
                 tx.commit().await?;
-                Ok(id.is_some())
+                Ok(fresh)
             }
 
             async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>> {

@@ -14,9 +14,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, PoolSettings,
-    PullFilter, ScheduledPull, Store, StoreError, StoreResult, StoredData, TimelineCursor,
-    TimelineEntry, from_ms, parse_enum, to_ms,
+    ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, NewWebhook,
+    PoolSettings, PullFilter, ScheduledPull, Store, StoreError, StoreResult, StoredData,
+    TimelineCursor, TimelineEntry, from_ms, parse_enum, to_ms,
 };
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};

@@ -1,0 +1,95 @@
+//! Group commit for webhook intake. Deliveries that arrive together are stored together: one
+//! transaction (one fsync on SQLite) for up to [`MAX_BATCH`] of them, and each delivery is
+//! acknowledged only after the commit that holds it. A single writer with one commit per
+//! request tops out at a few thousand a second; batching lifts that by the batch size.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{DynStore, NewWebhook, StoreError, StoreResult};
+
+/// The most deliveries one transaction commits.
+pub const MAX_BATCH: usize = 64;
+/// Deliveries waiting for a commit; a full queue makes new ones wait (backpressure).
+const QUEUE: usize = 4096;
+
+struct Pending {
+    webhook: NewWebhook,
+    received_at: DateTime<Utc>,
+    reply: oneshot::Sender<StoreResult<bool>>,
+}
+
+/// The handle request handlers use. Cheap to clone.
+#[derive(Clone)]
+pub struct WebhookIntake {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl WebhookIntake {
+    /// Starts the committing task. It ends when the last handle is dropped.
+    pub fn start(store: DynStore) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(commit_loop(store, rx));
+        Self { queue }
+    }
+
+    /// Stores a delivery with its processing job; true if it was new. Returns once committed.
+    pub async fn record(
+        &self,
+        webhook: NewWebhook,
+        received_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Batch {
+            unavailable: true,
+            message: "webhook intake is stopping".into(),
+        };
+        self.queue
+            .send(Pending {
+                webhook,
+                received_at,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_loop(store: DynStore, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // Take whatever else is already waiting, without waiting for more.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let at = batch
+            .iter()
+            .map(|p| p.received_at)
+            .max()
+            .unwrap_or_else(Utc::now);
+        let (webhooks, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.webhook, p.reply)).unzip();
+        match store.record_webhooks(&webhooks, at).await {
+            Ok(fresh) => {
+                for (reply, f) in replies.into_iter().zip(fresh) {
+                    let _ = reply.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = replies.len(), "webhook batch not committed");
+                let unavailable = e.is_unavailable();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Batch {
+                        unavailable,
+                        message: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+}
