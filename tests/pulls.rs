@@ -111,6 +111,24 @@ async fn collections_pull_transactions_for_one_day() {
 }
 
 #[tokio::test]
+async fn a_webhook_that_overtakes_its_submission_is_not_lost() {
+    let app = spawn_app().await;
+    // The webhook goes out at once, while the answer to the fetch call comes 800 ms later.
+    app.sandbox_settings(json!({"webhook_delay_ms": 0, "fetch_answer_delay_ms": 800}))
+        .await;
+    let consent = app.approved_consent("cust-overtake", json!({})).await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "completed", 15).await;
+    // Completed by that webhook, not by polling (the fallback is a minute away).
+    assert_eq!(app.upstream_calls("session_status").await, 0);
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_pull_completes_by_polling_when_webhooks_are_lost() {
     let app = spawn_with(&[("POLL_FALLBACK_AFTER_SECS", "1")]).await;
     app.sandbox_settings(json!({"drop_webhooks": true, "not_ready_polls": 2}))

@@ -28,3 +28,5 @@ CREATE INDEX transactions_by_age ON transactions (fetched_at);
 
 -- Housekeeping: the inbox is kept for the data life too.
 CREATE INDEX webhook_inbox_by_age ON webhook_inbox (received_at);
+-- Webhooks that overtake their pull's submission are found again by session.
+CREATE INDEX webhook_inbox_by_session ON webhook_inbox (upstream_session_id);

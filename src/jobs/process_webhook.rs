@@ -1,17 +1,12 @@
 //! Act on a stored webhook: a finished pull moves on to fetching its data (or fails), an
 //! expired session expires its pull, anything else is kept and left alone.
 
-use std::time::Duration;
-
 use super::{JobError, JobKind, NewJob, PullPayload, WebhookPayload, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::wire::{
     AccountStatus, ENRICHMENT_NOTIFICATION, SESSION_EXPIRY_NOTIFICATION, WebhookEvent,
 };
 use crate::domain::pull::{Pull, PullStatus};
-
-/// A webhook can overtake the commit of its own pull's submission; wait this long for it.
-const UNKNOWN_SESSION_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 pub async fn run(state: &AppState, payload: WebhookPayload) -> Result<(), JobError> {
     let Some(event) = state
@@ -45,12 +40,8 @@ pub async fn run(state: &AppState, payload: WebhookPayload) -> Result<(), JobErr
         .await
         .map_err(store_retry)?
     else {
-        if state.clock.now() - event.received_at < UNKNOWN_SESSION_GRACE {
-            return Err(JobError::Retry {
-                message: format!("no pull has upstream session {session_id} yet"),
-                after: Some(Duration::from_secs(5)),
-            });
-        }
+        // Not a pull of ours, or one whose submission is not committed yet: that commit
+        // queues this event again (see `Store::mark_submitted`).
         tracing::info!(
             upstream_session_id = session_id,
             event = name,

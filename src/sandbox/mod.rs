@@ -90,6 +90,9 @@ pub struct Settings {
     pub error_rate: f64,
     /// Added to every API call.
     pub latency_ms: u64,
+    /// Fetch Recurring AA Data answers this late *after* doing its work (and starting its
+    /// webhook), so the webhook can overtake the answer.
+    pub fetch_answer_delay_ms: u64,
 }
 
 impl Default for Settings {
@@ -103,6 +106,7 @@ impl Default for Settings {
             fail_accounts: false,
             error_rate: 0.0,
             latency_ms: 0,
+            fetch_answer_delay_ms: 0,
         }
     }
 }

@@ -91,22 +91,53 @@ pub(super) async fn fetch_recurring(
         );
     }
 
+    let (session_id, event, settings) = match accept_fetch(&sb, consent_id, from, to, now) {
+        Ok(accepted) => accepted,
+        Err((code, message)) => return bad(code, message),
+    };
+    if !settings.drop_webhooks {
+        let times = if settings.duplicate_webhooks { 2 } else { 1 };
+        let delay = Duration::from_millis(settings.webhook_delay_ms.max(settings.processing_ms));
+        sb.send_webhook(
+            sb.next_webhook_url(),
+            event,
+            format!("msg_{}", session_id),
+            delay,
+            times,
+        );
+    }
+    if settings.fetch_answer_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.fetch_answer_delay_ms)).await;
+    }
+    Json(json!({"session_id": session_id})).into_response()
+}
+
+/// Checks a Fetch Recurring AA Data call against the consent and, if it may go ahead, spends
+/// a use and starts the pull. Answers the new session id, its webhook event and the settings
+/// in force, or the refusal's code and message.
+fn accept_fetch(
+    sb: &Sandbox,
+    consent_id: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, Value, super::Settings), (&'static str, &'static str)> {
     let mut st = sb.lock();
     let Some(consent) = st.consents.get_mut(consent_id) else {
-        return bad(
+        return Err((
             "INVALID_CONSENT_ID",
             "Consent not found or not linked to session",
-        );
+        ));
     };
     if consent.revoked {
-        return bad("CONSENT_REVOKED", "User has revoked the recurring consent");
+        return Err(("CONSENT_REVOKED", "User has revoked the recurring consent"));
     }
     let since = window_start(consent.unit, now);
     if consent.uses.iter().filter(|t| **t >= since).count() >= consent.value as usize {
-        return bad(
+        return Err((
             "CONSENT_OVERUSED",
             "Consent usage limit exhausted per Sahamati rules",
-        );
+        ));
     }
     consent.uses.push(now);
     let consent = consent.clone();
@@ -121,7 +152,6 @@ pub(super) async fn fetch_recurring(
         expired: false,
         accounts_fail: st.settings.fail_accounts,
     };
-    let settings = st.settings.clone();
     let event = json!({
         "session_id": session_id,
         "insights_available": !pull.accounts_fail,
@@ -129,19 +159,7 @@ pub(super) async fn fetch_recurring(
         "event_name": "ENRICHMENT_NOTIFICATION",
     });
     st.pulls.insert(session_id.clone(), pull);
-    drop(st);
-    if !settings.drop_webhooks {
-        let times = if settings.duplicate_webhooks { 2 } else { 1 };
-        let delay = Duration::from_millis(settings.webhook_delay_ms.max(settings.processing_ms));
-        sb.send_webhook(
-            sb.next_webhook_url(),
-            event,
-            format!("msg_{}", session_id),
-            delay,
-            times,
-        );
-    }
-    Json(json!({"session_id": session_id})).into_response()
+    Ok((session_id, event, st.settings.clone()))
 }
 
 impl Sandbox {

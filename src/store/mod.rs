@@ -257,7 +257,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<u32>>;
     /// Gives a reservation back: the call certainly never reached the upstream.
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
-    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job.
+    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
+    /// webhook for that session that arrived first is queued for processing again.
     async fn mark_submitted(
         &self,
         pull_id: &str,

@@ -469,6 +469,18 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 insert_job(&mut tx, poll, now).await?;
+                // A webhook that overtook this commit found no pull; process it again now.
+                sqlx::query(
+                    "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, created_at, updated_at)
+                     SELECT $1, '{\"inbox_id\":' || id || '}', 'queued', $2, 0, $3, $2, $2
+                     FROM webhook_inbox WHERE upstream_session_id = $4",
+                )
+                .bind(JobKind::ProcessWebhook.as_str())
+                .bind(to_ms(now))
+                .bind(JobKind::ProcessWebhook.max_attempts())
+                .bind(upstream_session_id)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -792,28 +804,50 @@ macro_rules! sql_store {
             }
 
             async fn record_webhooks(&self, batch: &[NewWebhook], now: DateTime<Utc>) -> StoreResult<Vec<bool>> {
+                if batch.is_empty() {
+                    return Ok(vec![]);
+                }
                 let mut tx = self.write_tx().await?;
-                let mut fresh = Vec::with_capacity(batch.len());
-                for w in batch {
-                    let id: Option<i64> = sqlx::query_scalar(
-                        "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at)
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                    )
-                    .bind(&w.dedupe_key)
-                    .bind(w.event_name.as_deref())
-                    .bind(w.upstream_session_id.as_deref())
-                    .bind(&w.body)
-                    .bind(to_ms(now))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(inbox_id) = id {
-                        let job = NewJob::new(JobKind::ProcessWebhook, WebhookPayload { inbox_id }, now, None);
-                        insert_job(&mut tx, &job, now).await?;
-                    }
-                    fresh.push(id.is_some());
+                // One statement for the inbox rows and one for their jobs, whatever the batch size.
+                let mut inbox = sqlx::QueryBuilder::new(
+                    "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at) ",
+                );
+                inbox.push_values(batch, |mut row, w| {
+                    row.push_bind(&w.dedupe_key)
+                        .push_bind(w.event_name.as_deref())
+                        .push_bind(w.upstream_session_id.as_deref())
+                        .push_bind(&w.body)
+                        .push_bind(to_ms(now));
+                });
+                inbox.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key");
+                let stored: Vec<(i64, String)> = inbox.build_query_as().fetch_all(&mut *tx).await?;
+                if !stored.is_empty() {
+                    let jobs: Vec<NewJob> = stored
+                        .iter()
+                        .map(|(inbox_id, _)| {
+                            NewJob::new(JobKind::ProcessWebhook, WebhookPayload { inbox_id: *inbox_id }, now, None)
+                        })
+                        .collect();
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, updated_at) ",
+                    );
+                    insert.push_values(&jobs, |mut row, j| {
+                        row.push_bind(j.kind.as_str())
+                            .push_bind(j.payload.to_string())
+                            .push_bind("queued")
+                            .push_bind(to_ms(j.run_at))
+                            .push_bind(0i32)
+                            .push_bind(j.kind.max_attempts())
+                            .push_bind(j.dedupe_key.clone())
+                            .push_bind(to_ms(now))
+                            .push_bind(to_ms(now));
+                    });
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok(fresh)
+                // The first delivery with a key is the new one; a repeat in the same batch is not.
+                let mut fresh_keys: std::collections::HashSet<String> = stored.into_iter().map(|(_, k)| k).collect();
+                Ok(batch.iter().map(|w| fresh_keys.remove(&w.dedupe_key)).collect())
             }
 
             async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>> {
