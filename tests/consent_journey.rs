@@ -125,20 +125,7 @@ async fn a_browser_gets_a_result_page_or_goes_to_the_frontend() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = app
-        .http
-        .get(&redirect_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let to_callback = no_redirects
-        .post(form_action(&page, "approve"))
-        .send()
-        .await
-        .unwrap();
+    let to_callback = press(&no_redirects, &redirect_url, "approve", false).await;
     let callback = to_callback.headers()["location"]
         .to_str()
         .unwrap()

@@ -152,19 +152,13 @@ async fn consent_details_follow_the_journey() {
     let (_, body) = decode(details(id).await.unwrap()).await;
     assert_eq!(body, json!({"consent_details": []}));
 
-    let page = http
-        .get(created["redirect_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let r = http
-        .post(form_action(&page, "approve"))
-        .send()
-        .await
-        .unwrap();
+    let r = press(
+        &http,
+        created["redirect_url"].as_str().unwrap(),
+        "approve",
+        false,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         r.headers()["location"].to_str().unwrap(),
@@ -185,10 +179,13 @@ async fn consent_details_follow_the_journey() {
         );
     }
     // Approving again returns the same consents: the data is deterministic.
-    http.post(form_action(&page, "approve"))
-        .send()
-        .await
-        .unwrap();
+    press(
+        &http,
+        created["redirect_url"].as_str().unwrap(),
+        "approve",
+        false,
+    )
+    .await;
     let (_, again) = decode(details(id).await.unwrap()).await;
     assert_eq!(again, body);
 }
@@ -203,18 +200,13 @@ async fn fetch_recurring_enforces_fair_use_revocation_and_dates() {
     let mut body = session_body();
     body["aa_recurring_frequency_value"] = json!(2);
     let (_, created) = post_session(&base, &body).await;
-    let page = http
-        .get(created["redirect_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    http.post(form_action(&page, "approve"))
-        .send()
-        .await
-        .unwrap();
+    press(
+        &http,
+        created["redirect_url"].as_str().unwrap(),
+        "approve",
+        false,
+    )
+    .await;
     let id = created["session_id"].as_str().unwrap();
     let (_, details) = decode(
         http.post(format!(

@@ -152,19 +152,9 @@ async fn three_instances_lose_one_and_still_complete_every_pull_exactly_once() {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{s}");
-        let page = http
-            .get(s["redirect_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let (_, cb) = json(
-            http.post(common::form_action(&page, "approve"))
-                .header("accept", "application/json"),
-        )
-        .await;
+        let answer =
+            common::press(&http, s["redirect_url"].as_str().unwrap(), "approve", true).await;
+        let (_, cb) = common::decode(answer).await;
         assert_eq!(cb["status"], "completed", "{cb}");
         consents.push(
             cb["consents"][0]["consent_id"]

@@ -241,23 +241,7 @@ impl TestApp {
     /// Opens the SDK page, presses `decision` ("approve" or "deny") and follows the redirect
     /// into our callback, asking for JSON. Returns the callback's answer.
     pub async fn decide(&self, redirect_url: &str, decision: &str) -> (StatusCode, Value) {
-        let page = self
-            .http
-            .get(redirect_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let action = form_action(&page, decision);
-        let r = self
-            .http
-            .post(action)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap();
+        let r = press(&self.http, redirect_url, decision, true).await;
         assert!(
             r.url().path().ends_with("/bankconnect/callback"),
             "the SDK sent the browser to {}",
@@ -447,6 +431,29 @@ pub async fn decode(r: reqwest::Response) -> (StatusCode, Value) {
     let text = r.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+/// Opens the sandbox's SDK page at `redirect_url` and presses `decision` ("approve" or
+/// "deny") with `http`, as the borrower's browser would (redirects as `http` is built to).
+pub async fn press(
+    http: &reqwest::Client,
+    redirect_url: &str,
+    decision: &str,
+    accept_json: bool,
+) -> reqwest::Response {
+    let page = http
+        .get(redirect_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut req = http.post(form_action(&page, decision));
+    if accept_json {
+        req = req.header("accept", "application/json");
+    }
+    req.send().await.unwrap()
 }
 
 /// The `action` of the SDK page's form whose URL ends in `/{decision}`.
