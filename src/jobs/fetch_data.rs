@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{JobError, PullPayload, pull_step_failed, store_retry};
+use super::{JobError, PullPayload, load_pull, pull_step_failed, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::wire::transactions_in;
 use crate::domain::pull::PullStatus;
@@ -29,17 +29,7 @@ fn timeline_of(stored: &StoredData, pull_id: &str) -> Vec<TimelineEntry> {
 }
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
-    let Some(pull) = state
-        .store
-        .get_pull(&payload.pull_id)
-        .await
-        .map_err(store_retry)?
-    else {
-        return Err(JobError::Fatal(format!(
-            "pull {} does not exist",
-            payload.pull_id
-        )));
-    };
+    let pull = load_pull(state, &payload.pull_id).await?;
     if pull.status != PullStatus::Fetching {
         return Ok(());
     }

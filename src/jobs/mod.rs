@@ -192,6 +192,19 @@ pub(crate) async fn pull_step_failed(
     }
 }
 
+/// The pull a job is about. A pull that does not exist is a bug: the job is dead at once.
+pub(crate) async fn load_pull(
+    state: &crate::app::AppState,
+    pull_id: &str,
+) -> Result<crate::domain::pull::Pull, JobError> {
+    state
+        .store
+        .get_pull(pull_id)
+        .await
+        .map_err(store_retry)?
+        .ok_or_else(|| JobError::Fatal(format!("pull {pull_id} does not exist")))
+}
+
 /// A store failure inside a job: the database may be back on the next attempt.
 pub(crate) fn store_retry(e: crate::store::StoreError) -> JobError {
     JobError::Retry {

@@ -6,23 +6,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    JobError, PullPayload, process_webhook::processing_finished, pull_step_failed, store_retry,
+    JobError, PullPayload, load_pull, process_webhook::processing_finished, pull_step_failed,
+    store_retry,
 };
 use crate::app::AppState;
 use crate::domain::pull::PullStatus;
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
-    let Some(pull) = state
-        .store
-        .get_pull(&payload.pull_id)
-        .await
-        .map_err(store_retry)?
-    else {
-        return Err(JobError::Fatal(format!(
-            "pull {} does not exist",
-            payload.pull_id
-        )));
-    };
+    let pull = load_pull(state, &payload.pull_id).await?;
     // A webhook got there first, or the pull ended otherwise.
     if pull.status != PullStatus::Submitted {
         return Ok(());

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{JobError, JobKind, NewJob, PullPayload, pull_step_failed, store_retry};
+use super::{JobError, JobKind, NewJob, PullPayload, load_pull, pull_step_failed, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::{Consent, ConsentStatus};
@@ -18,16 +18,7 @@ use crate::store::NewPull;
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
     let store = &state.store;
-    let Some(pull) = store
-        .get_pull(&payload.pull_id)
-        .await
-        .map_err(store_retry)?
-    else {
-        return Err(JobError::Fatal(format!(
-            "pull {} does not exist",
-            payload.pull_id
-        )));
-    };
+    let pull = load_pull(state, &payload.pull_id).await?;
     if pull.status != PullStatus::Queued {
         return Ok(());
     }
