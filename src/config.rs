@@ -44,6 +44,23 @@ pub enum WebhookVerify {
     StandardWebhooks,
 }
 
+crate::domain::consent::string_enum!(WebhookVerify {
+    SecretKey => "secret-key",
+    HmacSha256 => "hmac-sha256",
+    StandardWebhooks => "standard-webhooks",
+});
+
+impl WebhookVerify {
+    /// The secret the sandbox signs with when none is configured (the service, in sandbox
+    /// mode, accepts the same one).
+    pub fn sandbox_secret(self) -> &'static str {
+        match self {
+            WebhookVerify::StandardWebhooks => SANDBOX_STANDARD_WEBHOOK_SECRET,
+            _ => SANDBOX_WEBHOOK_SECRET,
+        }
+    }
+}
+
 /// Where the upstream is. Sandbox mode mounts the simulator in-process and talks to it over HTTP.
 #[derive(Debug, Clone)]
 pub enum Upstream {
@@ -166,18 +183,17 @@ impl Config {
         let api_key = secret("BANKCONNECT_API_KEY", SANDBOX_API_KEY)?;
         let server_hash = secret("BANKCONNECT_SERVER_HASH", SANDBOX_SERVER_HASH)?;
 
-        let webhook_verify = match get("WEBHOOK_VERIFY").as_deref() {
-            None | Some("hmac-sha256") => WebhookVerify::HmacSha256,
-            Some("secret-key") => WebhookVerify::SecretKey,
-            Some("standard-webhooks") => WebhookVerify::StandardWebhooks,
-            Some(other) => {
-                return Err(err(
+        let webhook_verify = match get("WEBHOOK_VERIFY") {
+            None => WebhookVerify::HmacSha256,
+            Some(v) => v.parse().map_err(|_| {
+                err(
                     "WEBHOOK_VERIFY",
                     format!(
-                        "must be `secret-key`, `hmac-sha256` or `standard-webhooks`, got `{other}`"
+                        "must be one of {}, got `{v}`",
+                        WebhookVerify::ALL.join(", ")
                     ),
-                ));
-            }
+                )
+            })?,
         };
         let mut webhook_secrets = split_list(get("WEBHOOK_SECRETS"));
         if webhook_verify == WebhookVerify::StandardWebhooks {
@@ -196,10 +212,7 @@ impl Config {
         }
         // The in-process sandbox signs its webhooks; it needs a secret we both know.
         if sandbox && webhook_secrets.is_empty() {
-            webhook_secrets.push(match webhook_verify {
-                WebhookVerify::StandardWebhooks => SANDBOX_STANDARD_WEBHOOK_SECRET.to_string(),
-                _ => SANDBOX_WEBHOOK_SECRET.to_string(),
-            });
+            webhook_secrets.push(webhook_verify.sandbox_secret().to_string());
         }
 
         let mut api_tokens = split_list(get("API_TOKENS"));

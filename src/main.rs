@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use aa_recurring::app::{App, RunOptions};
-use aa_recurring::config::{
-    Config, LogFormat, SANDBOX_STANDARD_WEBHOOK_SECRET, SANDBOX_WEBHOOK_SECRET, WebhookVerify,
-};
+use aa_recurring::config::{Config, LogFormat, WebhookVerify};
 use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 
 #[derive(Parser)]
@@ -116,12 +114,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => None,
                 _ => anyhow::bail!("--api-key and --server-hash go together"),
             };
-            let scheme = match webhook_verify.as_str() {
-                "secret-key" => WebhookVerify::SecretKey,
-                "hmac-sha256" => WebhookVerify::HmacSha256,
-                "standard-webhooks" => WebhookVerify::StandardWebhooks,
-                other => anyhow::bail!("--webhook-verify: unknown scheme `{other}`"),
-            };
+            let scheme: WebhookVerify = webhook_verify.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--webhook-verify must be one of {}, got `{webhook_verify}`",
+                    WebhookVerify::ALL.join(", ")
+                )
+            })?;
             let secret = webhook_secret
                 .or_else(|| {
                     std::env::var("WEBHOOK_SECRETS")
@@ -129,10 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
                         .filter(|s| !s.is_empty())
                 })
-                .unwrap_or_else(|| match scheme {
-                    WebhookVerify::StandardWebhooks => SANDBOX_STANDARD_WEBHOOK_SECRET.to_string(),
-                    _ => SANDBOX_WEBHOOK_SECRET.to_string(),
-                });
+                .unwrap_or_else(|| scheme.sandbox_secret().to_string());
             let sandbox = Sandbox::new(SandboxConfig {
                 public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
                 credentials,

@@ -33,9 +33,15 @@ fn job(key: Option<&str>) -> NewJob {
 #[tokio::test]
 async fn a_live_dedupe_key_is_enqueued_once() {
     let (store, _dir) = store().await;
-    store.enqueue_job(&job(Some("k"))).await.unwrap();
-    store.enqueue_job(&job(Some("k"))).await.unwrap();
-    store.enqueue_job(&job(None)).await.unwrap();
+    store
+        .enqueue_job(&job(Some("k")), Utc::now())
+        .await
+        .unwrap();
+    store
+        .enqueue_job(&job(Some("k")), Utc::now())
+        .await
+        .unwrap();
+    store.enqueue_job(&job(None), Utc::now()).await.unwrap();
     assert_eq!(
         store.job_counts().await.unwrap(),
         vec![("queued".into(), 2)]
@@ -53,7 +59,10 @@ async fn a_live_dedupe_key_is_enqueued_once() {
             .await
             .unwrap();
     }
-    store.enqueue_job(&job(Some("k"))).await.unwrap();
+    store
+        .enqueue_job(&job(Some("k")), Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         store.job_counts().await.unwrap(),
         vec![("done".into(), 2), ("queued".into(), 1)]
@@ -63,7 +72,7 @@ async fn a_live_dedupe_key_is_enqueued_once() {
 #[tokio::test]
 async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish() {
     let (store, _dir) = store().await;
-    store.enqueue_job(&job(None)).await.unwrap();
+    store.enqueue_job(&job(None), Utc::now()).await.unwrap();
     let t0 = Utc::now();
     let lease = Duration::from_secs(30);
     let first = store.claim_jobs("a", t0, t0 + lease, 10).await.unwrap();
@@ -125,7 +134,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish() {
 #[tokio::test]
 async fn retries_wait_and_releases_do_not_count_as_attempts() {
     let (store, _dir) = store().await;
-    store.enqueue_job(&job(None)).await.unwrap();
+    store.enqueue_job(&job(None), Utc::now()).await.unwrap();
     let t0 = Utc::now();
     let lease = Duration::from_secs(30);
     let j = store

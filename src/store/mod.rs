@@ -350,7 +350,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
 
     /// Inserts a job; a no-op while a live job has the same dedupe key.
-    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<()>;
+    async fn enqueue_job(&self, job: &NewJob, now: DateTime<Utc>) -> StoreResult<()>;
     /// Leases up to `limit` due jobs (or jobs whose lease expired) to `owner` until
     /// `lease_until`, counting an attempt for each.
     async fn claim_jobs(

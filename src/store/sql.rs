@@ -870,9 +870,9 @@ macro_rules! sql_store {
                 .transpose()
             }
 
-            async fn enqueue_job(&self, job: &NewJob) -> StoreResult<()> {
+            async fn enqueue_job(&self, job: &NewJob, now: DateTime<Utc>) -> StoreResult<()> {
                 let mut tx = self.write_tx().await?;
-                insert_job(&mut tx, job, Utc::now()).await?;
+                insert_job(&mut tx, job, now).await?;
                 tx.commit().await?;
                 Ok(())
             }
