@@ -25,6 +25,8 @@ pub struct SchedulerSettings {
     pub max_spread: Duration,
     /// How often housekeeping runs (in the service's clock time).
     pub housekeeping_every: chrono::Duration,
+    /// How often open pulls past their deadline are expired (in the service's clock time).
+    pub sweep_every: chrono::Duration,
 }
 
 impl Default for SchedulerSettings {
@@ -34,12 +36,14 @@ impl Default for SchedulerSettings {
             batch: 500,
             max_spread: Duration::from_secs(60),
             housekeeping_every: chrono::Duration::minutes(10),
+            sweep_every: chrono::Duration::seconds(30),
         }
     }
 }
 
 pub async fn run(state: AppState, settings: SchedulerSettings, shutdown: CancellationToken) {
     let mut last_housekeeping: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut last_sweep: Option<chrono::DateTime<chrono::Utc>> = None;
     loop {
         match tick(&state, &settings).await {
             Ok(r) if r.fired > 0 || r.deferred > 0 => tracing::info!(?r, "scheduler tick"),
@@ -47,6 +51,12 @@ pub async fn run(state: AppState, settings: SchedulerSettings, shutdown: Cancell
             Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
         }
         let now = state.clock.now();
+        if last_sweep.is_none_or(|t| now - t >= settings.sweep_every) {
+            match crate::housekeeping::expire_overdue_pulls(&state).await {
+                Ok(_) => last_sweep = Some(now),
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
+            }
+        }
         if last_housekeeping.is_none_or(|t| now - t >= settings.housekeeping_every) {
             match crate::housekeeping::run(&state).await {
                 Ok(()) => last_housekeeping = Some(now),

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::WebhookVerify;
@@ -25,6 +25,34 @@ pub enum VerifyError {
     Stale,
     #[error("no secret matches the signature")]
     Mismatch,
+}
+
+impl VerifyError {
+    /// The reason's category, for logs and the refusal counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::Missing(_) => "missing_header",
+            VerifyError::Malformed(_) => "malformed_header",
+            VerifyError::Stale => "stale_timestamp",
+            VerifyError::Mismatch => "bad_signature",
+        }
+    }
+}
+
+/// How many `v1,` entries of a Standard Webhooks signature header are looked at: enough for a
+/// sender mid-rotation, few enough that a header of thousands costs nothing.
+pub const MAX_SIGNATURES: usize = 5;
+
+/// True when `presented` equals any of `secrets`. Every secret is compared, so the time taken
+/// does not say which one (if any) matched; SHA-256 digests are compared rather than the
+/// bytes, so it does not tell a secret's length either.
+pub fn matches_any<'a>(presented: &str, secrets: impl IntoIterator<Item = &'a str>) -> bool {
+    let presented = Sha256::digest(presented.as_bytes());
+    let mut ok = subtle::Choice::from(0);
+    for s in secrets {
+        ok |= presented.ct_eq(&Sha256::digest(s.as_bytes()));
+    }
+    ok.into()
 }
 
 /// A verified delivery. `id` is the sender's event id when the scheme carries one.
@@ -81,11 +109,7 @@ pub fn verify(
     match scheme {
         WebhookVerify::SecretKey => {
             let presented = header(headers, "x-secret-key")?;
-            let mut ok = subtle::Choice::from(0);
-            for s in secrets {
-                ok |= presented.as_bytes().ct_eq(s.as_bytes());
-            }
-            if bool::from(ok) {
+            if matches_any(presented, secrets.iter().copied()) {
                 Ok(Verified { id: None })
             } else {
                 Err(VerifyError::Mismatch)
@@ -117,25 +141,30 @@ pub fn verify(
             let candidates: Vec<Vec<u8>> = sigs
                 .split(' ')
                 .filter_map(|entry| entry.strip_prefix("v1,"))
+                .take(MAX_SIGNATURES)
                 .filter_map(|b64| STANDARD.decode(b64).ok())
                 .collect();
             if candidates.is_empty() {
                 return Err(VerifyError::Malformed("webhook-signature"));
             }
+            // One MAC per secret, compared with each candidate.
+            let mut ok = subtle::Choice::from(0);
             for s in secrets {
                 let Some(key) = standard_key(s) else { continue };
+                let tag = mac(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
+                    .finalize()
+                    .into_bytes();
                 for c in &candidates {
-                    if mac(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
-                        .verify_slice(c)
-                        .is_ok()
-                    {
-                        return Ok(Verified {
-                            id: Some(id.to_string()),
-                        });
-                    }
+                    ok |= tag.as_slice().ct_eq(c.as_slice());
                 }
             }
-            Err(VerifyError::Mismatch)
+            if bool::from(ok) {
+                Ok(Verified {
+                    id: Some(id.to_string()),
+                })
+            } else {
+                Err(VerifyError::Mismatch)
+            }
         }
     }
 }
@@ -271,6 +300,20 @@ mod tests {
             ("webhook-signature", &format!("v1,Zm9v {SW_SIG}")),
         ]);
         assert!(verify(s, &[SW_SECRET], &multi, SW_BODY, SW_TS).is_ok());
+        // Only the first few entries are looked at: a right signature behind thousands of
+        // wrong ones is not searched for.
+        let flood = format!("{} {SW_SIG}", vec!["v1,Zm9v"; 5000].join(" "));
+        let flooded = headers(&[
+            ("webhook-id", SW_ID),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", &flood),
+        ]);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            verify(s, &[SW_SECRET], &flooded, SW_BODY, SW_TS),
+            Err(VerifyError::Mismatch)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
         let missing = headers(&[("webhook-id", SW_ID), ("webhook-timestamp", "1614265330")]);
         assert_eq!(
             verify(s, &[SW_SECRET], &missing, SW_BODY, SW_TS),

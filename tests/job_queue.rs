@@ -22,12 +22,12 @@ async fn store() -> (DynStore, tempfile::TempDir) {
 }
 
 fn job(key: Option<&str>) -> NewJob {
-    NewJob {
-        kind: JobKind::CaptureConsents,
-        payload: json!({"session_id": "s"}),
-        run_at: Utc::now(),
-        dedupe_key: key.map(String::from),
-    }
+    NewJob::new(
+        JobKind::CaptureConsents,
+        json!({"session_id": "s"}),
+        Utc::now(),
+        key.map(String::from),
+    )
 }
 
 #[tokio::test]

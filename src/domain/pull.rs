@@ -64,6 +64,12 @@ pub struct Pull {
     pub completed_at: Option<DateTime<Utc>>,
     /// When the pull's data was deleted at the end of its data life.
     pub data_purged_at: Option<DateTime<Utc>>,
+    /// How many times a step of this pull (send, poll, fetch) has been tried.
+    pub attempts: i64,
+    /// Why the latest failed try failed; kept after the pull ends, for the record.
+    pub last_error: Option<String>,
+    /// When the next try is planned; `None` when none is (the pull ended, or a try runs now).
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 impl Pull {
@@ -90,8 +96,47 @@ impl Pull {
             submitted_at: None,
             completed_at: None,
             data_purged_at: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: Some(now),
         }
     }
+
+    /// Whether the pull has reached `completed`, `failed` or `expired`.
+    pub fn is_open(&self) -> bool {
+        self.status.is_open()
+    }
+}
+
+impl PullStatus {
+    /// Open pulls hold a slot of their consent's schedule; every one of them ends (see
+    /// docs/architecture.md, "Every pull ends").
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            PullStatus::Queued | PullStatus::Submitted | PullStatus::Fetching
+        )
+    }
+}
+
+/// The error code of a pull given up at its deadline.
+pub const PULL_DEADLINE: &str = "PULL_DEADLINE";
+
+/// Why a pull was given up at its deadline, for its `error_message`.
+pub fn deadline_message(pull_deadline: std::time::Duration) -> String {
+    format!(
+        "no result within {} s of the pull being accepted (PULL_DEADLINE_SECS)",
+        pull_deadline.as_secs()
+    )
+}
+
+/// The instant an open pull is given up: `PULL_DEADLINE_SECS` after it was accepted, whatever
+/// step it is at, so that no pull holds its consent's schedule for longer.
+pub fn deadline(created_at: DateTime<Utc>, pull_deadline: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(pull_deadline)
+        .ok()
+        .and_then(|d| created_at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The body of `POST /api/v1/consents/{id}/pulls` as received.

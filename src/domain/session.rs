@@ -1,7 +1,7 @@
 //! Starting a recurring-consent journey: what a caller may ask for, checked before any
 //! upstream call so that a mistake costs one clear 422 and nothing else.
 
-use chrono::{DateTime, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::consent::{FrequencyUnit, JourneyMode, MAX_FREQUENCY_VALUE, MAX_TENURE_MONTHS, UseCase};
@@ -120,14 +120,57 @@ impl Session {
 /// How far back an AA one-time fetch may reach.
 pub const MAX_LOOKBACK_MONTHS: u32 = 14;
 
-/// Parses an API date (`YYYY-MM-DD`); `field` names the input in the error.
+/// The earliest date the API takes. With four-digit years the latest is 9999-12-31, so date
+/// arithmetic on any accepted date (a day later, six months earlier) stays in range.
+pub const EARLIEST_API_YEAR: i32 = 1900;
+
+/// Parses an API date (`YYYY-MM-DD`, from 1900-01-01 to 9999-12-31); `field` names the input
+/// in the error.
 pub fn parse_api_date(field: &str, v: &str) -> Result<NaiveDate, ValidationError> {
-    NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
-        invalid(
-            "INVALID_DATE_FORMAT",
-            format!("{field} must be a date as YYYY-MM-DD, got `{v}`"),
-        )
-    })
+    let b = v.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    shaped
+        .then(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+        .flatten()
+        .filter(|d| d.year() >= EARLIEST_API_YEAR)
+        .ok_or_else(|| {
+            invalid(
+                "INVALID_DATE_FORMAT",
+                format!(
+                    "{field} must be a date as YYYY-MM-DD from {EARLIEST_API_YEAR}-01-01 to 9999-12-31, got `{}`",
+                    v.escape_debug()
+                ),
+            )
+        })
+}
+
+/// The longest `link_id` BankConnect takes.
+pub const MAX_LINK_ID_CHARS: usize = 500;
+
+/// A lender's customer id: 1 to 500 characters, none of them control characters (they would
+/// be sent to BankConnect and stored, and Postgres refuses NUL in text).
+pub fn validate_link_id(link_id: &str) -> Result<(), ValidationError> {
+    if link_id.trim().is_empty() {
+        return Err(invalid("INVALID_LINK_ID", "link_id is required"));
+    }
+    if link_id.chars().count() > MAX_LINK_ID_CHARS {
+        return Err(invalid(
+            "INVALID_LINK_ID",
+            format!("link_id must be at most {MAX_LINK_ID_CHARS} characters"),
+        ));
+    }
+    if link_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "INVALID_LINK_ID",
+            "link_id must not contain control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn one_of<T: std::str::FromStr>(
@@ -151,15 +194,7 @@ fn one_of<T: std::str::FromStr>(
 /// Checks a journey request against our rules; `today` is the Indian calendar date.
 pub fn validate(req: SessionRequest, today: NaiveDate) -> Result<NewSession, ValidationError> {
     let link_id = req.link_id.unwrap_or_default();
-    if link_id.trim().is_empty() {
-        return Err(invalid("INVALID_LINK_ID", "link_id is required"));
-    }
-    if link_id.chars().count() > 500 {
-        return Err(invalid(
-            "INVALID_LINK_ID",
-            "link_id must be at most 500 characters",
-        ));
-    }
+    validate_link_id(&link_id)?;
 
     let use_case = one_of(
         "INVALID_USE_CASE",
@@ -265,10 +300,13 @@ pub fn validate(req: SessionRequest, today: NaiveDate) -> Result<NewSession, Val
         .bank_name
         .map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty());
-    if bank_name.as_ref().is_some_and(|b| b.chars().count() > 50) {
+    if bank_name
+        .as_ref()
+        .is_some_and(|b| b.chars().count() > 50 || b.chars().any(char::is_control))
+    {
         return Err(invalid(
             "INVALID_BANK_NAME",
-            "bank_name must be at most 50 characters",
+            "bank_name must be at most 50 characters, none of them control characters",
         ));
     }
 
@@ -346,6 +384,33 @@ mod tests {
                 ..good()
             }),
             "INVALID_LINK_ID"
+        );
+        for bad in ["cust\u{0}1", "cust\n1", "\u{7f}", " "] {
+            assert_eq!(
+                code(SessionRequest {
+                    link_id: Some(bad.into()),
+                    ..good()
+                }),
+                "INVALID_LINK_ID",
+                "{bad:?}"
+            );
+        }
+        assert!(
+            validate(
+                SessionRequest {
+                    link_id: Some("ü".repeat(500)),
+                    ..good()
+                },
+                today()
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            code(SessionRequest {
+                bank_name: Some("hd\u{0}fc".into()),
+                ..good()
+            }),
+            "INVALID_BANK_NAME"
         );
         assert_eq!(
             code(SessionRequest {
@@ -479,6 +544,25 @@ mod tests {
             }),
             "INVALID_DATE_RANGE"
         );
+        // Out-of-range and oddly written dates never reach date arithmetic.
+        for bad in [
+            "-262143-01-01",
+            "+262142-12-31",
+            "0001-01-01",
+            "1899-12-31",
+            "2025-1-01",
+            "2025-01-1 ",
+            "2025\u{0}01-01",
+            "",
+        ] {
+            assert_eq!(
+                parse_api_date("to", bad).unwrap_err().code,
+                "INVALID_DATE_FORMAT",
+                "{bad:?}"
+            );
+        }
+        assert!(parse_api_date("to", "1900-01-01").is_ok());
+        assert!(parse_api_date("to", "9999-12-31").is_ok());
         let ok = validate(with("2024-09-10", "2025-11-10"), today()).unwrap();
         assert_eq!(ok.from_date, NaiveDate::from_ymd_opt(2024, 9, 10));
     }

@@ -6,10 +6,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::webhook_auth::matches_any;
 
 pub async fn require_token(
     State(state): State<AppState>,
@@ -20,10 +20,9 @@ pub async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or(ApiError::Unauthorized)?;
-    if token_matches(
+    if matches_any(
         presented,
         state.config.api_tokens.iter().map(|t| t.expose_secret()),
     ) {
@@ -33,19 +32,17 @@ pub async fn require_token(
     }
 }
 
-/// True when `presented` equals any of `tokens`. Every token is compared, so the time taken
-/// does not say which one (if any) matched.
-pub fn token_matches<'a>(presented: &str, tokens: impl Iterator<Item = &'a str>) -> bool {
-    let mut ok = subtle::Choice::from(0);
-    for t in tokens {
-        ok |= presented.as_bytes().ct_eq(t.as_bytes());
-    }
-    ok.into()
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive
+/// (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use crate::webhook_auth::matches_any as token_matches;
 
     #[test]
     fn any_token_may_match() {
@@ -55,5 +52,16 @@ mod tests {
         assert!(!token_matches("alph", tokens.iter().copied()));
         assert!(!token_matches("", tokens.iter().copied()));
         assert!(!token_matches("alpha", std::iter::empty()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        use super::bearer_token;
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::consents::ConsentView;
 use super::error::{ApiError, Query};
+use super::ids::plausible_id;
 use crate::app::AppState;
 use crate::domain::session::{Session, SessionStatus};
 use crate::jobs::{CapturePayload, JobKind, NewJob};
@@ -69,29 +70,28 @@ pub async fn handle(
     };
 
     // Only journeys we started come back; anything else is refused before any upstream call.
+    if !plausible_id(&session_id) {
+        return Err(unknown_session());
+    }
     let session = state
         .store
         .get_session(&session_id)
         .await?
-        .ok_or(ApiError::NotFound {
-            code: "UNKNOWN_SESSION",
-            what: "session",
-        })?;
+        .ok_or_else(unknown_session)?;
     let now = state.clock.now();
     let session = if !success {
         state.store.abandon_session(&session_id, now).await?
     } else if session.status == SessionStatus::Completed {
         session
     } else {
-        let job = NewJob {
-            kind: JobKind::CaptureConsents,
-            payload: serde_json::to_value(CapturePayload {
+        let job = NewJob::new(
+            JobKind::CaptureConsents,
+            CapturePayload {
                 session_id: session_id.clone(),
-            })
-            .expect("payload serialises"),
-            run_at: now,
-            dedupe_key: Some(format!("capture:{session_id}")),
-        };
+            },
+            now,
+            Some(format!("capture:{session_id}")),
+        );
         state.store.begin_capture(&session_id, &job, now).await?;
         state.jobs_wakeup.notify_one();
         wait_for_first_attempt(&state, &session_id).await?
@@ -116,6 +116,13 @@ pub async fn handle(
     Ok(respond(&state, &headers, view))
 }
 
+fn unknown_session() -> ApiError {
+    ApiError::NotFound {
+        code: "UNKNOWN_SESSION",
+        what: "session",
+    }
+}
+
 /// Waits until the capture job has either finished or recorded a failed attempt.
 async fn wait_for_first_attempt(state: &AppState, session_id: &str) -> Result<Session, ApiError> {
     let deadline = tokio::time::Instant::now() + FIRST_ATTEMPT_WAIT;
@@ -125,10 +132,7 @@ async fn wait_for_first_attempt(state: &AppState, session_id: &str) -> Result<Se
             .store
             .get_session(session_id)
             .await?
-            .ok_or(ApiError::NotFound {
-                code: "UNKNOWN_SESSION",
-                what: "session",
-            })?;
+            .ok_or_else(unknown_session)?;
         let settled = session.status != SessionStatus::Capturing || session.error_code.is_some();
         if settled || tokio::time::Instant::now() >= deadline {
             return Ok(session);

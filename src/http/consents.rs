@@ -1,15 +1,16 @@
 //! `GET /api/v1/consents` and `GET /api/v1/consents/{consent_id}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, Json, Query};
+use super::ids::ConsentId;
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::fair_use::{Usage, budget_windows, usage};
 use crate::domain::ist;
-use crate::domain::session::{MAX_LOOKBACK_MONTHS, invalid, parse_api_date};
+use crate::domain::session::{MAX_LOOKBACK_MONTHS, invalid, parse_api_date, validate_link_id};
 use crate::store::ConsentFilter;
 
 /// A consent as the API shows it: the stored fields plus its fair-use usage.
@@ -52,6 +53,9 @@ pub async fn list(
         q.status.as_deref(),
         ConsentStatus::ALL,
     )?;
+    if let Some(link_id) = &q.link_id {
+        validate_link_id(link_id)?;
+    }
     let page = PageRequest::<i64>::new("consent", q.limit, q.cursor.as_deref())?;
     let filter = ConsentFilter {
         link_id: q.link_id,
@@ -69,24 +73,18 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
 ) -> Result<axum::Json<ConsentView>, ApiError> {
     let consent = state
         .store
         .get_consent(&consent_id)
         .await?
-        .ok_or(ApiError::NotFound {
-            code: "CONSENT_NOT_FOUND",
-            what: "consent",
-        })?;
+.ok_or_else(consent_not_found)?;
     Ok(axum::Json(ConsentView::build(&state, consent).await?))
 }
 
 fn consent_not_found() -> ApiError {
-    ApiError::NotFound {
-        code: "CONSENT_NOT_FOUND",
-        what: "consent",
-    }
+    ConsentId::not_found()
 }
 
 fn wrong_state(consent: &Consent, action: &str) -> ApiError {
@@ -100,7 +98,7 @@ fn wrong_state(consent: &Consent, action: &str) -> ApiError {
 /// loan is active). Pausing a paused consent is a no-op.
 pub async fn pause(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
 ) -> Result<axum::Json<ConsentView>, ApiError> {
     let now = state.clock.now();
     let consent = state
@@ -119,7 +117,7 @@ pub async fn pause(
 /// the data since the last pull.
 pub async fn resume(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
 ) -> Result<axum::Json<ConsentView>, ApiError> {
     let now = state.clock.now();
     let current = state
@@ -159,7 +157,7 @@ const MAX_PULL_INTERVAL_SECS: i64 = 366 * 86_400;
 /// Nothing can make them more frequent than the consent and Sahamati allow.
 pub async fn patch(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
     Json(body): Json<ConsentPatch>,
 ) -> Result<axum::Json<ConsentView>, ApiError> {
     let secs = match body.pull_interval {
@@ -174,8 +172,17 @@ pub async fn patch(
         }
         Some(serde_json::Value::String(s)) => Some(
             humantime::parse_duration(&s)
-                .map_err(|e| invalid("INVALID_PULL_INTERVAL", format!("pull_interval `{s}`: {e}")))?
-                .as_secs() as i64,
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "INVALID_PULL_INTERVAL",
+                        format!(
+                            "pull_interval `{}` is not a duration such as \"36h\"",
+                            s.escape_debug()
+                        ),
+                    )
+                })?,
         ),
         Some(_) => {
             return Err(invalid(
@@ -250,7 +257,7 @@ pub struct TimelineQuery {
 /// consent's pulls, each transaction once (by the upstream's `hash`), oldest first.
 pub async fn transactions(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
     Query(q): Query<TimelineQuery>,
 ) -> Result<axum::Json<Page<serde_json::Value>>, ApiError> {
     let consent = state

@@ -5,6 +5,7 @@ pub mod callback;
 pub mod consent_sessions;
 pub mod consents;
 pub mod error;
+pub mod ids;
 pub mod page;
 pub mod probes;
 pub mod pulls;

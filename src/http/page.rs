@@ -40,6 +40,10 @@ impl Position for (String, i64) {
     }
     fn decode(s: &str) -> Option<Self> {
         let (at, seq) = s.rsplit_once('|')?;
+        // A timestamp as the upstream writes it; nothing else is sent to the database.
+        if at.len() > 32 || at.chars().any(char::is_control) {
+            return None;
+        }
         Some((at.to_string(), seq.parse().ok()?))
     }
 }

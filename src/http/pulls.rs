@@ -1,7 +1,7 @@
 //! Pulls: start one for a consent, list and read them, and serve the data they fetched.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::consents::ConsentView;
 use super::error::{ApiError, Query};
+use super::ids::{ConsentId, PullId, plausible_id};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
 use crate::domain::consent::ConsentStatus;
@@ -23,16 +24,13 @@ use crate::store::{CreatePull, PullFilter};
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 fn not_found() -> ApiError {
-    ApiError::NotFound {
-        code: "PULL_NOT_FOUND",
-        what: "pull",
-    }
+    PullId::not_found()
 }
 
 /// `POST /api/v1/consents/{consent_id}/pulls`. The body may be empty: every field has a default.
 pub async fn create(
     State(state): State<AppState>,
-    Path(consent_id): Path<String>,
+    ConsentId(consent_id): ConsentId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<Pull>), ApiError> {
@@ -67,10 +65,7 @@ pub async fn create(
         .store
         .get_consent(&consent_id)
         .await?
-        .ok_or(ApiError::NotFound {
-            code: "CONSENT_NOT_FOUND",
-            what: "consent",
-        })?;
+        .ok_or_else(ConsentId::not_found)?;
     let now = state.clock.now();
     if consent.status != ConsentStatus::Active {
         return Err(invalid(
@@ -179,6 +174,9 @@ pub async fn list(
         q.status.as_deref(),
         PullStatus::ALL,
     )?;
+    if q.consent_id.as_deref().is_some_and(|c| !plausible_id(c)) {
+        return Err(invalid("INVALID_CONSENT_ID", "consent_id is not a consent id").into());
+    }
     let page = PageRequest::<i64>::new("pull", q.limit, q.cursor.as_deref())?;
     let filter = PullFilter {
         consent_id: q.consent_id,
@@ -192,7 +190,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(pull_id): Path<String>,
+    PullId(pull_id): PullId,
 ) -> Result<axum::Json<Pull>, ApiError> {
     state
         .store
@@ -204,7 +202,7 @@ pub async fn get(
 
 pub async fn insights(
     state: State<AppState>,
-    path: Path<String>,
+    path: PullId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     data(state, path, headers, PullKind::Insights).await
@@ -212,7 +210,7 @@ pub async fn insights(
 
 pub async fn transactions(
     state: State<AppState>,
-    path: Path<String>,
+    path: PullId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     data(state, path, headers, PullKind::Transactions).await
@@ -222,7 +220,7 @@ pub async fn transactions(
 /// several-MB payload costs its compressed size in memory and no CPU.
 async fn data(
     State(state): State<AppState>,
-    Path(pull_id): Path<String>,
+    PullId(pull_id): PullId,
     headers: HeaderMap,
     kind: PullKind,
 ) -> Result<Response, ApiError> {

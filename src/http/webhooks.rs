@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::ids::plausible_id;
 use crate::app::AppState;
 use crate::bankconnect::wire::WebhookEvent;
 use crate::store::NewWebhook;
@@ -44,13 +45,22 @@ pub async fn receive(
     // Only what routing needs is read here; the body is stored exactly as received.
     let event = serde_json::from_slice::<WebhookEvent>(&body).ok();
     let dedupe_key = match verified.id {
-        Some(id) => format!("id:{id}"),
+        Some(id) if plausible_id(&id) => format!("id:{id}"),
+        // An id too long to index still identifies the delivery by its hash.
+        Some(id) => format!("id-sha256:{}", hex::encode(Sha256::digest(id.as_bytes()))),
         None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
     };
+    // Routing fields that could not be ids are not kept as such (the body keeps them as sent),
+    // so one odd delivery cannot fail the batch it is committed with.
     let webhook = NewWebhook {
         dedupe_key,
-        event_name: event.as_ref().and_then(|e| e.event_name.clone()),
-        upstream_session_id: event.and_then(|e| e.session_id),
+        event_name: event
+            .as_ref()
+            .and_then(|e| e.event_name.clone())
+            .filter(|n| plausible_id(n)),
+        upstream_session_id: event
+            .and_then(|e| e.session_id)
+            .filter(|s| plausible_id(s)),
         body: body.to_vec(),
     };
     let fresh = state.webhooks.record(webhook, now).await?;

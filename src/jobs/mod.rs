@@ -60,6 +60,9 @@ pub struct NewJob {
     pub payload: serde_json::Value,
     pub run_at: DateTime<Utc>,
     pub dedupe_key: Option<String>,
+    /// The pull this job works on, if any: the pull shows the job's progress, and fails
+    /// when the job dies.
+    pub pull_id: Option<String>,
 }
 
 /// A claimed job, leased to this worker until its lease expires.
@@ -71,6 +74,7 @@ pub struct Job {
     /// Attempts so far, this one included.
     pub attempts: i32,
     pub max_attempts: i32,
+    pub pull_id: Option<String>,
 }
 
 /// How a claimed job ends this attempt.
@@ -115,6 +119,28 @@ impl NewJob {
             payload: serde_json::to_value(payload).expect("job payloads serialise"),
             run_at,
             dedupe_key,
+            pull_id: None,
+        }
+    }
+
+    /// A step of a pull (submit, poll or fetch), at most one live per pull and step.
+    pub fn for_pull(kind: JobKind, pull_id: &str, run_at: DateTime<Utc>) -> Self {
+        let step = match kind {
+            JobKind::SubmitPull => "submit",
+            JobKind::PollPull => "poll",
+            JobKind::FetchPullData => "fetch",
+            other => other.as_str(),
+        };
+        NewJob {
+            pull_id: Some(pull_id.to_string()),
+            ..NewJob::new(
+                kind,
+                PullPayload {
+                    pull_id: pull_id.to_string(),
+                },
+                run_at,
+                Some(format!("{step}:{pull_id}")),
+            )
         }
     }
 }
@@ -191,6 +217,40 @@ pub(crate) async fn pull_step_failed(
         }
     }
 }
+
+/// Gives the work of a dead job a visible end (docs/architecture.md, "Every pull ends"): a
+/// pull fails with `JOB_FAILED` and the job's last error, a capture fails its session the same
+/// way. A webhook's processing needs nothing more: its pull still ends by polling or by the
+/// deadline, and the dead job stays for operators.
+pub(crate) async fn on_dead(
+    state: &crate::app::AppState,
+    job: &Job,
+    error: &str,
+) -> Result<(), crate::store::StoreError> {
+    use crate::domain::pull::PullStatus;
+    let now = state.clock.now();
+    if let Some(pull_id) = &job.pull_id {
+        if state
+            .store
+            .end_pull(pull_id, PullStatus::Failed, JOB_FAILED, error, now)
+            .await?
+        {
+            tracing::warn!(%pull_id, kind = %job.kind, %error, "pull failed: its job died");
+        }
+    } else if job.kind == JobKind::CaptureConsents.as_str()
+        && let Ok(p) = serde_json::from_value::<CapturePayload>(job.payload.clone())
+        && state
+            .store
+            .fail_capture(&p.session_id, JOB_FAILED, error, now)
+            .await?
+    {
+        tracing::warn!(session_id = %p.session_id, %error, "consent capture failed: its job died");
+    }
+    Ok(())
+}
+
+/// The error code of a pull or session whose job died.
+pub const JOB_FAILED: &str = "JOB_FAILED";
 
 /// The pull a job is about. A pull that does not exist is a bug: the job is dead at once.
 pub(crate) async fn load_pull(

@@ -10,7 +10,7 @@ use super::{
     store_retry,
 };
 use crate::app::AppState;
-use crate::domain::pull::PullStatus;
+use crate::domain::pull::{PULL_DEADLINE, PullStatus, deadline, deadline_message};
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
     let pull = load_pull(state, &payload.pull_id).await?;
@@ -27,19 +27,15 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         )));
     };
     let now = state.clock.now();
-    let deadline = submitted_at + state.config.pull_deadline;
+    let deadline = deadline(pull.created_at, state.config.pull_deadline);
     if now >= deadline {
-        let message = format!(
-            "no result within {} s of submission",
-            state.config.pull_deadline.as_secs()
-        );
         state
             .store
             .end_pull(
                 &pull.pull_id,
                 PullStatus::Expired,
-                "PULL_DEADLINE",
-                &message,
+                PULL_DEADLINE,
+                &deadline_message(state.config.pull_deadline),
                 now,
             )
             .await

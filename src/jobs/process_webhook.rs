@@ -1,7 +1,7 @@
 //! Act on a stored webhook: a finished pull moves on to fetching its data (or fails), an
 //! expired session expires its pull, anything else is kept and left alone.
 
-use super::{JobError, JobKind, NewJob, PullPayload, WebhookPayload, store_retry};
+use super::{JobError, JobKind, NewJob, WebhookPayload, store_retry};
 use crate::app::AppState;
 use crate::bankconnect::wire::{
     AccountStatus, ENRICHMENT_NOTIFICATION, SESSION_EXPIRY_NOTIFICATION, WebhookEvent,
@@ -90,14 +90,7 @@ pub(crate) async fn processing_finished(
         tracing::warn!(pull_id = %pull.pull_id, %code, "every account failed upstream");
         return Ok(());
     }
-    let fetch = NewJob::new(
-        JobKind::FetchPullData,
-        PullPayload {
-            pull_id: pull.pull_id.clone(),
-        },
-        now,
-        Some(format!("fetch:{}", pull.pull_id)),
-    );
+    let fetch = NewJob::for_pull(JobKind::FetchPullData, &pull.pull_id, now);
     if state
         .store
         .start_fetching(&pull.pull_id, &fetch, now)

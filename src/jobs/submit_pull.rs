@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::fair_use::{budget_windows, check_all, next_window_start};
-use crate::domain::pull::{Pull, PullKind, PullStatus};
+use crate::domain::pull::{Pull, PullKind, PullStatus, deadline};
 use crate::store::NewPull;
 
 pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
@@ -51,11 +51,14 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
     if let Some(until) = consent.pull_blocked_until
         && until > now
     {
-        return Err(wait_until(
+        return wait_until(
+            state,
+            &pull,
             until,
             now,
             "the upstream reported the consent overused",
-        ));
+        )
+        .await;
     }
 
     let limits = consent.limits();
@@ -76,11 +79,14 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         let next = check_all(&limits, &used, now)
             .err()
             .unwrap_or(now + chrono::Duration::minutes(1));
-        return Err(wait_until(
+        return wait_until(
+            state,
+            &pull,
             next,
             now,
             "the fair-use budget of this window is spent",
-        ));
+        )
+        .await;
     };
 
     match state
@@ -141,13 +147,10 @@ async fn record_submission(
     session_id: &str,
 ) -> Result<(), JobError> {
     let now = state.clock.now();
-    let poll = NewJob::new(
+    let poll = NewJob::for_pull(
         JobKind::PollPull,
-        PullPayload {
-            pull_id: pull.pull_id.clone(),
-        },
+        &pull.pull_id,
         now + state.config.poll_fallback_after,
-        Some(format!("poll:{}", pull.pull_id)),
     );
     let mut pause = Duration::from_millis(100);
     for _ in 0..10 {
@@ -185,14 +188,7 @@ pub fn plan(
     request_hash: String,
 ) -> (NewPull, NewJob) {
     let pull = Pull::queued(&consent.consent_id, kind, from, to, now);
-    let job = NewJob::new(
-        JobKind::SubmitPull,
-        PullPayload {
-            pull_id: pull.pull_id.clone(),
-        },
-        now,
-        Some(format!("submit:{}", pull.pull_id)),
-    );
+    let job = NewJob::for_pull(JobKind::SubmitPull, &pull.pull_id, now);
     let new = NewPull {
         pull,
         idempotency_key,
@@ -226,13 +222,30 @@ pub async fn window_since(
         .date_naive())
 }
 
-fn wait_until(
+/// The pull may not be sent before `until`: it waits if that is before its deadline, else it
+/// fails now with `FAIR_USE_LIMIT` rather than hold its consent's schedule to no end.
+async fn wait_until(
+    state: &AppState,
+    pull: &Pull,
     until: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
     why: &str,
-) -> JobError {
-    JobError::Retry {
-        message: format!("{why}; next pull allowed at {until}"),
-        after: Some((until - now).to_std().unwrap_or_default()),
+) -> Result<(), JobError> {
+    let message = format!("{why}; next pull allowed at {until}");
+    if until >= deadline(pull.created_at, state.config.pull_deadline) {
+        state
+            .store
+            .end_pull(&pull.pull_id, PullStatus::Failed, FAIR_USE_LIMIT, &message, now)
+            .await
+            .map_err(store_retry)?;
+        tracing::warn!(pull_id = %pull.pull_id, %message, "pull failed: it could not be sent before its deadline");
+        return Ok(());
     }
+    Err(JobError::Retry {
+        message,
+        after: Some((until - now).to_std().unwrap_or_default()),
+    })
 }
+
+/// The error code of a pull refused because the consent's fair-use budget is spent.
+pub const FAIR_USE_LIMIT: &str = "FAIR_USE_LIMIT";

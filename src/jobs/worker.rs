@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -87,7 +88,19 @@ async fn run_one(
             error: "lease expired on the last attempt".into(),
         }
     } else {
-        let work = dispatch(&state, &job);
+        // A panic in a handler is one failed attempt, not a lost job or a dead worker.
+        let work = std::panic::AssertUnwindSafe(dispatch(&state, &job))
+            .catch_unwind()
+            .map(|r| {
+                r.unwrap_or_else(|panic| {
+                    let message = panic_message(&panic);
+                    tracing::error!(job_id = job.id, kind = %job.kind, %message, "job handler panicked");
+                    Err(JobError::Retry {
+                        message: format!("the handler panicked: {message}"),
+                        after: None,
+                    })
+                })
+            });
         tokio::pin!(work);
         let mut heartbeat = tokio::time::interval(settings.lease / 3);
         heartbeat.tick().await;
@@ -123,6 +136,12 @@ async fn run_one(
     state.metrics.job(&job.kind, label);
     if let JobOutcome::Dead { error } = &outcome {
         tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
+        // What the job was for ends visibly before the job is recorded dead; if that cannot
+        // be written now, the lease runs out and the next claim tries again.
+        if let Err(e) = super::on_dead(&state, &job, error).await {
+            tracing::warn!(job_id = job.id, error = %e, "ending the dead job's work failed; will retry");
+            return;
+        }
     }
     if let Err(e) = state
         .store
@@ -169,4 +188,13 @@ fn outcome_of(state: &AppState, job: &Job, result: Result<(), JobError>) -> JobO
             }
         }
     }
+}
+
+/// The text a panic was raised with, when it has one.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -208,6 +208,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
 
+    /// A capture whose job died: a session still `capturing` becomes `failed` with `code`.
+    /// A session that already failed keeps the upstream's reason. False if nothing changed.
+    async fn fail_capture(
+        &self,
+        session_id: &str,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
     async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>>;
     async fn list_consents(&self, filter: &ConsentFilter) -> StoreResult<ConsentPage>;
     async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>>;
@@ -274,7 +284,8 @@ pub trait Store: Send + Sync + 'static {
         fetch: &NewJob,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
-    /// Ends a pull that is not yet terminal as `failed` or `expired`. False if it already ended.
+    /// Ends a pull that is not yet terminal as `failed` or `expired`, and cancels its queued
+    /// jobs. False if it already ended.
     async fn end_pull(
         &self,
         pull_id: &str,
@@ -293,6 +304,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
     async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>>;
+    /// The deadline sweep: up to `limit` pulls still open that were accepted before
+    /// `created_before` become `expired` with `code` and `message`, and their queued jobs are
+    /// cancelled. Returns their ids.
+    async fn expire_overdue_pulls(
+        &self,
+        created_before: DateTime<Utc>,
+        code: &str,
+        message: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>>;
     /// A consent's merged transactions from `from` to `to` (inclusive dates), oldest first.
     async fn timeline(
         &self,

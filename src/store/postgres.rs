@@ -31,7 +31,7 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_owner = $1, 
         ORDER BY run_at
         LIMIT $4
         FOR UPDATE SKIP LOCKED)
-    RETURNING id, kind, payload, attempts, max_attempts";
+    RETURNING id, kind, payload, attempts, max_attempts, pull_id";
 
 pub struct PgStore {
     pool: PgPool,

@@ -81,14 +81,15 @@ macro_rules! sql_store {
             now: DateTime<Utc>,
         ) -> StoreResult<()> {
             sqlx::query(
-                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, updated_at)
-                 VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
+                 VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(job.kind.as_str())
             .bind(job.payload.to_string())
             .bind(to_ms(job.run_at))
             .bind(job.kind.max_attempts())
             .bind(job.dedupe_key.as_deref())
+            .bind(job.pull_id.as_deref())
             .bind(to_ms(now))
             .bind(to_ms(now))
             .execute(&mut *conn)
@@ -251,6 +252,26 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn fail_capture(
+                &self,
+                session_id: &str,
+                code: &str,
+                message: &str,
+                now: DateTime<Utc>,
+            ) -> StoreResult<bool> {
+                let r = sqlx::query(
+                    "UPDATE sessions SET status = 'failed', error_code = $1, error_message = $2, updated_at = $3
+                     WHERE session_id = $4 AND status = 'capturing'",
+                )
+                .bind(code)
+                .bind(message)
+                .bind(to_ms(now))
+                .bind(session_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
             }
 
             async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>> {
@@ -502,6 +523,8 @@ macro_rules! sql_store {
                 .rows_affected()
                     == 1;
                 if moved {
+                    // The webhook's safety net is not needed any more.
+                    cancel_pull_jobs(&mut tx, pull_id, Some(JobKind::PollPull), now).await?;
                     insert_job(&mut tx, fetch, now).await?;
                 }
                 tx.commit().await?;
@@ -516,18 +539,25 @@ macro_rules! sql_store {
                 message: &str,
                 now: DateTime<Utc>,
             ) -> StoreResult<bool> {
-                let r = sqlx::query(
+                let mut tx = self.write_tx().await?;
+                let ended = sqlx::query(
                     "UPDATE pulls SET status = $1, error_code = $2, error_message = $3, updated_at = $4
-                     WHERE pull_id = $5 AND status NOT IN ('completed', 'failed', 'expired')",
+                     WHERE pull_id = $5 AND status IN ('queued', 'submitted', 'fetching')",
                 )
                 .bind(status.as_str())
                 .bind(code)
                 .bind(message)
                 .bind(to_ms(now))
                 .bind(pull_id)
-                .execute(&self.pool)
-                .await?;
-                Ok(r.rows_affected() == 1)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if ended {
+                    cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+                }
+                tx.commit().await?;
+                Ok(ended)
             }
 
             async fn complete_pull(
@@ -783,6 +813,37 @@ macro_rules! sql_store {
                 Ok(purged)
             }
 
+            async fn expire_overdue_pulls(
+                &self,
+                created_before: DateTime<Utc>,
+                code: &str,
+                message: &str,
+                limit: u32,
+                now: DateTime<Utc>,
+            ) -> StoreResult<Vec<String>> {
+                let mut tx = self.write_tx().await?;
+                let expired: Vec<String> = sqlx::query_scalar(
+                    "UPDATE pulls SET status = 'expired', error_code = $1, error_message = $2, updated_at = $3
+                     WHERE status IN ('queued', 'submitted', 'fetching') AND pull_id IN (
+                        SELECT pull_id FROM pulls
+                        WHERE status IN ('queued', 'submitted', 'fetching') AND created_at < $4
+                        LIMIT $5)
+                     RETURNING pull_id",
+                )
+                .bind(code)
+                .bind(message)
+                .bind(to_ms(now))
+                .bind(to_ms(created_before))
+                .bind(limit as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                for pull_id in &expired {
+                    cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+                }
+                tx.commit().await?;
+                Ok(expired)
+            }
+
             async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>> {
                 let row = sqlx::query(
                     "SELECT pull_id, kind, content_encoding, body, raw_size, fetched_at FROM pull_data WHERE pull_id = $1",
@@ -898,6 +959,7 @@ macro_rules! sql_store {
                         let payload: String = r.try_get("payload")?;
                         Ok(Job {
                             id: r.try_get("id")?,
+                            pull_id: r.try_get("pull_id")?,
                             kind: r.try_get("kind")?,
                             payload: serde_json::from_str(&payload)
                                 .map_err(|e| StoreError::Corrupt(format!("job payload: {e}")))?,
@@ -940,10 +1002,12 @@ macro_rules! sql_store {
                     JobOutcome::Dead { error } => ("dead", None, Some(error.as_str()), 0),
                     JobOutcome::Release => ("queued", Some(to_ms(now)), None, -1),
                 };
-                sqlx::query(
+                let mut tx = self.write_tx().await?;
+                let finished: Option<Option<String>> = sqlx::query_scalar(
                     "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error),
                             attempts = attempts + $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
-                     WHERE id = $6 AND lease_owner = $7 AND status = 'running'",
+                     WHERE id = $6 AND lease_owner = $7 AND status = 'running'
+                     RETURNING pull_id",
                 )
                 .bind(status)
                 .bind(run_at)
@@ -952,8 +1016,21 @@ macro_rules! sql_store {
                 .bind(to_ms(now))
                 .bind(job_id)
                 .bind(owner)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+                // The pull keeps the tally of its steps' attempts (a release was no attempt).
+                if let Some(Some(pull_id)) = finished
+                    && !matches!(outcome, JobOutcome::Release)
+                {
+                    sqlx::query(
+                        "UPDATE pulls SET attempts = attempts + 1, last_error = COALESCE($1, last_error) WHERE pull_id = $2",
+                    )
+                    .bind(error)
+                    .bind(pull_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -968,8 +1045,12 @@ macro_rules! sql_store {
             }
         }
 
+        /// A pull's own columns, and when its next step is planned: the soonest queued job
+        /// that works on it.
         const PULL_COLUMNS: &str = "seq, pull_id, consent_id, kind, status, from_date, to_date, upstream_session_id, \
-             error_code, error_message, submitted_at, completed_at, data_purged_at, created_at, updated_at";
+             error_code, error_message, submitted_at, completed_at, data_purged_at, created_at, updated_at, attempts, \
+             last_error, (SELECT MIN(j.run_at) FROM jobs j WHERE j.pull_id = pulls.pull_id AND j.status = 'queued') \
+             AS next_attempt_at";
 
         fn date(v: String) -> StoreResult<NaiveDate> {
             opt_date(Some(v)).map(|d| d.expect("some in, some out"))
@@ -995,6 +1076,9 @@ macro_rules! sql_store {
                 submitted_at: opt_ms(r.try_get("submitted_at")?)?,
                 completed_at: opt_ms(r.try_get("completed_at")?)?,
                 data_purged_at: opt_ms(r.try_get("data_purged_at")?)?,
+                attempts: r.try_get::<i64, _>("attempts")?,
+                last_error: r.try_get("last_error")?,
+                next_attempt_at: opt_ms(r.try_get("next_attempt_at")?)?,
             };
             Ok((r.try_get("seq")?, pull))
         }
@@ -1046,6 +1130,25 @@ macro_rules! sql_store {
                 }
             }
             Ok(true)
+        }
+
+        /// Queued jobs of a pull that has moved on no longer run (all of them, or those of `kind`).
+        async fn cancel_pull_jobs(
+            conn: &mut $conn,
+            pull_id: &str,
+            kind: Option<JobKind>,
+            now: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', updated_at = $1
+                 WHERE pull_id = $2 AND status = 'queued' AND ($3 IS NULL OR kind = $3)",
+            )
+            .bind(to_ms(now))
+            .bind(pull_id)
+            .bind(kind.map(JobKind::as_str))
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
         }
 
         async fn insert_pull(conn: &mut $conn, new: &NewPull) -> StoreResult<()> {

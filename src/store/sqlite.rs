@@ -38,7 +38,7 @@ const CLAIM_JOBS: &str =
         UNION ALL
         SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $3
         LIMIT $4)
-    RETURNING id, kind, payload, attempts, max_attempts";
+    RETURNING id, kind, payload, attempts, max_attempts, pull_id";
 
 pub struct SqliteStore {
     pool: SqlitePool,
