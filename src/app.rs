@@ -18,6 +18,7 @@ use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use crate::scheduler::{self, SchedulerSettings};
 use crate::store::group_commit::WebhookIntake;
 use crate::store::{self, DynStore};
+use crate::supervise::{TaskHealth, supervise};
 
 /// What every handler and job needs. Cheap to clone.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Group commit for webhook deliveries.
     pub webhooks: WebhookIntake,
+    /// Which background tasks are down; `/readyz` is 503 while any is.
+    pub tasks: Arc<TaskHealth>,
 }
 
 impl AppState {
@@ -46,8 +49,11 @@ impl AppState {
             upstream,
             config.api_key.clone(),
             config.server_hash.clone(),
-            config.upstream_connect_timeout,
-            config.upstream_timeout,
+            crate::bankconnect::Timeouts {
+                connect: config.upstream_connect_timeout,
+                call: config.upstream_timeout,
+                download: config.upstream_download_timeout,
+            },
         )?;
         Ok(AppState {
             config: Arc::new(config),
@@ -57,6 +63,7 @@ impl AppState {
             clock,
             jobs_wakeup: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::default()),
+            tasks: Arc::new(TaskHealth::default()),
         })
     }
 }
@@ -69,6 +76,7 @@ pub struct App {
     server: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
     scheduler: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
 }
 
 /// How the background parts run; the defaults are production's, tests tighten them.
@@ -133,24 +141,32 @@ impl App {
         }
 
         let shutdown = CancellationToken::new();
-        let server = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
+        let server = tokio::spawn(crate::http::server::serve(
+            listener,
+            router,
+            state.config.header_read_timeout,
+            shutdown.clone(),
+        ));
+        let tasks = &state.tasks;
+        let workers = {
+            let (state, settings, stop) = (state.clone(), options.workers, shutdown.clone());
+            supervise("workers", tasks.clone(), shutdown.clone(), move || {
+                worker::run(state.clone(), settings.clone(), stop.clone())
             })
         };
-        let workers = tokio::spawn(worker::run(
-            state.clone(),
-            options.workers,
-            shutdown.clone(),
-        ));
-        let scheduler = tokio::spawn(scheduler::run(
-            state.clone(),
-            options.scheduler,
-            shutdown.clone(),
-        ));
+        let scheduler = {
+            let (state, settings, stop) =
+                (state.clone(), options.scheduler.clone(), shutdown.clone());
+            supervise("scheduler", tasks.clone(), shutdown.clone(), move || {
+                scheduler::run(state.clone(), settings.clone(), stop.clone())
+            })
+        };
+        let housekeeping = {
+            let (state, settings, stop) = (state.clone(), options.scheduler, shutdown.clone());
+            supervise("housekeeping", tasks.clone(), shutdown.clone(), move || {
+                crate::housekeeping::run_loop(state.clone(), settings.clone(), stop.clone())
+            })
+        };
         Ok(App {
             addr,
             state,
@@ -158,6 +174,7 @@ impl App {
             server,
             workers,
             scheduler,
+            housekeeping,
         })
     }
 
@@ -173,6 +190,7 @@ impl App {
         self.shutdown.cancel();
         self.workers.await?;
         self.scheduler.await?;
+        self.housekeeping.await?;
         served?;
         Ok(())
     }
@@ -182,6 +200,7 @@ impl App {
     pub fn abort(self) {
         self.workers.abort();
         self.scheduler.abort();
+        self.housekeeping.abort();
         self.server.abort();
     }
 

@@ -36,7 +36,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How a webhook proves it came from BankConnect (see DESIGN.md, "Webhook authenticity").
+/// How a webhook proves it came from BankConnect (docs/bankconnect.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookVerify {
     SecretKey,
@@ -68,16 +68,49 @@ pub enum Upstream {
     Remote(Url),
 }
 
+/// `DATABASE_URL`, whose `Debug` hides the password (configs get logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for DatabaseUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("REDACTED"));
+                write!(f, "{:?}", url.as_str())
+            }
+            Ok(_) => write!(f, "{:?}", self.0),
+            Err(_) => f.write_str("\"(unparsable URL, not shown)\""),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub bind_addr: SocketAddr,
     pub public_base_url: Url,
     pub upstream: Upstream,
     pub api_key: SecretString,
     pub server_hash: SecretString,
     pub upstream_connect_timeout: Duration,
+    /// A whole upstream call; for data downloads, the longest wait between two reads.
     pub upstream_timeout: Duration,
+    /// The longest a data download may take in all.
+    pub upstream_download_timeout: Duration,
     pub webhook_verify: WebhookVerify,
     pub webhook_secrets: Vec<SecretString>,
     pub api_tokens: Vec<SecretString>,
@@ -94,6 +127,14 @@ pub struct Config {
     /// How long a worker holds a job without a heartbeat before another instance may take it.
     pub job_lease: Duration,
     pub log_format: LogFormat,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a request may take until its response starts.
+    pub request_timeout: Duration,
+    /// Requests served at once; past this, 503 with `Retry-After` at once.
+    pub max_concurrent_requests: usize,
+    /// The largest webhook body read.
+    pub webhook_body_limit: usize,
 }
 
 /// The credentials the in-process sandbox expects when none are configured.
@@ -226,34 +267,35 @@ impl Config {
             .map(|v| parse_url("FRONTEND_RETURN_URL", &v))
             .transpose()?;
 
-        let secs = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(positive(var, get(var), default)?))
+        let number = |setting: &NumericSetting| -> Result<u64, ConfigError> {
+            setting.parse(get(setting.var).as_deref())
         };
-        let poll_fallback_after = secs("POLL_FALLBACK_AFTER_SECS", 60)?;
-        let pull_deadline = secs("PULL_DEADLINE_SECS", 86_400)?;
-        let upstream_connect_timeout = secs("BANKCONNECT_CONNECT_TIMEOUT_SECS", 5)?;
-        let upstream_timeout = secs("BANKCONNECT_TIMEOUT_SECS", 30)?;
-        let data_retention_days = u32::try_from(positive(
-            "DATA_RETENTION_DAYS",
-            get("DATA_RETENTION_DAYS"),
-            30,
-        )?)
-        .map_err(|_| err("DATA_RETENTION_DAYS", "too large"))?;
-
-        let pull_interval_min = get("PULL_INTERVAL_MIN_SECS")
-            .map(|v| positive("PULL_INTERVAL_MIN_SECS", Some(v), 0).map(Duration::from_secs))
+        let secs = |setting: &NumericSetting| number(setting).map(Duration::from_secs);
+        let poll_fallback_after = secs(&POLL_FALLBACK_AFTER_SECS)?;
+        let pull_deadline = secs(&PULL_DEADLINE_SECS)?;
+        let upstream_connect_timeout = secs(&BANKCONNECT_CONNECT_TIMEOUT_SECS)?;
+        let upstream_timeout = secs(&BANKCONNECT_TIMEOUT_SECS)?;
+        let upstream_download_timeout = secs(&BANKCONNECT_DOWNLOAD_TIMEOUT_SECS)?;
+        let data_retention_days = number(&DATA_RETENTION_DAYS)? as u32;
+        let pull_interval_min = get(PULL_INTERVAL_MIN_SECS.var)
+            .is_some()
+            .then(|| secs(&PULL_INTERVAL_MIN_SECS))
             .transpose()?;
-
         let pool = crate::store::PoolSettings {
-            max_connections: u32::try_from(positive(
-                "DATABASE_MAX_CONNECTIONS",
-                get("DATABASE_MAX_CONNECTIONS"),
-                10,
-            )?)
-            .map_err(|_| err("DATABASE_MAX_CONNECTIONS", "too large"))?,
-            acquire_timeout: secs("DATABASE_ACQUIRE_TIMEOUT_SECS", 5)?,
+            max_connections: number(&DATABASE_MAX_CONNECTIONS)? as u32,
+            acquire_timeout: secs(&DATABASE_ACQUIRE_TIMEOUT_SECS)?,
         };
-        let job_lease = secs("JOB_LEASE_SECS", 60)?;
+        let job_lease = secs(&JOB_LEASE_SECS)?;
+        let header_read_timeout = secs(&HEADER_READ_TIMEOUT_SECS)?;
+        let request_timeout = secs(&REQUEST_TIMEOUT_SECS)?;
+        if request_timeout <= upstream_timeout {
+            return Err(err(
+                REQUEST_TIMEOUT_SECS.var,
+                "must be longer than BANKCONNECT_TIMEOUT_SECS, or requests that call BankConnect are cut off before it answers",
+            ));
+        }
+        let max_concurrent_requests = number(&MAX_CONCURRENT_REQUESTS)? as usize;
+        let webhook_body_limit = number(&WEBHOOK_BODY_LIMIT_BYTES)? as usize;
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
@@ -273,16 +315,33 @@ impl Config {
                     "required in production: sandbox mode is refused",
                 ));
             }
+            if let Upstream::Remote(url) = &upstream
+                && url.scheme() != "https"
+            {
+                return Err(err(
+                    "BANKCONNECT_BASE_URL",
+                    "must be https:// in production: the API key and server hash travel with every call",
+                ));
+            }
+
             if webhook_secrets.is_empty() {
                 return Err(err("WEBHOOK_SECRETS", "required in production"));
             }
             if api_tokens.is_empty() {
                 return Err(err("API_TOKENS", "required in production"));
             }
+            // FinBox documents `secret-key`; a default that differs from what the sender does
+            // would refuse every real webhook and leave the service quietly polling.
+            if get("WEBHOOK_VERIFY").is_none() {
+                return Err(err(
+                    "WEBHOOK_VERIFY",
+                    "required in production: say how BankConnect's webhooks prove who sent them (secret-key is what FinBox documents)",
+                ));
+            }
         }
 
         Ok(Config {
-            database_url,
+            database_url: DatabaseUrl(database_url),
             bind_addr,
             public_base_url,
             upstream,
@@ -290,6 +349,7 @@ impl Config {
             server_hash,
             upstream_connect_timeout,
             upstream_timeout,
+            upstream_download_timeout,
             webhook_verify,
             webhook_secrets: webhook_secrets.into_iter().map(Into::into).collect(),
             api_tokens: api_tokens.into_iter().map(Into::into).collect(),
@@ -303,6 +363,10 @@ impl Config {
             pool,
             job_lease,
             log_format,
+            header_read_timeout,
+            request_timeout,
+            max_concurrent_requests,
+            webhook_body_limit,
         })
     }
 
@@ -328,18 +392,94 @@ fn parse_url(var: &'static str, v: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn positive(var: &'static str, v: Option<String>, default: u64) -> Result<u64, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
+/// A numeric setting with its default and the range it must fall in. Every one is listed in
+/// [`NUMERIC_SETTINGS`], which the README's table follows.
+#[derive(Debug, Clone, Copy)]
+pub struct NumericSetting {
+    pub var: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl NumericSetting {
+    const fn new(var: &'static str, default: u64, min: u64, max: u64) -> Self {
+        Self {
+            var,
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// The value of the variable, or the default when unset; refused outside the range.
+    pub fn parse(&self, v: Option<&str>) -> Result<u64, ConfigError> {
+        let Some(v) = v else {
+            return Ok(self.default);
+        };
+        match v.parse::<u64>() {
+            Ok(n) if (self.min..=self.max).contains(&n) => Ok(n),
             _ => Err(err(
-                var,
-                format!("must be a positive whole number, got `{v}`"),
+                self.var,
+                format!(
+                    "must be a whole number from {} to {}, got `{v}`",
+                    self.min, self.max
+                ),
             )),
-        },
+        }
     }
 }
+
+const DAY_SECS: u64 = 86_400;
+pub const POLL_FALLBACK_AFTER_SECS: NumericSetting =
+    NumericSetting::new("POLL_FALLBACK_AFTER_SECS", 60, 1, DAY_SECS);
+pub const PULL_DEADLINE_SECS: NumericSetting =
+    NumericSetting::new("PULL_DEADLINE_SECS", DAY_SECS, 1, 30 * DAY_SECS);
+pub const BANKCONNECT_CONNECT_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("BANKCONNECT_CONNECT_TIMEOUT_SECS", 5, 1, 60);
+pub const BANKCONNECT_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("BANKCONNECT_TIMEOUT_SECS", 30, 1, 300);
+pub const BANKCONNECT_DOWNLOAD_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("BANKCONNECT_DOWNLOAD_TIMEOUT_SECS", 600, 1, 3600);
+pub const DATA_RETENTION_DAYS: NumericSetting =
+    NumericSetting::new("DATA_RETENTION_DAYS", 30, 1, 3650);
+pub const PULL_INTERVAL_MIN_SECS: NumericSetting =
+    NumericSetting::new("PULL_INTERVAL_MIN_SECS", 0, 1, 366 * DAY_SECS);
+pub const DATABASE_MAX_CONNECTIONS: NumericSetting =
+    NumericSetting::new("DATABASE_MAX_CONNECTIONS", 10, 1, 1000);
+pub const DATABASE_ACQUIRE_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("DATABASE_ACQUIRE_TIMEOUT_SECS", 5, 1, 300);
+pub const JOB_LEASE_SECS: NumericSetting = NumericSetting::new("JOB_LEASE_SECS", 60, 1, 3600);
+pub const HEADER_READ_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("HEADER_READ_TIMEOUT_SECS", 10, 1, 300);
+pub const REQUEST_TIMEOUT_SECS: NumericSetting =
+    NumericSetting::new("REQUEST_TIMEOUT_SECS", 60, 2, 3600);
+pub const MAX_CONCURRENT_REQUESTS: NumericSetting =
+    NumericSetting::new("MAX_CONCURRENT_REQUESTS", 1024, 1, 100_000);
+pub const WEBHOOK_BODY_LIMIT_BYTES: NumericSetting = NumericSetting::new(
+    "WEBHOOK_BODY_LIMIT_BYTES",
+    256 * 1024,
+    1024,
+    16 * 1024 * 1024,
+);
+
+/// Every numeric setting, with its default and range.
+pub const NUMERIC_SETTINGS: &[NumericSetting] = &[
+    POLL_FALLBACK_AFTER_SECS,
+    PULL_DEADLINE_SECS,
+    BANKCONNECT_CONNECT_TIMEOUT_SECS,
+    BANKCONNECT_TIMEOUT_SECS,
+    BANKCONNECT_DOWNLOAD_TIMEOUT_SECS,
+    DATA_RETENTION_DAYS,
+    PULL_INTERVAL_MIN_SECS,
+    DATABASE_MAX_CONNECTIONS,
+    DATABASE_ACQUIRE_TIMEOUT_SECS,
+    JOB_LEASE_SECS,
+    HEADER_READ_TIMEOUT_SECS,
+    REQUEST_TIMEOUT_SECS,
+    MAX_CONCURRENT_REQUESTS,
+    WEBHOOK_BODY_LIMIT_BYTES,
+];
 
 fn split_list(v: Option<String>) -> Vec<String> {
     v.map(|v| {
@@ -402,6 +542,7 @@ mod tests {
             ("BANKCONNECT_BASE_URL", "https://x.example/bank-connect"),
             ("BANKCONNECT_API_KEY", "k"),
             ("BANKCONNECT_SERVER_HASH", "h"),
+            ("WEBHOOK_VERIFY", "secret-key"),
         ];
         assert_eq!(cfg(&remote).unwrap_err().var, "WEBHOOK_SECRETS");
         let mut with_secret = remote.to_vec();
@@ -411,6 +552,82 @@ mod tests {
         let c = cfg(&with_secret).unwrap();
         assert!(!c.api_token_generated);
         assert_eq!(c.api_tokens.len(), 2);
+    }
+
+    #[test]
+    fn every_numeric_setting_is_refused_outside_its_range() {
+        for s in NUMERIC_SETTINGS {
+            // REQUEST_TIMEOUT_SECS must also exceed BANKCONNECT_TIMEOUT_SECS: give it room.
+            let with = |v: &str| {
+                let mut pairs = vec![(s.var, v)];
+                if s.var == "REQUEST_TIMEOUT_SECS" {
+                    pairs.push(("BANKCONNECT_TIMEOUT_SECS", "1"));
+                } else {
+                    pairs.push(("REQUEST_TIMEOUT_SECS", "3600"));
+                }
+                cfg(&pairs)
+            };
+            let below = (s.min - 1).to_string();
+            let above = (s.max + 1).to_string();
+            for bad in [&below, &above, "4000000000000000000000", "x", "-1", "1.5"] {
+                assert_eq!(with(bad).unwrap_err().var, s.var, "{} = {bad}", s.var);
+            }
+            for good in [s.min, s.max] {
+                let r = with(&good.to_string());
+                assert!(r.is_ok(), "{} = {good}: {:?}", s.var, r.err());
+            }
+        }
+        // The bug this guards against: a retention that passed validation and then broke
+        // the scheduler's date arithmetic.
+        assert_eq!(
+            cfg(&[("DATA_RETENTION_DAYS", "4000000000")])
+                .unwrap_err()
+                .var,
+            "DATA_RETENTION_DAYS"
+        );
+        assert_eq!(
+            cfg(&[
+                ("BANKCONNECT_TIMEOUT_SECS", "60"),
+                ("REQUEST_TIMEOUT_SECS", "60")
+            ])
+            .unwrap_err()
+            .var,
+            "REQUEST_TIMEOUT_SECS"
+        );
+    }
+
+    #[test]
+    fn production_needs_https_and_an_explicit_webhook_scheme() {
+        let base = [
+            ("APP_ENV", "production"),
+            ("BANKCONNECT_BASE_URL", "https://x.example/bank-connect"),
+            ("BANKCONNECT_API_KEY", "k"),
+            ("BANKCONNECT_SERVER_HASH", "h"),
+            ("WEBHOOK_SECRETS", "s1"),
+            ("API_TOKENS", "t1"),
+        ];
+        assert_eq!(cfg(&base).unwrap_err().var, "WEBHOOK_VERIFY");
+        let mut ok = base.to_vec();
+        ok.push(("WEBHOOK_VERIFY", "secret-key"));
+        assert!(cfg(&ok).is_ok());
+        let mut plain = ok.clone();
+        plain[1] = ("BANKCONNECT_BASE_URL", "http://x.example/bank-connect");
+        assert_eq!(cfg(&plain).unwrap_err().var, "BANKCONNECT_BASE_URL");
+        // Development may use a plain-HTTP stand-in.
+        plain[0] = ("APP_ENV", "development");
+        assert!(cfg(&plain).is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let c = cfg(&[(
+            "DATABASE_URL",
+            "postgres://aa:s3cr3t-pw@db.internal:5432/aa",
+        )])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("db.internal"));
     }
 
     #[test]

@@ -1,21 +1,70 @@
 //! Housekeeping: consents past their tenure leave the schedule, and data past its data life
 //! (Sahamati: one month; `DATA_RETENTION_DAYS`) is deleted. Pull rows stay, marked purged.
 
+use tokio_util::sync::CancellationToken;
+
 use crate::app::AppState;
 use crate::domain::pull::{PULL_DEADLINE, deadline_message};
-use crate::store::StoreResult;
+use crate::scheduler::SchedulerSettings;
+use crate::store::{Purge, PurgeReport, StoreResult};
 
 /// How many pulls one sweep transaction expires.
 const SWEEP_BATCH: u32 = 500;
 
-/// One pass; safe to run on every instance at once (each statement is idempotent).
+/// The housekeeping task: the deadline sweep every `sweep_every`, the purge every
+/// `housekeeping_every` (both in the service's clock time), looked at every `tick`.
+pub async fn run_loop(state: AppState, settings: SchedulerSettings, shutdown: CancellationToken) {
+    let mut last_purge: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut last_sweep: Option<chrono::DateTime<chrono::Utc>> = None;
+    loop {
+        let now = state.clock.now();
+        if last_sweep.is_none_or(|t| now - t >= settings.sweep_every) {
+            match expire_overdue_pulls(&state).await {
+                Ok(_) => last_sweep = Some(now),
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
+            }
+        }
+        if last_purge.is_none_or(|t| now - t >= settings.housekeeping_every) {
+            match run(&state).await {
+                Ok(()) => last_purge = Some(now),
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(settings.tick) => {}
+        }
+    }
+}
+
+/// How many rows of each kind one purge transaction deletes.
+pub const PURGE_BATCH: u32 = 500;
+/// Sessions never completed are kept this long, for support questions.
+pub const OPEN_SESSION_DAYS: i64 = 30;
+/// Fair-use ledger rows are kept past the longest budget window (a calendar year).
+pub const LEDGER_DAYS: i64 = 400;
+
+/// One pass; safe to run on every instance at once (each statement is idempotent). Purges in
+/// batches with a pause between them, so webhook intake never waits long for the writer.
 pub async fn run(state: &AppState) -> StoreResult<()> {
     let now = state.clock.now();
     let expired = state.store.expire_consents(now).await?;
-    let older_than = now - chrono::Duration::days(i64::from(state.config.data_retention_days));
-    let purged = state.store.purge_data(older_than, now).await?;
-    if expired > 0 || purged > 0 {
-        tracing::info!(expired, purged, "housekeeping");
+    let purge = Purge {
+        data_before: now - chrono::Duration::days(i64::from(state.config.data_retention_days)),
+        sessions_before: now - chrono::Duration::days(OPEN_SESSION_DAYS),
+        ledger_before: now - chrono::Duration::days(LEDGER_DAYS),
+    };
+    let mut purged = PurgeReport::default();
+    loop {
+        let batch = state.store.purge_batch(&purge, PURGE_BATCH, now).await?;
+        purged.add(batch);
+        if batch.most() < u64::from(PURGE_BATCH) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if expired > 0 || purged.most() > 0 {
+        tracing::info!(expired, ?purged, "housekeeping");
     }
     Ok(())
 }

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod sandbox;
 pub mod scheduler;
 pub mod store;
+pub mod supervise;
 pub mod webhook_auth;

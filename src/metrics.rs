@@ -22,6 +22,13 @@ pub struct Metrics {
     pub webhooks: Family<OutcomeLabel, Counter>,
     /// Finished job attempts by kind and outcome: done, retry, dead, released.
     pub jobs: Family<JobLabels, Counter>,
+    /// Refused webhooks by reason, so a burst (a rotated secret, a wrong scheme) shows.
+    pub webhook_rejections: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 impl Default for Metrics {
@@ -39,10 +46,23 @@ impl Default for Metrics {
             "Finished job attempts by kind and outcome",
             jobs.clone(),
         );
+        let webhook_rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "webhook_rejections",
+            "Refused webhook deliveries by reason",
+            webhook_rejections.clone(),
+        );
+        // Every reason is present from the start, at 0, so an alert can watch each one.
+        for reason in crate::webhook_auth::VerifyError::REASONS {
+            let _ = webhook_rejections.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            });
+        }
         Self {
             registry,
             webhooks,
             jobs,
+            webhook_rejections,
         }
     }
 }
@@ -52,6 +72,14 @@ impl Metrics {
         self.webhooks
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_rejected(&self, reason: &str) {
+        self.webhook_rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             })
             .inc();
     }

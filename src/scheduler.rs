@@ -42,26 +42,11 @@ impl Default for SchedulerSettings {
 }
 
 pub async fn run(state: AppState, settings: SchedulerSettings, shutdown: CancellationToken) {
-    let mut last_housekeeping: Option<chrono::DateTime<chrono::Utc>> = None;
-    let mut last_sweep: Option<chrono::DateTime<chrono::Utc>> = None;
     loop {
         match tick(&state, &settings).await {
             Ok(r) if r.fired > 0 || r.deferred > 0 => tracing::info!(?r, "scheduler tick"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
-        }
-        let now = state.clock.now();
-        if last_sweep.is_none_or(|t| now - t >= settings.sweep_every) {
-            match crate::housekeeping::expire_overdue_pulls(&state).await {
-                Ok(_) => last_sweep = Some(now),
-                Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
-            }
-        }
-        if last_housekeeping.is_none_or(|t| now - t >= settings.housekeeping_every) {
-            match crate::housekeeping::run(&state).await {
-                Ok(()) => last_housekeeping = Some(now),
-                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
-            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -1,5 +1,5 @@
 //! Webhook authenticity, always over the raw body and in constant time, with any of several
-//! secrets allowed to match (rotation). See DESIGN.md, "Webhook authenticity".
+//! secrets allowed to match (rotation). See docs/bankconnect.md §5.
 
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -28,6 +28,14 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// Every reason category [`VerifyError::reason`] gives.
+    pub const REASONS: [&'static str; 4] = [
+        "missing_header",
+        "malformed_header",
+        "stale_timestamp",
+        "bad_signature",
+    ];
+
     /// The reason's category, for logs and the refusal counter.
     pub fn reason(&self) -> &'static str {
         match self {

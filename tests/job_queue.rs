@@ -199,6 +199,98 @@ async fn retries_wait_and_releases_do_not_count_as_attempts() {
     );
 }
 
+#[tokio::test]
+async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batches() {
+    use aa_recurring::clock::ManualClock;
+    use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+    use aa_recurring::domain::session::{NewSession, Session};
+    use aa_recurring::housekeeping::{LEDGER_DAYS, OPEN_SESSION_DAYS, PURGE_BATCH};
+    use chrono::Duration as Days;
+    use std::sync::Arc;
+
+    let (store, _dir) = store().await;
+    let long_ago = Utc::now() - Days::days(LEDGER_DAYS + 10);
+    let now = Utc::now();
+
+    // More dead jobs than one batch holds, long finished; and one that died just now.
+    for at in std::iter::repeat_n(long_ago, PURGE_BATCH as usize + 5).chain([now]) {
+        let mut old = job(None);
+        old.run_at = at;
+        store.enqueue_job(&old, at).await.unwrap();
+        let j = store
+            .claim_jobs("w", at, at + Duration::from_secs(60), 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let dead = JobOutcome::Dead {
+            error: "gave up".into(),
+        };
+        store.finish_job(j.id, "w", &dead, at).await.unwrap();
+    }
+    // A journey never finished, and one started yesterday.
+    let journey = |link: &str| NewSession {
+        link_id: link.into(),
+        use_case: UseCase::Monitoring,
+        journey_mode: aa_recurring::domain::consent::JourneyMode::OnlyRecurring,
+        tenure_months: 12,
+        frequency_unit: FrequencyUnit::Month,
+        frequency_value: 5,
+        from_date: None,
+        to_date: None,
+        bank_name: None,
+        mobile_number: None,
+    };
+    let stale_at = now - Days::days(OPEN_SESSION_DAYS + 1);
+    store
+        .insert_session(&Session::started("stale".into(), &journey("a"), stale_at))
+        .await
+        .unwrap();
+    store
+        .insert_session(&Session::started(
+            "recent".into(),
+            &journey("b"),
+            now - Days::days(1),
+        ))
+        .await
+        .unwrap();
+    // Fair-use ledger rows from before the longest budget window, and one from now.
+    let consent = common::insert_consent(
+        &store,
+        "c-ledger",
+        UseCase::Monitoring,
+        FrequencyUnit::Month,
+        5,
+        long_ago,
+    )
+    .await;
+    let budget = [(long_ago - Days::days(1), 1000)];
+    store
+        .reserve_attempt(&consent.consent_id, "p-old", &budget, long_ago)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .reserve_attempt(&consent.consent_id, "p-new", &budget, now)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let state = common::bare_state(store.clone(), Arc::new(ManualClock::new(now)));
+    aa_recurring::housekeeping::run(&state).await.unwrap();
+
+    assert_eq!(store.job_counts().await.unwrap(), vec![("dead".into(), 1)]);
+    assert!(store.get_session("stale").await.unwrap().is_none());
+    assert!(store.get_session("recent").await.unwrap().is_some());
+    assert_eq!(
+        store
+            .attempts_since(&consent.consent_id, &budget)
+            .await
+            .unwrap(),
+        vec![1],
+        "only the recent ledger row is left"
+    );
+}
+
 /// The same tests on Postgres (or a loud note that they were skipped).
 #[test]
 fn postgres_pass() {

@@ -755,6 +755,71 @@ async fn a_graceful_stop_hands_running_jobs_back() {
 }
 
 /// Points the standalone sandbox's webhooks at the app, through the documented API.
+#[tokio::test]
+async fn a_pull_shows_its_attempts_last_error_and_next_attempt() {
+    let app = spawn_app().await;
+    let consent = app.approved_consent("cust-progress", json!({})).await;
+    app.inject_fault("insights", 503, 2).await;
+    let (status, accepted) = app.start_pull(&consent, None, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["attempts"], 0);
+    assert_eq!(accepted["last_error"], Value::Null);
+    assert!(accepted["next_attempt_at"].is_string(), "{accepted}");
+    let pull = app
+        .pull_reaches(accepted["pull_id"].as_str().unwrap(), "completed", 20)
+        .await;
+    // One send, two failed fetches and the one that worked; the fallback poll never ran.
+    assert_eq!(pull["attempts"], 4, "{pull}");
+    assert!(
+        pull["last_error"].as_str().unwrap().contains("503"),
+        "{pull}"
+    );
+    assert_eq!(pull["next_attempt_at"], Value::Null, "{pull}");
+}
+
+#[tokio::test]
+async fn a_pull_stuck_at_any_step_is_expired_at_its_deadline() {
+    let app = spawn_with(&[("PULL_DEADLINE_SECS", "3")]).await;
+    let consent = app.approved_consent("cust-stuck", json!({})).await;
+    // The webhook says done, but the data never becomes ready.
+    app.inject_error("insights", 400, "PROCESSING_NOT_COMPLETED", 100_000)
+        .await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "fetching", 5).await;
+    let pull = app.pull_reaches(&pull_id, "expired", 10).await;
+    assert_eq!(pull["error_code"], "PULL_DEADLINE", "{pull}");
+    // Its queued work is cancelled: nothing more is planned, and nothing runs later.
+    assert_eq!(pull["next_attempt_at"], Value::Null, "{pull}");
+    let fetches = app.upstream_calls("insights").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.upstream_calls("insights").await, fetches);
+    // The consent is free for a new pull at once.
+    app.clear_faults().await;
+    let next = app.pull(&consent).await;
+    app.pull_reaches(&next, "completed", 10).await;
+}
+
+#[tokio::test]
+async fn a_large_slow_download_completes_within_the_read_timeout() {
+    // Every gap between reads is well under the 1 s read timeout, the whole download is not.
+    let app = spawn_with(&[("BANKCONNECT_TIMEOUT_SECS", "1")]).await;
+    let consent = app.approved_consent("cust-large", json!({})).await;
+    app.sandbox_settings(json!({"data_padding_bytes": 50_000_000, "data_drip_ms": 2500}))
+        .await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "completed", 60).await;
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/pulls/{pull_id}/insights")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.bytes().await.unwrap();
+    assert!(body.len() > 50_000_000, "{} bytes", body.len());
+}
+
 async fn set_webhook_url(app: &TestApp) {
     let r = app
         .http

@@ -515,6 +515,104 @@ async fn submit_spread(url: &str) -> (i64, i64) {
 }
 
 /// The same tests on Postgres (or a loud note that they were skipped).
+/// Moves the clock on by just over the backoff cap until `path` answers a body for which
+/// `done` holds: a job's retries run out in seconds.
+async fn until_retries_run_out(
+    app: &TestApp,
+    clock: &ManualClock,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let (_, body) = app.get(path).await;
+        if done(&body) {
+            return body;
+        }
+        clock.advance(chrono::Duration::minutes(61));
+    }
+    panic!("{path} never got there");
+}
+
+#[tokio::test]
+async fn a_pull_whose_job_dies_fails_with_job_failed_and_its_window_is_pulled_again() {
+    let (app, clock) = clocked(&[("PULL_DEADLINE_SECS", "2592000")]).await;
+    let consent = app
+        .approved_consent(
+            "cust-job-dies",
+            json!({"frequency_unit": "month", "frequency_value": 5}),
+        )
+        .await;
+    // Every data call fails: the fetch job retries until its attempts run out.
+    app.inject_fault("insights", 503, 100_000).await;
+    let pull_id = app.pull(&consent).await;
+    let failed = until_retries_run_out(&app, &clock, &format!("/api/v1/pulls/{pull_id}"), |p| {
+        p["status"] != "queued" && p["status"] != "submitted" && p["status"] != "fetching"
+    })
+    .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error_code"], "JOB_FAILED", "{failed}");
+    assert!(
+        failed["error_message"].as_str().unwrap().contains("503"),
+        "the job's last error is kept: {failed}"
+    );
+    assert_eq!(failed["last_error"], failed["error_message"]);
+    // One send, then every fetch attempt.
+    assert!(failed["attempts"].as_i64().unwrap() >= 31, "{failed}");
+    assert_eq!(
+        failed["next_attempt_at"],
+        Value::Null,
+        "nothing more planned"
+    );
+
+    // The schedule goes on, and its next pull covers the failed pull's window again.
+    app.clear_faults().await;
+    let (_, c) = app.get(&format!("/api/v1/consents/{consent}")).await;
+    let next = DateTime::parse_from_rfc3339(c["next_pull_at"].as_str().unwrap()).unwrap();
+    clock.set(next.with_timezone(&Utc));
+    settle(&app, &clock).await;
+    let all = pulls(&app, &consent).await;
+    let again = all
+        .iter()
+        .find(|p| p["pull_id"] != failed["pull_id"])
+        .unwrap_or_else(|| panic!("no pull after the failed one: {all:?}"));
+    assert_eq!(again["status"], "completed", "{again}");
+    // Nothing was completed, so the new window starts where the data we hold ends (the
+    // approval) and reaches past the failed one's end: no gap is left.
+    assert!(
+        date(&again["from"]) <= date(&failed["to"]),
+        "{again} {failed}"
+    );
+    assert!(
+        date(&again["to"]) >= date(&failed["to"]),
+        "{again} {failed}"
+    );
+}
+
+#[tokio::test]
+async fn a_capture_whose_job_dies_fails_its_session_with_job_failed() {
+    let (app, clock) = clocked(&[]).await;
+    app.inject_fault("get_recurring_consent_details", 503, 100_000)
+        .await;
+    let (session_id, redirect_url) = app.start_journey("cust-capture-dies").await;
+    let (_, cb) = app.decide(&redirect_url, "approve").await;
+    assert_eq!(cb["status"], "capturing", "{cb}");
+    let session = until_retries_run_out(
+        &app,
+        &clock,
+        &format!("/api/v1/consent-sessions/{session_id}"),
+        |s| s["status"] != "capturing",
+    )
+    .await;
+    assert_eq!(session["status"], "failed", "{session}");
+    assert_eq!(session["error_code"], "JOB_FAILED", "{session}");
+    assert!(
+        session["error_message"].as_str().unwrap().contains("503"),
+        "{session}"
+    );
+    assert_eq!(session["consents"], json!([]));
+}
+
 #[test]
 fn postgres_pass() {
     common::postgres_pass();

@@ -7,7 +7,7 @@ CREATE INDEX jobs_by_pull ON jobs (pull_id, status) WHERE pull_id IS NOT NULL;
 -- Housekeeping drops finished jobs (done, cancelled, dead) by age.
 CREATE INDEX jobs_finished ON jobs (status, updated_at);
 
-ALTER TABLE pulls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pulls ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE pulls ADD COLUMN last_error TEXT;
 -- The deadline sweep: open pulls by age.
 CREATE INDEX pulls_open ON pulls (created_at) WHERE status IN ('queued', 'submitted', 'fetching');

@@ -27,7 +27,7 @@ pub enum BankConnectError {
 }
 
 /// What a documented Fetch Recurring AA Data refusal says about the consent itself
-/// (bankconnect.md §3). Other codes (`INVALID_DATE_RANGE`, `INVALID_SESSION_ID`) concern only
+/// (docs/bankconnect.md §3). Other codes (`INVALID_DATE_RANGE`, `INVALID_SESSION_ID`) concern only
 /// the pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsentVerdict {
@@ -129,16 +129,33 @@ struct Detail {
     detail: String,
 }
 
+/// The longest `Retry-After` honoured: the job queue's backoff cap. A larger one (by mistake
+/// or malice) would park a job for years.
+pub const MAX_RETRY_AFTER: Duration = crate::jobs::BACKOFF_CAP;
+
+/// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110, section 10.2.3), capped
+/// at [`MAX_RETRY_AFTER`]. A date in the past means "now".
+pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    let delay = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
 /// Turns a non-success answer into an error: the documented `{"error": {code, message}}`
 /// first, then `{"detail": …}`, else the status and the first bytes of the body.
 pub fn parse_error_body(
     status: StatusCode,
     retry_after: Option<&str>,
+    now: std::time::SystemTime,
     body: &[u8],
 ) -> BankConnectError {
-    let retry_after = retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
     let status = status.as_u16();
     if let Ok(d) = serde_json::from_slice::<Documented>(body) {
         return BankConnectError::Api {
@@ -174,6 +191,7 @@ mod tests {
         let e = parse_error_body(
             StatusCode::BAD_REQUEST,
             None,
+            std::time::SystemTime::now(),
             br#"{"error":{"code":"INVALID_SESSION_ID","message":"Session is invalid"}}"#,
         );
         assert_eq!(e.code(), Some("INVALID_SESSION_ID"));
@@ -186,6 +204,7 @@ mod tests {
         let e = parse_error_body(
             StatusCode::UNAUTHORIZED,
             None,
+            std::time::SystemTime::now(),
             br#"{"detail":"Authentication credentials were not provided."}"#,
         );
         assert_eq!(e.code(), None);
@@ -197,7 +216,12 @@ mod tests {
     #[test]
     fn anything_else_keeps_status_and_a_prefix() {
         let body = format!("<html>{}</html>", "x".repeat(1000));
-        let e = parse_error_body(StatusCode::BAD_GATEWAY, Some("7"), body.as_bytes());
+        let e = parse_error_body(
+            StatusCode::BAD_GATEWAY,
+            Some("7"),
+            std::time::SystemTime::now(),
+            body.as_bytes(),
+        );
         match &e {
             BankConnectError::Api {
                 status,
@@ -214,6 +238,35 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(e.class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn retry_after_is_capped_and_takes_both_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("100000000000", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            None,
+            "not a number and not a date: ignored"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: now"
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 21 Oct 2035 07:28:00 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
@@ -258,7 +311,12 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_utf8_does_not_panic() {
-        let e = parse_error_body(StatusCode::BAD_REQUEST, None, &[0xff, 0xfe, 0x00]);
+        let e = parse_error_body(
+            StatusCode::BAD_REQUEST,
+            None,
+            std::time::SystemTime::now(),
+            &[0xff, 0xfe, 0x00],
+        );
         assert!(matches!(
             e,
             BankConnectError::Api {

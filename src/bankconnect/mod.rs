@@ -35,6 +35,17 @@ pub struct FetchedData {
 /// The largest enriched payload we accept, uncompressed.
 pub const MAX_DATA_BYTES: usize = 256 * 1024 * 1024;
 
+/// How long the client waits: to connect, for a whole call, and for a data download (which
+/// may take minutes for a large Insights answer, as long as bytes keep coming).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// A whole call; for a download, the longest wait between two reads.
+    pub call: Duration,
+    /// A whole download.
+    pub download: Duration,
+}
+
 /// A client for one BankConnect base URL (production, UAT or the sandbox).
 #[derive(Clone)]
 pub struct BankConnectClient {
@@ -42,6 +53,7 @@ pub struct BankConnectClient {
     base: String,
     api_key: SecretString,
     server_hash: SecretString,
+    timeouts: Timeouts,
 }
 
 impl BankConnectClient {
@@ -50,12 +62,14 @@ impl BankConnectClient {
         base: &str,
         api_key: SecretString,
         server_hash: SecretString,
-        connect_timeout: Duration,
-        timeout: Duration,
+        timeouts: Timeouts,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.call)
+            // The credentials go with every call: a redirect must not carry them elsewhere.
+            // A 3xx is an answer like any other (a permanent error).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aa-recurring/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -63,6 +77,7 @@ impl BankConnectClient {
             base: base.trim_end_matches('/').to_string(),
             api_key,
             server_hash,
+            timeouts,
         })
     }
 
@@ -94,6 +109,7 @@ impl BankConnectClient {
         Err(error::parse_error_body(
             status,
             retry_after.as_deref(),
+            std::time::SystemTime::now(),
             &body,
         ))
     }
@@ -103,7 +119,7 @@ impl BankConnectClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, BankConnectError> {
         let body = self
-            .exchange(req)
+            .exchange(req.timeout(self.timeouts.call))
             .await?
             .bytes()
             .await
@@ -161,7 +177,13 @@ impl BankConnectClient {
             path_segment(session_id),
             kind.as_str()
         );
-        let mut res = self.exchange(self.http.get(self.url(&path))).await?;
+        let mut res = self
+            .exchange(
+                self.http
+                    .get(self.url(&path))
+                    .timeout(self.timeouts.download),
+            )
+            .await?;
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         let mut raw_size = 0usize;
         while let Some(chunk) = res.chunk().await.map_err(transport_error)? {

@@ -4,7 +4,7 @@
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-/// BankConnect dates are `DD/MM/YYYY` (bankconnect.md, "Fetch Recurring AA Data").
+/// BankConnect dates are `DD/MM/YYYY` (docs/bankconnect.md §3).
 const WIRE_DATE: &str = "%d/%m/%Y";
 
 pub fn to_wire_date(d: NaiveDate) -> String {

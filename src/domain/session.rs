@@ -74,7 +74,7 @@ super::consent::string_enum!(SessionStatus {
 });
 
 /// A journey we started; only these may come back through the callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Session {
     pub session_id: String,
     pub link_id: String,

@@ -4,10 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
+use super::consents::ConsentView;
 use super::error::{ApiError, Json};
+use super::ids::SessionId;
 use crate::app::AppState;
 use crate::domain::ist;
-use crate::domain::session::{Session, SessionRequest, validate};
+use crate::domain::session::{Session, SessionRequest, SessionStatus, validate};
 
 #[derive(Debug, Serialize)]
 pub struct SessionCreatedView {
@@ -37,4 +39,32 @@ pub async fn create(
             redirect_url: created.redirect_url,
         }),
     ))
+}
+
+/// A journey as the API shows it: where it stands, why it failed, and the consents it gave.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    #[serde(flatten)]
+    pub session: Session,
+    pub consents: Vec<ConsentView>,
+}
+
+/// `GET /api/v1/consent-sessions/{session_id}`: how the journey ended, without waiting for the
+/// borrower's browser. A capture that could not finish shows `failed` with its reason.
+pub async fn get(
+    State(state): State<AppState>,
+    SessionId(session_id): SessionId,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    let session = state
+        .store
+        .get_session(&session_id)
+        .await?
+        .ok_or_else(SessionId::not_found)?;
+    let mut consents = vec![];
+    if session.status == SessionStatus::Completed {
+        for c in state.store.consents_for_session(&session_id).await? {
+            consents.push(ConsentView::build(&state, c).await?);
+        }
+    }
+    Ok(axum::Json(SessionView { session, consents }))
 }

@@ -79,7 +79,7 @@ pub async fn get(
         .store
         .get_consent(&consent_id)
         .await?
-.ok_or_else(consent_not_found)?;
+        .ok_or_else(consent_not_found)?;
     Ok(axum::Json(ConsentView::build(&state, consent).await?))
 }
 

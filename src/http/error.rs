@@ -1,8 +1,13 @@
 //! The one error type of the HTTP surface: every failure becomes
 //! `{"error": {"code", "message"}}` with a fitting status.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use std::time::Duration;
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -33,6 +38,17 @@ pub enum ApiError {
     /// A webhook whose authenticity could not be established.
     #[error("webhook refused: {0}")]
     BadSignature(#[from] crate::webhook_auth::VerifyError),
+    #[error("the body is larger than this route takes")]
+    PayloadTooLarge,
+    /// The service cannot take the request now; `retry_after` says when to try again (503).
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("internal error")]
+    Internal,
     #[error(transparent)]
     Upstream(#[from] BankConnectError),
     #[error(transparent)]
@@ -72,10 +88,20 @@ impl ApiError {
                     format!("UPSTREAM_{}", e.code_or_kind()),
                 ),
             },
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE".into())
+            }
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, (*code).into()),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL".into()),
             ApiError::Store(e) if e.is_unavailable() => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "DATABASE_UNAVAILABLE".into(),
             ),
+            // A value the database refused (Postgres takes no NUL in text, say): the edge
+            // checks should have caught it, but it is still the caller's input, not our fault.
+            ApiError::Store(e) if e.is_invalid_input() => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_INPUT".into())
+            }
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL".into()),
         }
     }
@@ -86,6 +112,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Invalid(e) => e.message.clone(),
+            ApiError::Store(e) if e.is_invalid_input() => {
+                tracing::warn!(error = %e, "the database refused a value of the request");
+                "a value of the request is not acceptable".to_string()
+            }
             // Internal details go to the log, not to the caller.
             ApiError::Store(e) if !e.is_unavailable() => {
                 tracing::error!(error = %e, "store error");
@@ -96,16 +126,30 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(%status, %code, %message, "request failed");
         }
-        (
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            ApiError::Store(e) if e.is_unavailable() => Some(1),
+            _ => None,
+        };
+        let mut response = (
             status,
             axum::Json(json!({"error": {"code": code, "message": message}})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
         match r {
             JsonRejection::JsonDataError(e) => ApiError::Invalid(ValidationError {
                 code: "INVALID_BODY",
@@ -122,6 +166,27 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::bad_request("INVALID_QUERY", r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::bad_request("UNREADABLE_BODY", r.body_text())
+        }
+    }
+}
+
+/// The raw body, whose rejections (too large, broken) speak our error shape.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
     }
 }
 

@@ -9,25 +9,34 @@ pub mod ids;
 pub mod page;
 pub mod probes;
 pub mod pulls;
+pub mod server;
 pub mod webhooks;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::limit::RequestBodyLimitLayer;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use error::ApiError;
 
-/// The largest request body we read. Our own API bodies are tiny.
-const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// The largest body the API reads: its requests are a few hundred bytes of JSON.
+pub const API_BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/consent-sessions", post(consent_sessions::create))
+        .route("/consent-sessions/{session_id}", get(consent_sessions::get))
         .route("/consents", get(consents::list))
         .route(
             "/consents/{consent_id}",
@@ -47,13 +56,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
-        ));
+        ))
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT_BYTES));
 
+    let config = &state.config;
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .nest("/api/v1", api)
         .route(crate::config::CALLBACK_PATH, get(callback::handle))
-        .route("/webhooks/bankconnect", post(webhooks::receive))
+        .route(
+            "/webhooks/bankconnect",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(config.webhook_body_limit)),
+        )
         .route("/metrics", get(probes::metrics))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
@@ -63,9 +77,52 @@ pub fn router(state: AppState) -> Router {
                 what: "route",
             }
         })
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        // Load shedding: past the limit a request is refused at once with 503 and
+        // Retry-After, never queued; one that runs too long is cut off the same way. A stored
+        // payload streams after its headers are sent, so streaming is not cut off.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    config.max_concurrent_requests,
+                ))
+                .timeout(config.request_timeout),
+        )
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// The answer for a request the service would not or could not finish in time.
+async fn overloaded(e: tower::BoxError) -> Response {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable {
+            code: "OVERLOADED",
+            message: "too many requests in flight; try again shortly".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response()
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Unavailable {
+            code: "REQUEST_TIMEOUT",
+            message: "the request did not complete in time (REQUEST_TIMEOUT_SECS)".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response()
+    } else {
+        tracing::error!(error = %e, "request failed in a middleware");
+        ApiError::Internal.into_response()
+    }
+}
+
+/// The last line of defence: a handler that panics answers 500 in our error shape, and says
+/// so loudly in the log. Every panic found is fixed at its root; this only keeps one from
+/// resetting the connection.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = crate::supervise::panic_message(&*panic);
+    tracing::error!(%message, "a request handler panicked");
+    ApiError::Internal.into_response()
 }

@@ -13,19 +13,27 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready only while the database answers, so a load balancer stops sending traffic to an
-/// instance that cannot commit anything.
+/// Ready only while the database answers and every background task (workers, scheduler,
+/// housekeeping) runs, so a load balancer stops sending traffic to an instance that cannot
+/// commit anything or would let its work pile up.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+    let problem = match state.store.ping().await {
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"error": {"code": "NOT_READY", "message": "the database does not answer"}})),
-            )
-                .into_response()
+            Some("the database does not answer".to_string())
         }
+        Ok(()) => {
+            let down = state.tasks.down();
+            (!down.is_empty()).then(|| format!("background tasks down: {}", down.join(", ")))
+        }
+    };
+    match problem {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(message) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"code": "NOT_READY", "message": message}})),
+        )
+            .into_response(),
     }
 }
 

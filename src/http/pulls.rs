@@ -1,6 +1,6 @@
 //! Pulls: start one for a consent, list and read them, and serve the data they fetched.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::consents::ConsentView;
-use super::error::{ApiError, Query};
+use super::error::{ApiError, Query, RawBody};
 use super::ids::{ConsentId, PullId, plausible_id};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::app::AppState;
@@ -32,7 +32,7 @@ pub async fn create(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, axum::Json<Pull>), ApiError> {
     let req: PullRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PullRequest::default()

@@ -2,14 +2,13 @@
 //! processing job (group-committed with concurrent deliveries), then acknowledge. Nothing unauthenticated is stored; duplicates are
 //! acknowledged and processed once.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
+use super::error::{ApiError, RawBody};
 use super::ids::plausible_id;
 use crate::app::AppState;
 use crate::bankconnect::wire::WebhookEvent;
@@ -19,7 +18,7 @@ use crate::webhook_auth;
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<axum::Json<Value>, ApiError> {
     let secrets: Vec<&str> = state
         .config
@@ -38,7 +37,8 @@ pub async fn receive(
         Ok(v) => v,
         Err(e) => {
             state.metrics.webhook("rejected");
-            tracing::warn!(error = %e, "webhook refused");
+            state.metrics.webhook_rejected(e.reason());
+            tracing::warn!(reason = e.reason(), error = %e, "webhook refused");
             return Err(e.into());
         }
     };
@@ -58,9 +58,7 @@ pub async fn receive(
             .as_ref()
             .and_then(|e| e.event_name.clone())
             .filter(|n| plausible_id(n)),
-        upstream_session_id: event
-            .and_then(|e| e.session_id)
-            .filter(|s| plausible_id(s)),
+        upstream_session_id: event.and_then(|e| e.session_id).filter(|s| plausible_id(s)),
         body: body.to_vec(),
     };
     let fresh = state.webhooks.record(webhook, now).await?;

@@ -235,7 +235,13 @@ async fn wait_until(
     if until >= deadline(pull.created_at, state.config.pull_deadline) {
         state
             .store
-            .end_pull(&pull.pull_id, PullStatus::Failed, FAIR_USE_LIMIT, &message, now)
+            .end_pull(
+                &pull.pull_id,
+                PullStatus::Failed,
+                FAIR_USE_LIMIT,
+                &message,
+                now,
+            )
             .await
             .map_err(store_retry)?;
         tracing::warn!(pull_id = %pull.pull_id, %message, "pull failed: it could not be sent before its deadline");

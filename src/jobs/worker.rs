@@ -93,7 +93,7 @@ async fn run_one(
             .catch_unwind()
             .map(|r| {
                 r.unwrap_or_else(|panic| {
-                    let message = panic_message(&panic);
+                    let message = crate::supervise::panic_message(&*panic);
                     tracing::error!(job_id = job.id, kind = %job.kind, %message, "job handler panicked");
                     Err(JobError::Retry {
                         message: format!("the handler panicked: {message}"),
@@ -188,13 +188,4 @@ fn outcome_of(state: &AppState, job: &Job, result: Result<(), JobError>) -> JobO
             }
         }
     }
-}
-
-/// The text a panic was raised with, when it has one.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }

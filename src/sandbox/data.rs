@@ -90,7 +90,7 @@ pub struct Account<'a> {
     pub masked_account_number: &'a str,
 }
 
-/// The Insights answer: bankconnect.md §6.
+/// The Insights answer: docs/bankconnect.md §6.
 pub fn insights(
     session_id: &str,
     link_id: &str,

@@ -1,4 +1,4 @@
-//! A BankConnect simulator, faithful to bankconnect.md: the same paths, bodies, error shapes
+//! A BankConnect simulator, faithful to docs/bankconnect.md: the same paths, bodies, error shapes
 //! and codes, with a hosted "SDK" page where a person (or a test) approves or denies.
 //!
 //! State is in memory and generated data is deterministic: the same calls in the same order
@@ -93,6 +93,12 @@ pub struct Settings {
     /// Fetch Recurring AA Data answers this late *after* doing its work (and starting its
     /// webhook), so the webhook can overtake the answer.
     pub fetch_answer_delay_ms: u64,
+    /// Insights and Transactions answers carry this many extra bytes (a `padding` field), to
+    /// stand in for a large upstream document.
+    pub data_padding_bytes: u64,
+    /// Insights and Transactions answers are sent in ten pieces spread over this long, like a
+    /// slow upstream that keeps sending.
+    pub data_drip_ms: u64,
 }
 
 impl Default for Settings {
@@ -107,6 +113,8 @@ impl Default for Settings {
             error_rate: 0.0,
             latency_ms: 0,
             fetch_answer_delay_ms: 0,
+            data_padding_bytes: 0,
+            data_drip_ms: 0,
         }
     }
 }

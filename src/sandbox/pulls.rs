@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
+use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -332,14 +333,10 @@ pub(super) async fn insights(
     match pull_state(&sb, &id, false) {
         Err(r) => r.into_response(),
         Ok((_, false)) => not_ready(),
-        Ok((p, true)) => Json(data::insights(
-            &id,
-            &p.link_id,
-            p.from,
-            p.to,
-            &[p.account()],
-        ))
-        .into_response(),
+        Ok((p, true)) => data_answer(
+            &sb,
+            data::insights(&id, &p.link_id, p.from, p.to, &[p.account()]),
+        ),
     }
 }
 
@@ -354,10 +351,52 @@ pub(super) async fn transactions(
     match pull_state(&sb, &id, false) {
         Err(r) => r.into_response(),
         Ok((_, false)) => not_ready(),
-        Ok((p, true)) => {
-            Json(data::transactions_answer(&id, p.from, p.to, &[p.account()])).into_response()
-        }
+        Ok((p, true)) => data_answer(
+            &sb,
+            data::transactions_answer(&id, p.from, p.to, &[p.account()]),
+        ),
     }
+}
+
+/// A data answer as the settings shape it: padded to stand in for a large document, and
+/// dripped out over time like a slow upstream. The padding is made as it is sent, so even a
+/// large answer starts at once.
+fn data_answer(sb: &Sandbox, doc: Value) -> Response {
+    let settings = sb.lock().settings.clone();
+    if settings.data_padding_bytes == 0 && settings.data_drip_ms == 0 {
+        return Json(doc).into_response();
+    }
+    const PIECES: u64 = 10;
+    let doc = serde_json::to_vec(&doc).expect("serialises");
+    // `{"padding":"xxx…",` followed by the document without its opening brace.
+    let head = Bytes::from_static(br#"{"padding":""#);
+    let tail = Bytes::from([&b"\","[..], &doc[1..]].concat());
+    let piece = Bytes::from(vec![
+        b'x';
+        settings.data_padding_bytes.div_ceil(PIECES) as usize
+    ]);
+    let mut pieces = vec![head];
+    let mut left = settings.data_padding_bytes as usize;
+    while left > 0 {
+        let n = left.min(piece.len());
+        pieces.push(piece.slice(..n));
+        left -= n;
+    }
+    pieces.push(tail);
+    let pause = Duration::from_millis(settings.data_drip_ms / PIECES);
+    let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
+        move |(i, bytes)| async move {
+            if i > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            Ok::<_, std::io::Error>(bytes)
+        },
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// `POST /v1/session_data/update_webhook/` `{"webhook_url", "webhook_mode"}`.

@@ -47,9 +47,34 @@ impl StoreError {
             // Postgres: connection exceptions (08…), too many connections or no resources
             // (53…), operator intervention such as a shutdown or restart (57…), and a
             // database that is not accepting connections (55000).
-            StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
-            }),
+            // SQLite: the database is busy or locked past the busy timeout (SQLITE_BUSY,
+            // SQLITE_LOCKED and their extended codes).
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                let code = e.code();
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    code.and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                } else {
+                    code.is_some_and(|c| {
+                        c.starts_with("08")
+                            || c.starts_with("53")
+                            || c.starts_with("57")
+                            || c == "55000"
+                    })
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the database refused a value rather than failed (Postgres class 22, "data
+    /// exception": a NUL byte in text, a number out of range), so the caller's input is at
+    /// fault.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|e| e.code().starts_with("22")),
             _ => false,
         }
     }
@@ -112,6 +137,56 @@ pub struct FireReport {
     pub in_flight: u32,
     /// Another instance fired it first.
     pub lost: u32,
+}
+
+/// What housekeeping deletes: everything older than its cutoff.
+#[derive(Debug, Clone)]
+pub struct Purge {
+    /// Stored data and timeline entries fetched before this, and those of consents that
+    /// ended before it (the data life); also webhooks received and jobs finished (done,
+    /// cancelled or dead) before it.
+    pub data_before: DateTime<Utc>,
+    /// Sessions never completed, untouched since before this.
+    pub sessions_before: DateTime<Utc>,
+    /// Fair-use ledger rows sent before this (older than the longest budget window).
+    pub ledger_before: DateTime<Utc>,
+}
+
+/// How many rows one [`Store::purge_batch`] deleted, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub pulls: u64,
+    pub transactions: u64,
+    pub webhooks: u64,
+    pub jobs: u64,
+    pub sessions: u64,
+    pub ledger: u64,
+}
+
+impl PurgeReport {
+    /// The most rows any one kind lost: when it is below the batch size, all is done.
+    pub fn most(&self) -> u64 {
+        [
+            self.pulls,
+            self.transactions,
+            self.webhooks,
+            self.jobs,
+            self.sessions,
+            self.ledger,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    pub fn add(&mut self, other: PurgeReport) {
+        self.pulls += other.pulls;
+        self.transactions += other.transactions;
+        self.webhooks += other.webhooks;
+        self.jobs += other.jobs;
+        self.sessions += other.sessions;
+        self.ledger += other.ledger;
+    }
 }
 
 /// One transaction of a consent's merged timeline.
@@ -356,10 +431,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Consent>>;
     /// Active or paused consents past their tenure become `expired`. Returns how many.
     async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64>;
-    /// Deletes stored data fetched before `older_than`, and all data of consents that ended
-    /// before it; the pulls stay, marked purged. Webhooks received and jobs finished before
-    /// it go too. Returns how many pulls were purged.
-    async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// One batch of housekeeping: at most `limit` rows of each kind in [`Purge`], each kind in
+    /// its own short transaction so that intake never waits long for the writer. Purged pulls
+    /// stay, marked purged. Call again while any count reaches `limit`.
+    async fn purge_batch(
+        &self,
+        purge: &Purge,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<PurgeReport>;
 
     /// Stores a batch of authentic webhooks, each with its processing job, in one
     /// transaction (group commit). Returns, per webhook, false when the same delivery was

@@ -772,45 +772,90 @@ macro_rules! sql_store {
                 Ok(r.rows_affected())
             }
 
-            async fn purge_data(&self, older_than: DateTime<Utc>, now: DateTime<Utc>) -> StoreResult<u64> {
-                let cutoff = to_ms(older_than);
+            async fn purge_batch(
+                &self,
+                purge: &Purge,
+                limit: u32,
+                now: DateTime<Utc>,
+            ) -> StoreResult<PurgeReport> {
+                let data_before = to_ms(purge.data_before);
+                let limit = limit as i64;
+                let mut report = PurgeReport::default();
+
+                // Stored payloads past their data life, or of consents that ended long ago.
+                // The pull rows stay, marked purged.
                 let mut tx = self.write_tx().await?;
-                let purged = sqlx::query(
-                    "UPDATE pulls SET data_purged_at = $1, updated_at = $2
-                     WHERE data_purged_at IS NULL AND pull_id IN (
-                        SELECT pull_id FROM pull_data WHERE fetched_at < $3
-                        UNION
-                        SELECT d.pull_id FROM pull_data d JOIN pulls p ON p.pull_id = d.pull_id
-                            JOIN consents c ON c.consent_id = p.consent_id
-                        WHERE c.ended_at < $4)",
+                let pulls: Vec<String> = sqlx::query_scalar(
+                    "SELECT d.pull_id FROM pull_data d
+                     WHERE d.fetched_at < $1
+                        OR d.pull_id IN (SELECT p.pull_id FROM pulls p JOIN consents c ON c.consent_id = p.consent_id
+                                         WHERE c.ended_at < $1)
+                     LIMIT $2",
                 )
-                .bind(to_ms(now))
-                .bind(to_ms(now))
-                .bind(cutoff)
-                .bind(cutoff)
-                .execute(&mut *tx)
+                .bind(data_before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                for pull_id in &pulls {
+                    sqlx::query("UPDATE pulls SET data_purged_at = $1, updated_at = $1 WHERE pull_id = $2")
+                        .bind(to_ms(now))
+                        .bind(pull_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM pull_data WHERE pull_id = $1")
+                        .bind(pull_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                report.pulls = pulls.len() as u64;
+
+                report.transactions = sqlx::query(
+                    "DELETE FROM transactions WHERE seq IN (
+                        SELECT seq FROM transactions
+                        WHERE fetched_at < $1 OR consent_id IN (SELECT consent_id FROM consents WHERE ended_at < $1)
+                        LIMIT $2)",
+                )
+                .bind(data_before)
+                .bind(limit)
+                .execute(&self.pool)
                 .await?
                 .rows_affected();
-                sqlx::query("DELETE FROM pull_data WHERE pull_id IN (SELECT pull_id FROM pulls WHERE data_purged_at IS NOT NULL)")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "DELETE FROM transactions WHERE fetched_at < $1
-                        OR consent_id IN (SELECT consent_id FROM consents WHERE ended_at < $1)",
+                report.webhooks = sqlx::query(
+                    "DELETE FROM webhook_inbox WHERE id IN (SELECT id FROM webhook_inbox WHERE received_at < $1 LIMIT $2)",
                 )
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM webhook_inbox WHERE received_at < $1")
-                    .bind(cutoff)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM jobs WHERE status = 'done' AND run_at < $1")
-                    .bind(cutoff)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(purged)
+                .bind(data_before)
+                .bind(limit)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                report.jobs = sqlx::query(
+                    "DELETE FROM jobs WHERE id IN (
+                        SELECT id FROM jobs WHERE status IN ('done', 'cancelled', 'dead') AND updated_at < $1 LIMIT $2)",
+                )
+                .bind(data_before)
+                .bind(limit)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                report.sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE session_id IN (
+                        SELECT session_id FROM sessions WHERE status <> 'completed' AND updated_at < $1 LIMIT $2)",
+                )
+                .bind(to_ms(purge.sessions_before))
+                .bind(limit)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                report.ledger = sqlx::query(
+                    "DELETE FROM pull_attempts WHERE id IN (SELECT id FROM pull_attempts WHERE sent_at < $1 LIMIT $2)",
+                )
+                .bind(to_ms(purge.ledger_before))
+                .bind(limit)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(report)
             }
 
             async fn expire_overdue_pulls(

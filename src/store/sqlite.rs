@@ -15,8 +15,8 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     ConsentFilter, ConsentPage, CreatePull, FireReport, InboxEvent, NewPull, NewWebhook,
-    PoolSettings, PullFilter, ScheduledPull, Store, StoreError, StoreResult, StoredData,
-    TimelineCursor, TimelineEntry, from_ms, parse_enum, to_ms,
+    PoolSettings, PullFilter, Purge, PurgeReport, ScheduledPull, Store, StoreError, StoreResult,
+    StoredData, TimelineCursor, TimelineEntry, from_ms, parse_enum, to_ms,
 };
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};

@@ -42,6 +42,7 @@ pub fn test_options() -> RunOptions {
         scheduler: SchedulerSettings {
             tick: Duration::from_millis(50),
             housekeeping_every: chrono::Duration::zero(),
+            sweep_every: chrono::Duration::zero(),
             ..SchedulerSettings::default()
         },
         ..RunOptions::default()
