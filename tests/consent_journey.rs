@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Months, Utc};
 use common::*;
 use reqwest::StatusCode;
@@ -210,15 +212,15 @@ async fn an_upstream_failure_at_callback_time_is_finished_by_a_retry() {
     }
     // Two failed attempts and one that worked.
     assert_eq!(app.upstream_calls("get_recurring_consent_details").await, 3);
-    let counts = app
-        .app
-        .as_ref()
-        .unwrap()
-        .state
-        .store
-        .job_counts()
-        .await
-        .unwrap();
+    // The job records its outcome just after its work commits.
+    let mut counts = app.job_counts().await;
+    for _ in 0..50 {
+        if !counts.iter().any(|(s, _)| s == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        counts = app.job_counts().await;
+    }
     assert_eq!(counts, vec![("done".to_string(), 1)]);
 }
 

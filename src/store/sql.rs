@@ -1047,7 +1047,6 @@ macro_rules! sql_store {
                     JobOutcome::Dead { error } => ("dead", None, Some(error.as_str()), 0),
                     JobOutcome::Release => ("queued", Some(to_ms(now)), None, -1),
                 };
-                let mut tx = self.write_tx().await?;
                 let finished: Option<Option<String>> = sqlx::query_scalar(
                     "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error),
                             attempts = attempts + $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
@@ -1061,9 +1060,11 @@ macro_rules! sql_store {
                 .bind(to_ms(now))
                 .bind(job_id)
                 .bind(owner)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
                 // The pull keeps the tally of its steps' attempts (a release was no attempt).
+                // A second statement, not a transaction: most jobs concern no pull, and a
+                // crash in between costs the tally one count, nothing else.
                 if let Some(Some(pull_id)) = finished
                     && !matches!(outcome, JobOutcome::Release)
                 {
@@ -1072,10 +1073,9 @@ macro_rules! sql_store {
                     )
                     .bind(error)
                     .bind(pull_id)
-                    .execute(&mut *tx)
+                    .execute(&self.pool)
                     .await?;
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
