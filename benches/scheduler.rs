@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aa_recurring::app::AppState;
 use aa_recurring::clock::ManualClock;
 use aa_recurring::config::Config;
 use aa_recurring::scheduler::{self, SchedulerSettings};
+use aa_recurring::state::AppState;
 use aa_recurring::store::connect;
 use chrono::{DateTime, Utc};
 

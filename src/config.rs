@@ -9,6 +9,23 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
+/// Connection pool sizing, from `DATABASE_MAX_CONNECTIONS` and `DATABASE_ACQUIRE_TIMEOUT_SECS`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing with 503.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// A configuration problem, always naming the variable at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{var}: {message}")]
@@ -123,7 +140,7 @@ pub struct Config {
     pub data_retention_days: u32,
     /// A service-wide floor under every consent's pull spacing (never a ceiling).
     pub pull_interval_min: Option<Duration>,
-    pub pool: crate::store::PoolSettings,
+    pub pool: PoolSettings,
     /// How long a worker holds a job without a heartbeat before another instance may take it.
     pub job_lease: Duration,
     pub log_format: LogFormat,
@@ -281,7 +298,7 @@ impl Config {
             .is_some()
             .then(|| secs(&PULL_INTERVAL_MIN_SECS))
             .transpose()?;
-        let pool = crate::store::PoolSettings {
+        let pool = PoolSettings {
             max_connections: number(&DATABASE_MAX_CONNECTIONS)? as u32,
             acquire_timeout: secs(&DATABASE_ACQUIRE_TIMEOUT_SECS)?,
         };

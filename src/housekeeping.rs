@@ -3,9 +3,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::domain::pull::{PULL_DEADLINE, deadline_message};
 use crate::scheduler::SchedulerSettings;
+use crate::state::AppState;
 use crate::store::{Purge, PurgeReport, StoreResult};
 
 /// How many pulls one sweep transaction expires.

@@ -1,6 +1,5 @@
 //! aa-recurring: a lender's backend for FinBox BankConnect Account Aggregator recurring pulls.
 
-pub mod app;
 pub mod bankconnect;
 pub mod clock;
 pub mod config;
@@ -9,8 +8,12 @@ pub mod housekeeping;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod pulls;
+pub mod queue;
 pub mod sandbox;
 pub mod scheduler;
+pub mod startup;
+pub mod state;
 pub mod store;
 pub mod supervise;
 pub mod webhook_auth;

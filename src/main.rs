@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use aa_recurring::app::{App, RunOptions};
 use aa_recurring::config::{Config, LogFormat, WebhookVerify};
 use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+use aa_recurring::startup::{App, RunOptions};
 
 #[derive(Parser)]
 #[command(

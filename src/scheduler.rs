@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::domain::consent::ConsentStatus;
 use crate::domain::fair_use::{budget_windows, check_all};
 use crate::domain::ist;
 use crate::domain::pull::{PullKind, next_window};
-use crate::jobs::submit_pull;
+use crate::state::AppState;
 use crate::store::{FireReport, ScheduledPull, StoreResult};
 
 #[derive(Debug, Clone)]
@@ -85,7 +84,7 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
                     .await?;
                 continue;
             }
-            let since = submit_pull::window_since(state, &consent).await?;
+            let since = crate::pulls::window_since(state, &consent).await?;
             let window = next_window(since, consent.use_case, today);
             let interval = consent.interval(global_min);
             let limits = consent.limits();
@@ -102,7 +101,7 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
                 check_all(&limits, &used, now).err().unwrap_or(next_pull_at);
             let kind = PullKind::default_for(consent.use_case);
             let (pull, mut job) =
-                submit_pull::plan(&consent, kind, window, now, None, String::new());
+                crate::pulls::plan(&consent, kind, window, now, None, String::new());
             // Spread a large batch so that a thousand consents approved together do not all
             // call the upstream in the same second.
             job.run_at = now + spread.mul_f64(rand::random::<f64>());

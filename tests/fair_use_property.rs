@@ -10,7 +10,8 @@ use aa_recurring::clock::{Clock, ManualClock};
 use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
 use aa_recurring::domain::fair_use::{budget_windows, next_window_start, window_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
-use aa_recurring::jobs::{JobKind, NewJob, PullPayload, submit_pull};
+use aa_recurring::pulls;
+use aa_recurring::queue::{NewJob, Task};
 use aa_recurring::scheduler::{self, SchedulerSettings};
 use aa_recurring::store::{PullFilter, connect};
 use chrono::{DateTime, Duration, Utc};
@@ -87,7 +88,7 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
             }
             Op::Manual => {
                 let today = now.date_naive();
-                let (pull, job) = submit_pull::plan(
+                let (pull, job) = pulls::plan(
                     &consent,
                     PullKind::Insights,
                     (today - Duration::days(1), today),
@@ -121,12 +122,10 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
                     Outcome::Accepted => {
                         sent.push(now);
                         let poll = NewJob::new(
-                            JobKind::PollPull,
-                            PullPayload {
+                            Task::PollPull {
                                 pull_id: pull.pull_id.clone(),
                             },
                             now,
-                            None,
                         );
                         store
                             .mark_submitted(&pull.pull_id, &format!("up-{attempt}"), &poll, now)

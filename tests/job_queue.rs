@@ -4,10 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use aa_recurring::jobs::{JobKind, JobOutcome, NewJob};
+use aa_recurring::queue::{JobOutcome, NewJob, Task};
 use aa_recurring::store::{DynStore, connect};
 use chrono::Utc;
-use serde_json::json;
 
 async fn store() -> (DynStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,13 +20,15 @@ async fn store() -> (DynStore, tempfile::TempDir) {
     (store, dir)
 }
 
+/// A job keyed `key` (a capture of that session), or one without a key (webhook processing).
 fn job(key: Option<&str>) -> NewJob {
-    NewJob::new(
-        JobKind::CaptureConsents,
-        json!({"session_id": "s"}),
-        Utc::now(),
-        key.map(String::from),
-    )
+    let task = match key {
+        Some(session_id) => Task::CaptureConsents {
+            session_id: session_id.into(),
+        },
+        None => Task::ProcessWebhook { inbox_id: 1 },
+    };
+    NewJob::new(task, Utc::now())
 }
 
 #[tokio::test]

@@ -647,7 +647,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
         ("BANKCONNECT_SERVER_HASH", "h"),
         ("WEBHOOK_SECRETS", WEBHOOK_SECRET),
     ];
-    let options = aa_recurring::app::RunOptions {
+    let options = aa_recurring::startup::RunOptions {
         workers: aa_recurring::jobs::worker::WorkerSettings {
             lease: Duration::from_secs(2),
             ..worker_settings()
@@ -731,7 +731,7 @@ async fn a_graceful_stop_hands_running_jobs_back() {
         .finish_job(
             fetch.id,
             "inspector",
-            &aa_recurring::jobs::JobOutcome::Release,
+            &aa_recurring::queue::JobOutcome::Release,
             now,
         )
         .await
@@ -742,7 +742,7 @@ async fn a_graceful_stop_hands_running_jobs_back() {
             .finish_job(
                 j.id,
                 "inspector",
-                &aa_recurring::jobs::JobOutcome::Release,
+                &aa_recurring::queue::JobOutcome::Release,
                 now,
             )
             .await

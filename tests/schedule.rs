@@ -24,7 +24,7 @@ async fn clocked(extra: &[(&str, &str)]) -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(start_instant()));
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let db_url = fresh_database(dir.path()).await;
-    let options = aa_recurring::app::RunOptions {
+    let options = aa_recurring::startup::RunOptions {
         clock: clock.clone(),
         ..test_options()
     };

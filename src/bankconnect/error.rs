@@ -131,7 +131,7 @@ struct Detail {
 
 /// The longest `Retry-After` honoured: the job queue's backoff cap. A larger one (by mistake
 /// or malice) would park a job for years.
-pub const MAX_RETRY_AFTER: Duration = crate::jobs::BACKOFF_CAP;
+pub const MAX_RETRY_AFTER: Duration = crate::queue::BACKOFF_CAP;
 
 /// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110, section 10.2.3), capped
 /// at [`MAX_RETRY_AFTER`]. A date in the past means "now".

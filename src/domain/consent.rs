@@ -109,6 +109,25 @@ impl Consent {
         limits(self.use_case, self.frequency_unit, self.frequency_value)
     }
 
+    /// Whether a pull may be started for this consent now: it must be active and within its
+    /// tenure. The API refuses with this error; a queued pull fails with it.
+    pub fn pullable(&self, now: DateTime<Utc>) -> Result<(), super::session::ValidationError> {
+        use super::session::invalid;
+        if self.status != ConsentStatus::Active {
+            return Err(invalid(
+                "CONSENT_NOT_ACTIVE",
+                format!("the consent is {}", self.status),
+            ));
+        }
+        if self.expires_at <= now {
+            return Err(invalid(
+                "CONSENT_EXPIRED",
+                format!("the consent expired at {}", self.expires_at),
+            ));
+        }
+        Ok(())
+    }
+
     /// The spacing of scheduled pulls, given the service-wide minimum.
     pub fn interval(&self, global_min: Option<chrono::Duration>) -> chrono::Duration {
         pull_interval(

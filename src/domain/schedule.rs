@@ -1,6 +1,6 @@
 //! When a consent's pulls happen.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use super::consent::FrequencyUnit;
 use super::fair_use::Limit;
@@ -34,8 +34,44 @@ pub fn pull_interval(
         .unwrap_or_else(|| Duration::days(1))
 }
 
+/// Where a resumed schedule's next pull goes: its old slot, or now if that has passed. Missed
+/// slots are not made up in a burst; the next pull covers the time missed.
+pub fn resumed_next(next_pull_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
+    next_pull_at.map_or(now, |n| n.max(now))
+}
+
+/// Where the next pull moves when a consent's spacing changes from `old` to `new`: the last
+/// pull's slot stays, the next one is `new` after it (never in the past).
+pub fn respaced_next(
+    next_pull_at: Option<DateTime<Utc>>,
+    old: Duration,
+    new: Duration,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    next_pull_at.map_or(now + new, |n| (n - old + new).max(now))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rescheduling_keeps_the_last_slot_and_never_goes_back() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let day = Duration::days(1);
+        assert_eq!(resumed_next(None, now), now);
+        assert_eq!(resumed_next(Some(now - day), now), now);
+        assert_eq!(resumed_next(Some(now + day), now), now + day);
+        // Next was due in a day at a daily spacing: the last pull was now; at 3 days the
+        // next is in 3 days.
+        assert_eq!(
+            respaced_next(Some(now + day), day, day * 3, now),
+            now + day * 3
+        );
+        // Shortening past the present moves it to now, not into the past.
+        assert_eq!(respaced_next(Some(now + day), day * 5, day, now), now);
+        assert_eq!(respaced_next(None, day, day * 2, now), now + day * 2);
+    }
+
     use super::*;
 
     #[test]

@@ -8,7 +8,7 @@ use axum::response::Response;
 use secrecy::ExposeSecret;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::webhook_auth::matches_any;
 
 pub async fn require_token(

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::consents::ConsentView;
 use super::error::{ApiError, Query};
 use super::ids::plausible_id;
-use crate::app::AppState;
 use crate::domain::session::{Session, SessionStatus};
-use crate::jobs::{CapturePayload, JobKind, NewJob};
+use crate::queue::{NewJob, Task};
+use crate::state::AppState;
 
 /// How long the callback waits for the capture's first attempt before answering `capturing`.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
@@ -85,12 +85,10 @@ pub async fn handle(
         session
     } else {
         let job = NewJob::new(
-            JobKind::CaptureConsents,
-            CapturePayload {
+            Task::CaptureConsents {
                 session_id: session_id.clone(),
             },
             now,
-            Some(format!("capture:{session_id}")),
         );
         state.store.begin_capture(&session_id, &job, now).await?;
         state.jobs_wakeup.notify_one();

@@ -7,9 +7,9 @@ use serde::Serialize;
 use super::consents::ConsentView;
 use super::error::{ApiError, Json};
 use super::ids::SessionId;
-use crate::app::AppState;
 use crate::domain::ist;
 use crate::domain::session::{Session, SessionRequest, SessionStatus, validate};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub struct SessionCreatedView {

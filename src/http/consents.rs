@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, Json, Query};
 use super::ids::ConsentId;
 use super::page::{Page, PageRequest, parse_filter};
-use crate::app::AppState;
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::fair_use::{Usage, budget_windows, usage};
 use crate::domain::ist;
+use crate::domain::schedule::{respaced_next, resumed_next};
 use crate::domain::session::{MAX_LOOKBACK_MONTHS, invalid, parse_api_date, validate_link_id};
+use crate::state::AppState;
 use crate::store::ConsentFilter;
 
 /// A consent as the API shows it: the stored fields plus its fair-use usage.
@@ -131,7 +132,7 @@ pub async fn resume(
             message: format!("the consent expired at {}", current.expires_at),
         });
     }
-    let next = current.next_pull_at.map_or(now, |n| n.max(now));
+    let next = resumed_next(current.next_pull_at, now);
     let consent = state
         .store
         .resume_consent(&consent_id, next, now)
@@ -233,9 +234,7 @@ pub async fn patch(
         ..consent.clone()
     }
     .interval(global_min);
-    let next = consent
-        .next_pull_at
-        .map_or(now + new, |n| (n - old + new).max(now));
+    let next = respaced_next(consent.next_pull_at, old, new, now);
     let consent = state
         .store
         .set_pull_interval(&consent_id, secs, next, now)

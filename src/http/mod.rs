@@ -27,7 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use error::ApiError;
 
 /// The largest body the API reads: its requests are a few hundred bytes of JSON.

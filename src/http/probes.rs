@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The process is up; says nothing about its dependencies.
 pub async fn healthz() -> Json<serde_json::Value> {

@@ -12,12 +12,11 @@ use super::consents::ConsentView;
 use super::error::{ApiError, Query, RawBody};
 use super::ids::{ConsentId, PullId, plausible_id};
 use super::page::{Page, PageRequest, parse_filter};
-use crate::app::AppState;
-use crate::domain::consent::ConsentStatus;
+use crate::state::AppState;
+
 use crate::domain::ist;
 use crate::domain::pull::{Pull, PullKind, PullRequest, PullStatus, resolve_window};
 use crate::domain::session::invalid;
-use crate::jobs::submit_pull;
 use crate::store::{CreatePull, PullFilter};
 
 /// Longest `Idempotency-Key` we keep.
@@ -67,20 +66,7 @@ pub async fn create(
         .await?
         .ok_or_else(ConsentId::not_found)?;
     let now = state.clock.now();
-    if consent.status != ConsentStatus::Active {
-        return Err(invalid(
-            "CONSENT_NOT_ACTIVE",
-            format!("the consent is {}", consent.status),
-        )
-        .into());
-    }
-    if consent.expires_at <= now {
-        return Err(invalid(
-            "CONSENT_EXPIRED",
-            format!("the consent expired at {}", consent.expires_at),
-        )
-        .into());
-    }
+    consent.pullable(now)?;
     let kind = match req.kind.as_deref() {
         None => PullKind::default_for(consent.use_case),
         Some(k) => k.parse().map_err(|_| {
@@ -94,7 +80,7 @@ pub async fn create(
         })?,
     };
     let today = now.with_timezone(&ist()).date_naive();
-    let since = submit_pull::window_since(&state, &consent).await?;
+    let since = crate::pulls::window_since(&state, &consent).await?;
     let (from, to) = resolve_window(
         req.from.as_deref(),
         req.to.as_deref(),
@@ -109,7 +95,7 @@ pub async fn create(
     let request_hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&req).expect("serialises"),
     ));
-    let (new, job) = submit_pull::plan(
+    let (new, job) = crate::pulls::plan(
         &consent,
         kind,
         (from, to),

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, RawBody};
 use super::ids::plausible_id;
-use crate::app::AppState;
 use crate::bankconnect::wire::WebhookEvent;
+use crate::state::AppState;
 use crate::store::NewWebhook;
 use crate::webhook_auth;
 

@@ -6,22 +6,22 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{CapturePayload, JobError, store_retry};
-use crate::app::AppState;
+use super::{JobError, store_retry};
 use crate::bankconnect::ErrorClass;
 use crate::bankconnect::wire::ConsentDetail;
 use crate::domain::consent::{
     Consent, ConsentStatus, MAX_FREQUENCY_VALUE, expires_at, mask_account_number,
 };
 use crate::domain::session::{Session, SessionStatus};
+use crate::state::AppState;
 
 /// The longest tenure we believe from upstream (FinBox quotes ranges up to 84 months); a
 /// larger number is taken as a mistake and the journey's own tenure is used instead.
 const MAX_UPSTREAM_TENURE_MONTHS: u32 = 84;
 
-pub async fn run(state: &AppState, payload: CapturePayload) -> Result<(), JobError> {
+pub async fn run(state: &AppState, session_id: &str) -> Result<(), JobError> {
     let store = &state.store;
-    let id = payload.session_id.as_str();
+    let id = session_id;
     let session = store
         .get_session(id)
         .await

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::{JobError, PullPayload, load_pull, pull_step_failed, store_retry};
-use crate::app::AppState;
+use super::{JobError, load_pull, pull_step_failed, store_retry};
 use crate::bankconnect::wire::transactions_in;
 use crate::domain::pull::PullStatus;
+use crate::state::AppState;
 use crate::store::{StoredData, TimelineEntry};
 
 /// The pull's transactions for the consent's merged timeline, read straight from the
@@ -28,8 +28,8 @@ fn timeline_of(stored: &StoredData, pull_id: &str) -> Vec<TimelineEntry> {
     }
 }
 
-pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
-    let pull = load_pull(state, &payload.pull_id).await?;
+pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
+    let pull = load_pull(state, pull_id).await?;
     if pull.status != PullStatus::Fetching {
         return Ok(());
     }

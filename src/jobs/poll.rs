@@ -6,14 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    JobError, PullPayload, load_pull, process_webhook::processing_finished, pull_step_failed,
-    store_retry,
+    JobError, load_pull, process_webhook::processing_finished, pull_step_failed, store_retry,
 };
-use crate::app::AppState;
 use crate::domain::pull::{PULL_DEADLINE, PullStatus, deadline, deadline_message};
+use crate::state::AppState;
 
-pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
-    let pull = load_pull(state, &payload.pull_id).await?;
+pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
+    let pull = load_pull(state, pull_id).await?;
     // A webhook got there first, or the pull ended otherwise.
     if pull.status != PullStatus::Submitted {
         return Ok(());

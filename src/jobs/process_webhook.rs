@@ -1,23 +1,24 @@
 //! Act on a stored webhook: a finished pull moves on to fetching its data (or fails), an
 //! expired session expires its pull, anything else is kept and left alone.
 
-use super::{JobError, JobKind, NewJob, WebhookPayload, store_retry};
-use crate::app::AppState;
+use super::{JobError, store_retry};
 use crate::bankconnect::wire::{
     AccountStatus, ENRICHMENT_NOTIFICATION, SESSION_EXPIRY_NOTIFICATION, WebhookEvent,
 };
 use crate::domain::pull::{Pull, PullStatus};
+use crate::queue::{NewJob, Task};
+use crate::state::AppState;
 
-pub async fn run(state: &AppState, payload: WebhookPayload) -> Result<(), JobError> {
+pub async fn run(state: &AppState, inbox_id: i64) -> Result<(), JobError> {
     let Some(event) = state
         .store
-        .get_webhook(payload.inbox_id)
+        .get_webhook(inbox_id)
         .await
         .map_err(store_retry)?
     else {
         return Err(JobError::Fatal(format!(
             "inbox event {} does not exist",
-            payload.inbox_id
+            inbox_id
         )));
     };
     let Ok(parsed) = serde_json::from_slice::<WebhookEvent>(&event.body) else {
@@ -90,7 +91,12 @@ pub(crate) async fn processing_finished(
         tracing::warn!(pull_id = %pull.pull_id, %code, "every account failed upstream");
         return Ok(());
     }
-    let fetch = NewJob::for_pull(JobKind::FetchPullData, &pull.pull_id, now);
+    let fetch = NewJob::new(
+        Task::FetchPullData {
+            pull_id: pull.pull_id.clone(),
+        },
+        now,
+    );
     if state
         .store
         .start_fetching(&pull.pull_id, &fetch, now)

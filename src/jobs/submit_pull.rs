@@ -8,17 +8,17 @@
 
 use std::time::Duration;
 
-use super::{JobError, JobKind, NewJob, PullPayload, load_pull, pull_step_failed, store_retry};
-use crate::app::AppState;
+use super::{JobError, load_pull, pull_step_failed, store_retry};
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
-use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::consent::ConsentStatus;
 use crate::domain::fair_use::{budget_windows, check_all, next_window_start};
-use crate::domain::pull::{Pull, PullKind, PullStatus, deadline};
-use crate::store::NewPull;
+use crate::domain::pull::{Pull, PullStatus, deadline};
+use crate::queue::{NewJob, Task};
+use crate::state::AppState;
 
-pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError> {
+pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
     let store = &state.store;
-    let pull = load_pull(state, &payload.pull_id).await?;
+    let pull = load_pull(state, pull_id).await?;
     if pull.status != PullStatus::Queued {
         return Ok(());
     }
@@ -28,22 +28,15 @@ pub async fn run(state: &AppState, payload: PullPayload) -> Result<(), JobError>
         .map_err(store_retry)?
         .ok_or_else(|| JobError::Fatal(format!("consent {} does not exist", pull.consent_id)))?;
     let now = state.clock.now();
-    let refusal = if consent.status != ConsentStatus::Active {
-        Some((
-            "CONSENT_NOT_ACTIVE",
-            format!("the consent is {}", consent.status),
-        ))
-    } else if consent.expires_at <= now {
-        Some((
-            "CONSENT_EXPIRED",
-            format!("the consent expired at {}", consent.expires_at),
-        ))
-    } else {
-        None
-    };
-    if let Some((code, message)) = refusal {
+    if let Err(refusal) = consent.pullable(now) {
         store
-            .end_pull(&pull.pull_id, PullStatus::Failed, code, &message, now)
+            .end_pull(
+                &pull.pull_id,
+                PullStatus::Failed,
+                refusal.code,
+                &refusal.message,
+                now,
+            )
             .await
             .map_err(store_retry)?;
         return Ok(());
@@ -147,9 +140,10 @@ async fn record_submission(
     session_id: &str,
 ) -> Result<(), JobError> {
     let now = state.clock.now();
-    let poll = NewJob::for_pull(
-        JobKind::PollPull,
-        &pull.pull_id,
+    let poll = NewJob::new(
+        Task::PollPull {
+            pull_id: pull.pull_id.clone(),
+        },
         now + state.config.poll_fallback_after,
     );
     let mut pause = Duration::from_millis(100);
@@ -175,51 +169,6 @@ async fn record_submission(
         message: format!("upstream session {session_id} could not be recorded"),
         after: None,
     })
-}
-
-/// A pull for `consent` and the job that will send it, budget-checked against the consent's
-/// limits at `now`. Used by both the API and the scheduler.
-pub fn plan(
-    consent: &Consent,
-    kind: PullKind,
-    (from, to): (chrono::NaiveDate, chrono::NaiveDate),
-    now: chrono::DateTime<chrono::Utc>,
-    idempotency_key: Option<String>,
-    request_hash: String,
-) -> (NewPull, NewJob) {
-    let pull = Pull::queued(&consent.consent_id, kind, from, to, now);
-    let job = NewJob::for_pull(JobKind::SubmitPull, &pull.pull_id, now);
-    let new = NewPull {
-        pull,
-        idempotency_key,
-        request_hash,
-        budget: budget_windows(&consent.limits(), now),
-    };
-    (new, job)
-}
-
-/// Where a consent's next default window starts: the end of its last completed pull, else
-/// the end of the journey's one-time fetch, else the approval date.
-pub async fn window_since(
-    state: &AppState,
-    consent: &Consent,
-) -> Result<chrono::NaiveDate, crate::store::StoreError> {
-    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
-        return Ok(to);
-    }
-    if consent.journey_mode == crate::domain::consent::JourneyMode::OnceWithRecurring
-        && let Some(to) = state
-            .store
-            .get_session(&consent.session_id)
-            .await?
-            .and_then(|s| s.to_date)
-    {
-        return Ok(to);
-    }
-    Ok(consent
-        .approved_at
-        .with_timezone(&crate::domain::ist())
-        .date_naive())
 }
 
 /// The pull may not be sent before `until`: it waits if that is before its deadline, else it

@@ -7,13 +7,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt;
-use serde::de::DeserializeOwned;
 
-use super::{
-    Job, JobError, JobKind, JobOutcome, capture_consents, fetch_data, poll, process_webhook,
-    retry_delay, submit_pull,
-};
-use crate::app::AppState;
+use super::{JobError, capture_consents, fetch_data, poll, process_webhook, submit_pull};
+use crate::queue::{Job, JobOutcome, Task, retry_delay};
+use crate::state::AppState;
 
 /// Tunables of the pool; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -154,22 +151,14 @@ async fn run_one(
 }
 
 async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
-    let kind: JobKind = job
-        .kind
-        .parse()
-        .map_err(|_| JobError::Fatal(format!("unknown job kind `{}`", job.kind)))?;
-    match kind {
-        JobKind::CaptureConsents => capture_consents::run(state, payload(job)?).await,
-        JobKind::SubmitPull => submit_pull::run(state, payload(job)?).await,
-        JobKind::PollPull => poll::run(state, payload(job)?).await,
-        JobKind::ProcessWebhook => process_webhook::run(state, payload(job)?).await,
-        JobKind::FetchPullData => fetch_data::run(state, payload(job)?).await,
+    match &job.task {
+        Err(why) => Err(JobError::Fatal(why.clone())),
+        Ok(Task::CaptureConsents { session_id }) => capture_consents::run(state, session_id).await,
+        Ok(Task::SubmitPull { pull_id }) => submit_pull::run(state, pull_id).await,
+        Ok(Task::PollPull { pull_id }) => poll::run(state, pull_id).await,
+        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id).await,
+        Ok(Task::FetchPullData { pull_id }) => fetch_data::run(state, pull_id).await,
     }
-}
-
-fn payload<T: DeserializeOwned>(job: &Job) -> Result<T, JobError> {
-    serde_json::from_value(job.payload.clone())
-        .map_err(|e| JobError::Fatal(format!("bad payload: {e}")))
 }
 
 fn outcome_of(state: &AppState, job: &Job, result: Result<(), JobError>) -> JobOutcome {

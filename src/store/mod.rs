@@ -12,10 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use crate::config::PoolSettings;
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::domain::session::{Session, SessionStatus};
-use crate::jobs::{Job, JobOutcome, NewJob};
+use crate::queue::{Job, JobOutcome, NewJob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -482,23 +483,6 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
-
-/// Connection pool sizing, from `DATABASE_MAX_CONNECTIONS` and `DATABASE_ACQUIRE_TIMEOUT_SECS`.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    /// How long a request waits for a connection before failing with 503.
-    pub acquire_timeout: std::time::Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 10,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        }
-    }
-}
 
 /// Opens the store that `database_url` names: `sqlite:…` or `postgres:…`.
 pub async fn connect(database_url: &str, settings: &PoolSettings) -> StoreResult<DynStore> {

@@ -15,7 +15,7 @@ use super::{
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};
 use crate::domain::session::{Session, SessionStatus};
-use crate::jobs::{Job, JobKind, JobOutcome, NewJob, WebhookPayload};
+use crate::queue::{Job, JobOutcome, NewJob, Task};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -31,7 +31,7 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', lease_owner = $1, 
         ORDER BY run_at
         LIMIT $4
         FOR UPDATE SKIP LOCKED)
-    RETURNING id, kind, payload, attempts, max_attempts, pull_id";
+    RETURNING id, kind, payload, attempts, max_attempts";
 
 pub struct PgStore {
     pool: PgPool,

@@ -84,12 +84,12 @@ macro_rules! sql_store {
                 "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
                  VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
-            .bind(job.kind.as_str())
-            .bind(job.payload.to_string())
+            .bind(job.task.kind())
+            .bind(job.task.payload())
             .bind(to_ms(job.run_at))
-            .bind(job.kind.max_attempts())
-            .bind(job.dedupe_key.as_deref())
-            .bind(job.pull_id.as_deref())
+            .bind(job.task.max_attempts())
+            .bind(job.task.dedupe_key())
+            .bind(job.task.pull_id())
             .bind(to_ms(now))
             .bind(to_ms(now))
             .execute(&mut *conn)
@@ -491,17 +491,14 @@ macro_rules! sql_store {
                 .await?;
                 insert_job(&mut tx, poll, now).await?;
                 // A webhook that overtook this commit found no pull; process it again now.
-                sqlx::query(
-                    "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, created_at, updated_at)
-                     SELECT $1, '{\"inbox_id\":' || id || '}', 'queued', $2, 0, $3, $2, $2
-                     FROM webhook_inbox WHERE upstream_session_id = $4",
-                )
-                .bind(JobKind::ProcessWebhook.as_str())
-                .bind(to_ms(now))
-                .bind(JobKind::ProcessWebhook.max_attempts())
-                .bind(upstream_session_id)
-                .execute(&mut *tx)
-                .await?;
+                let early: Vec<i64> =
+                    sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
+                        .bind(upstream_session_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for inbox_id in early {
+                    insert_job(&mut tx, &NewJob::new(Task::ProcessWebhook { inbox_id }, now), now).await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
@@ -524,7 +521,8 @@ macro_rules! sql_store {
                     == 1;
                 if moved {
                     // The webhook's safety net is not needed any more.
-                    cancel_pull_jobs(&mut tx, pull_id, Some(JobKind::PollPull), now).await?;
+                    let poll = Task::PollPull { pull_id: pull_id.to_string() };
+                    cancel_pull_jobs(&mut tx, pull_id, Some(poll.kind()), now).await?;
                     insert_job(&mut tx, fetch, now).await?;
                 }
                 tx.commit().await?;
@@ -930,21 +928,19 @@ macro_rules! sql_store {
                 if !stored.is_empty() {
                     let jobs: Vec<NewJob> = stored
                         .iter()
-                        .map(|(inbox_id, _)| {
-                            NewJob::new(JobKind::ProcessWebhook, WebhookPayload { inbox_id: *inbox_id }, now, None)
-                        })
+                        .map(|(inbox_id, _)| NewJob::new(Task::ProcessWebhook { inbox_id: *inbox_id }, now))
                         .collect();
                     let mut insert = sqlx::QueryBuilder::new(
                         "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, updated_at) ",
                     );
                     insert.push_values(&jobs, |mut row, j| {
-                        row.push_bind(j.kind.as_str())
-                            .push_bind(j.payload.to_string())
+                        row.push_bind(j.task.kind())
+                            .push_bind(j.task.payload())
                             .push_bind("queued")
                             .push_bind(to_ms(j.run_at))
                             .push_bind(0i32)
-                            .push_bind(j.kind.max_attempts())
-                            .push_bind(j.dedupe_key.clone())
+                            .push_bind(j.task.max_attempts())
+                            .push_bind(j.task.dedupe_key())
                             .push_bind(to_ms(now))
                             .push_bind(to_ms(now));
                     });
@@ -1002,12 +998,11 @@ macro_rules! sql_store {
                 rows.iter()
                     .map(|r| {
                         let payload: String = r.try_get("payload")?;
+                        let kind: String = r.try_get("kind")?;
                         Ok(Job {
                             id: r.try_get("id")?,
-                            pull_id: r.try_get("pull_id")?,
-                            kind: r.try_get("kind")?,
-                            payload: serde_json::from_str(&payload)
-                                .map_err(|e| StoreError::Corrupt(format!("job payload: {e}")))?,
+                            task: Task::from_row(&kind, &payload),
+                            kind,
                             attempts: r.try_get("attempts")?,
                             max_attempts: r.try_get("max_attempts")?,
                         })
@@ -1181,7 +1176,7 @@ macro_rules! sql_store {
         async fn cancel_pull_jobs(
             conn: &mut $conn,
             pull_id: &str,
-            kind: Option<JobKind>,
+            kind: Option<&str>,
             now: DateTime<Utc>,
         ) -> StoreResult<()> {
             sqlx::query(
@@ -1190,7 +1185,7 @@ macro_rules! sql_store {
             )
             .bind(to_ms(now))
             .bind(pull_id)
-            .bind(kind.map(JobKind::as_str))
+            .bind(kind)
             .execute(&mut *conn)
             .await?;
             Ok(())

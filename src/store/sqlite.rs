@@ -21,7 +21,7 @@ use super::{
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullStatus};
 use crate::domain::session::{Session, SessionStatus};
-use crate::jobs::{Job, JobKind, JobOutcome, NewJob, WebhookPayload};
+use crate::queue::{Job, JobOutcome, NewJob, Task};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -38,7 +38,7 @@ const CLAIM_JOBS: &str =
         UNION ALL
         SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $3
         LIMIT $4)
-    RETURNING id, kind, payload, attempts, max_attempts, pull_id";
+    RETURNING id, kind, payload, attempts, max_attempts";
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aa_recurring::app::{App, RunOptions};
 use aa_recurring::config::Config;
 use aa_recurring::config::WebhookVerify;
 use aa_recurring::jobs::worker::WorkerSettings;
 use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use aa_recurring::scheduler::SchedulerSettings;
+use aa_recurring::startup::{App, RunOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -534,7 +534,7 @@ pub async fn insert_consent(
 pub fn bare_state(
     store: aa_recurring::store::DynStore,
     clock: std::sync::Arc<dyn aa_recurring::clock::Clock>,
-) -> aa_recurring::app::AppState {
+) -> aa_recurring::state::AppState {
     let config = aa_recurring::config::Config::from_lookup(|_| None).unwrap();
-    aa_recurring::app::AppState::new(config, store, "http://127.0.0.1:9", clock).unwrap()
+    aa_recurring::state::AppState::new(config, store, "http://127.0.0.1:9", clock).unwrap()
 }

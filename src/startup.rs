@@ -1,72 +1,22 @@
-//! Wires the store, the upstream client, the router and the workers together, and shuts
+//! The wiring, above everything: migrates the store, builds the state, mounts the router
+//! (and, in sandbox mode, the simulator), starts the supervised background tasks, and shuts
 //! them down in order.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bankconnect::BankConnectClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Upstream};
 use crate::jobs::worker::{self, WorkerSettings};
-use crate::metrics::Metrics;
 use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use crate::scheduler::{self, SchedulerSettings};
-use crate::store::group_commit::WebhookIntake;
-use crate::store::{self, DynStore};
-use crate::supervise::{TaskHealth, supervise};
-
-/// What every handler and job needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: DynStore,
-    pub bankconnect: BankConnectClient,
-    pub clock: Arc<dyn Clock>,
-    /// Wakes the worker pool when a job is enqueued in this process.
-    pub jobs_wakeup: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
-    /// Group commit for webhook deliveries.
-    pub webhooks: WebhookIntake,
-    /// Which background tasks are down; `/readyz` is 503 while any is.
-    pub tasks: Arc<TaskHealth>,
-}
-
-impl AppState {
-    /// The state every handler, job and scheduler tick works with, talking to BankConnect at
-    /// `upstream` (everything before `/v1`).
-    pub fn new(
-        config: Config,
-        store: DynStore,
-        upstream: &str,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Self> {
-        let bankconnect = BankConnectClient::new(
-            upstream,
-            config.api_key.clone(),
-            config.server_hash.clone(),
-            crate::bankconnect::Timeouts {
-                connect: config.upstream_connect_timeout,
-                call: config.upstream_timeout,
-                download: config.upstream_download_timeout,
-            },
-        )?;
-        Ok(AppState {
-            config: Arc::new(config),
-            webhooks: WebhookIntake::start(store.clone()),
-            store,
-            bankconnect,
-            clock,
-            jobs_wakeup: Arc::new(Notify::new()),
-            metrics: Arc::new(Metrics::default()),
-            tasks: Arc::new(TaskHealth::default()),
-        })
-    }
-}
+use crate::state::AppState;
+use crate::store;
+use crate::supervise::supervise;
 
 /// A running service: the HTTP server and its workers.
 pub struct App {

@@ -1,0 +1,57 @@
+//! Pull use cases shared by the API and the scheduler: where a consent's next window starts,
+//! and the pull with the job that will send it. The rules themselves are in `domain`; this
+//! module puts them together with the store.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::domain::consent::{Consent, JourneyMode};
+use crate::domain::fair_use::budget_windows;
+use crate::domain::ist;
+use crate::domain::pull::{Pull, PullKind};
+use crate::queue::{NewJob, Task};
+use crate::state::AppState;
+use crate::store::{NewPull, StoreError};
+
+/// A pull for `consent` and the job that will send it, budget-checked against the consent's
+/// limits at `now`. Used by both the API and the scheduler.
+pub fn plan(
+    consent: &Consent,
+    kind: PullKind,
+    (from, to): (NaiveDate, NaiveDate),
+    now: DateTime<Utc>,
+    idempotency_key: Option<String>,
+    request_hash: String,
+) -> (NewPull, NewJob) {
+    let pull = Pull::queued(&consent.consent_id, kind, from, to, now);
+    let job = NewJob::new(
+        Task::SubmitPull {
+            pull_id: pull.pull_id.clone(),
+        },
+        now,
+    );
+    let new = NewPull {
+        pull,
+        idempotency_key,
+        request_hash,
+        budget: budget_windows(&consent.limits(), now),
+    };
+    (new, job)
+}
+
+/// Where a consent's next default window starts: the end of its last completed pull, else
+/// the end of the journey's one-time fetch, else the approval date.
+pub async fn window_since(state: &AppState, consent: &Consent) -> Result<NaiveDate, StoreError> {
+    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
+        return Ok(to);
+    }
+    if consent.journey_mode == JourneyMode::OnceWithRecurring
+        && let Some(to) = state
+            .store
+            .get_session(&consent.session_id)
+            .await?
+            .and_then(|s| s.to_date)
+    {
+        return Ok(to);
+    }
+    Ok(consent.approved_at.with_timezone(&ist()).date_naive())
+}

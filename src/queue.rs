@@ -1,0 +1,221 @@
+//! The durable job queue's vocabulary: what a job is, how it is keyed and retried, and how an
+//! attempt ends. The queue knows nothing of the handlers (they are in `jobs/`), and the store
+//! reads and writes these types, so both depend on this module and not on each other.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a job does, with everything it needs. Stored as a `kind` column and a JSON payload
+/// of the variant's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// Fetch and store the consent details of an approved session.
+    CaptureConsents { session_id: String },
+    /// Send a pull's Fetch Recurring AA Data call, within the fair-use budget.
+    SubmitPull { pull_id: String },
+    /// Ask the upstream whether a submitted pull is done (the webhook's safety net).
+    PollPull { pull_id: String },
+    /// Act on a stored webhook.
+    ProcessWebhook { inbox_id: i64 },
+    /// Fetch and store a finished pull's Insights or Transactions.
+    FetchPullData { pull_id: String },
+}
+
+impl Task {
+    /// The name in the `kind` column, metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Task::CaptureConsents { .. } => "capture_consents",
+            Task::SubmitPull { .. } => "submit_pull",
+            Task::PollPull { .. } => "poll_pull",
+            Task::ProcessWebhook { .. } => "process_webhook",
+            Task::FetchPullData { .. } => "fetch_pull_data",
+        }
+    }
+
+    /// How many attempts before the job is dead. With the default backoff (capped at an
+    /// hour) capturing consents keeps trying for most of a day, which outlasts an ordinary
+    /// upstream outage. Polling ends at the pull's deadline, not after a number of tries.
+    pub fn max_attempts(&self) -> i32 {
+        match self {
+            Task::CaptureConsents { .. } | Task::FetchPullData { .. } => 30,
+            Task::SubmitPull { .. } | Task::ProcessWebhook { .. } => 20,
+            Task::PollPull { .. } => 100_000,
+        }
+    }
+
+    /// The pull the job works on: the pull shows the job's progress, and fails when it dies.
+    pub fn pull_id(&self) -> Option<&str> {
+        match self {
+            Task::SubmitPull { pull_id }
+            | Task::PollPull { pull_id }
+            | Task::FetchPullData { pull_id } => Some(pull_id),
+            Task::CaptureConsents { .. } | Task::ProcessWebhook { .. } => None,
+        }
+    }
+
+    /// At most one live (queued or running) job per key, so enqueueing is idempotent.
+    /// Webhook processing has none: each stored delivery is processed once by construction.
+    pub fn dedupe_key(&self) -> Option<String> {
+        match self {
+            Task::CaptureConsents { session_id } => Some(format!("capture:{session_id}")),
+            Task::SubmitPull { pull_id } => Some(format!("submit:{pull_id}")),
+            Task::PollPull { pull_id } => Some(format!("poll:{pull_id}")),
+            Task::FetchPullData { pull_id } => Some(format!("fetch:{pull_id}")),
+            Task::ProcessWebhook { .. } => None,
+        }
+    }
+
+    /// The payload column: the variant's fields, without the kind (which has its column).
+    pub fn payload(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("tasks serialise");
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("kind");
+        }
+        value.to_string()
+    }
+
+    /// A task back from its `kind` and payload columns.
+    pub fn from_row(kind: &str, payload: &str) -> Result<Task, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(payload).map_err(|e| format!("bad payload: {e}"))?;
+        let fields = value
+            .as_object_mut()
+            .ok_or_else(|| "bad payload: not an object".to_string())?;
+        fields.insert("kind".into(), kind.into());
+        serde_json::from_value(value).map_err(|e| format!("unknown job `{kind}`: {e}"))
+    }
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub task: Task,
+    pub run_at: DateTime<Utc>,
+}
+
+impl NewJob {
+    pub fn new(task: Task, run_at: DateTime<Utc>) -> Self {
+        NewJob { task, run_at }
+    }
+}
+
+/// A claimed job, leased to this worker until its lease expires.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    /// The `kind` column as stored (for metrics and logs, even when `task` cannot be read).
+    pub kind: String,
+    /// The task, or why its row could not be read (the job is then dead at once).
+    pub task: Result<Task, String>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// How a claimed job ends this attempt.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Done,
+    Retry {
+        run_at: DateTime<Utc>,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// Given back unfinished (shutdown): runs again at once, and this attempt does not count.
+    Release,
+}
+
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts; also the longest upstream `Retry-After` honoured.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+/// Exponential backoff with full jitter: a uniformly random wait up to `base * 2^(attempt-1)`,
+/// capped, and never less than a tenth of that bound so that retries do not bunch at zero.
+/// `unit` is a random number in [0, 1).
+pub fn backoff(attempt: i32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).clamp(0, 30) as u32;
+    let bound = base.saturating_mul(1u32 << exp.min(20)).min(cap);
+    let frac = 0.1 + 0.9 * unit.clamp(0.0, 1.0);
+    bound.mul_f64(frac)
+}
+
+/// When a failed attempt should run again: `after` if the failure said (an upstream
+/// `Retry-After`, or a known wait), else the backoff.
+pub fn retry_delay(attempt: i32, after: Option<Duration>) -> Duration {
+    after.unwrap_or_else(|| backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, rand::random::<f64>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(1, b, cap, 0.999_999).as_millis(), 999);
+        assert_eq!(backoff(3, b, cap, 0.999_999).as_millis(), 3999);
+        assert_eq!(backoff(40, b, cap, 0.999_999).as_secs(), 59);
+        assert_eq!(backoff(40, b, cap, 0.0), Duration::from_secs(6));
+        assert_eq!(backoff(1, b, cap, 0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_is_safe_for_odd_attempts() {
+        let b = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff(0, b, cap, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(-5, b, cap, 0.0), Duration::from_millis(100));
+        assert!(backoff(i32::MAX, b, cap, 1.0) <= cap);
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff() {
+        assert_eq!(
+            retry_delay(5, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert!(retry_delay(1, None) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn tasks_round_trip_their_rows_and_own_their_keys() {
+        let tasks = [
+            Task::CaptureConsents {
+                session_id: "s1".into(),
+            },
+            Task::SubmitPull {
+                pull_id: "p1".into(),
+            },
+            Task::PollPull {
+                pull_id: "p1".into(),
+            },
+            Task::ProcessWebhook { inbox_id: 7 },
+            Task::FetchPullData {
+                pull_id: "p1".into(),
+            },
+        ];
+        for t in &tasks {
+            assert_eq!(Task::from_row(t.kind(), &t.payload()).unwrap(), *t);
+            assert!(!t.payload().contains("kind"));
+        }
+        // Rows written before the typed enum read the same.
+        assert_eq!(
+            Task::from_row("process_webhook", r#"{"inbox_id":7}"#).unwrap(),
+            tasks[3]
+        );
+        assert_eq!(tasks[0].dedupe_key().as_deref(), Some("capture:s1"));
+        assert_eq!(tasks[2].dedupe_key().as_deref(), Some("poll:p1"));
+        assert_eq!(tasks[3].dedupe_key(), None);
+        assert_eq!(tasks[4].pull_id(), Some("p1"));
+        assert_eq!(tasks[0].pull_id(), None);
+        assert!(Task::from_row("sweep_floor", "{}").is_err());
+        assert!(Task::from_row("poll_pull", "[1]").is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! The state every handler, job and background task shares: configuration, the store, the
+//! upstream client, the clock and the in-process signals. It sits below `http`, `jobs`, the
+//! scheduler and housekeeping, and above the store, domain and client; `startup` builds it.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::bankconnect::BankConnectClient;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::DynStore;
+use crate::store::group_commit::WebhookIntake;
+use crate::supervise::TaskHealth;
+
+/// What every handler and job needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub bankconnect: BankConnectClient,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the worker pool when a job is enqueued in this process.
+    pub jobs_wakeup: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    /// Group commit for webhook deliveries.
+    pub webhooks: WebhookIntake,
+    /// Which background tasks are down; `/readyz` is 503 while any is.
+    pub tasks: Arc<TaskHealth>,
+}
+
+impl AppState {
+    /// The state every handler, job and scheduler tick works with, talking to BankConnect at
+    /// `upstream` (everything before `/v1`).
+    pub fn new(
+        config: Config,
+        store: DynStore,
+        upstream: &str,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let bankconnect = BankConnectClient::new(
+            upstream,
+            config.api_key.clone(),
+            config.server_hash.clone(),
+            crate::bankconnect::Timeouts {
+                connect: config.upstream_connect_timeout,
+                call: config.upstream_timeout,
+                download: config.upstream_download_timeout,
+            },
+        )?;
+        Ok(AppState {
+            config: Arc::new(config),
+            webhooks: WebhookIntake::start(store.clone()),
+            store,
+            bankconnect,
+            clock,
+            jobs_wakeup: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::default()),
+            tasks: Arc::new(TaskHealth::default()),
+        })
+    }
+}
