@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pulls;
 pub mod queue;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scheduler;
 pub mod startup;

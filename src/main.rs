@@ -1,5 +1,6 @@
 //! `aa-recurring`: serve (default) | migrate | sandbox.
 
+#[cfg(feature = "sandbox")]
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -9,8 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use aa_recurring::config::{Config, LogFormat, WebhookVerify};
-use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+use aa_recurring::config::{Config, LogFormat};
 use aa_recurring::startup::{App, RunOptions};
 
 #[derive(Parser)]
@@ -31,6 +31,7 @@ enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Run the BankConnect simulator alone (for load tests and separate-process setups).
+    #[cfg(feature = "sandbox")]
     Sandbox {
         /// Where the simulator listens.
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -92,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox {
             bind,
             public_url,
@@ -101,52 +103,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             webhook_verify,
             webhook_secret,
         } => {
-            let _ = dotenvy::dotenv();
-            let format = match std::env::var("LOG_FORMAT").as_deref() {
-                Ok("json") => LogFormat::Json,
-                _ => LogFormat::Pretty,
-            };
-            init_tracing(format);
-            let listener = TcpListener::bind(bind).await?;
-            let addr = listener.local_addr()?;
-            let credentials = match (api_key, server_hash) {
-                (Some(k), Some(h)) => Some((k.into(), h.into())),
-                (None, None) => None,
-                _ => anyhow::bail!("--api-key and --server-hash go together"),
-            };
-            let scheme: WebhookVerify = webhook_verify.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "--webhook-verify must be one of {}, got `{webhook_verify}`",
-                    WebhookVerify::ALL.join(", ")
-                )
-            })?;
-            let secret = webhook_secret
-                .or_else(|| {
-                    std::env::var("WEBHOOK_SECRETS")
-                        .ok()
-                        .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
-                        .filter(|s| !s.is_empty())
-                })
-                .unwrap_or_else(|| scheme.sandbox_secret().to_string());
-            let sandbox = Sandbox::new(SandboxConfig {
-                public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
-                credentials,
-                webhook: WebhookTarget {
-                    urls: webhook_url,
-                    scheme,
-                    secret: secret.into(),
-                },
-                clock: std::sync::Arc::new(aa_recurring::clock::SystemClock),
-            });
-            eprintln!(
-                "BankConnect sandbox listening on http://{addr} (use it as BANKCONNECT_BASE_URL)"
-            );
-            axum::serve(listener, sandbox.router())
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
-            Ok(())
+            sandbox(
+                bind,
+                public_url,
+                api_key,
+                server_hash,
+                webhook_url,
+                webhook_verify,
+                webhook_secret,
+            )
+            .await
         }
     }
+}
+
+/// `aa-recurring sandbox`: the simulator alone, as a guest of this binary.
+#[cfg(feature = "sandbox")]
+async fn sandbox(
+    bind: SocketAddr,
+    public_url: Option<String>,
+    api_key: Option<String>,
+    server_hash: Option<String>,
+    webhook_url: Vec<String>,
+    webhook_verify: String,
+    webhook_secret: Option<String>,
+) -> anyhow::Result<()> {
+    use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+
+    let _ = dotenvy::dotenv();
+    let format = match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Pretty,
+    };
+    init_tracing(format);
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let credentials = match (api_key, server_hash) {
+        (Some(k), Some(h)) => Some((k.into(), h.into())),
+        (None, None) => None,
+        _ => anyhow::bail!("--api-key and --server-hash go together"),
+    };
+    let scheme: aa_recurring::config::WebhookVerify = webhook_verify.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--webhook-verify must be one of {}, got `{webhook_verify}`",
+            aa_recurring::config::WebhookVerify::ALL.join(", ")
+        )
+    })?;
+    let secret = webhook_secret
+        .or_else(|| {
+            std::env::var("WEBHOOK_SECRETS")
+                .ok()
+                .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| scheme.sandbox_secret().to_string());
+    let sandbox = Sandbox::new(SandboxConfig {
+        public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
+        credentials,
+        webhook: WebhookTarget {
+            urls: webhook_url,
+            scheme,
+            secret: secret.into(),
+        },
+        clock: std::sync::Arc::new(aa_recurring::clock::SystemClock),
+    });
+    eprintln!("BankConnect sandbox listening on http://{addr} (use it as BANKCONNECT_BASE_URL)");
+    axum::serve(listener, sandbox.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
 }
 
 async fn serve() -> anyhow::Result<()> {

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Upstream};
 use crate::jobs::worker::{self, WorkerSettings};
-use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 use crate::scheduler::{self, SchedulerSettings};
 use crate::state::AppState;
 use crate::store;
@@ -58,7 +57,7 @@ impl App {
         let store = store::connect(&config.database_url, &config.pool).await?;
         store.migrate().await?;
 
-        let (base_url, sandbox) = match &config.upstream {
+        let (base_url, guest) = match &config.upstream {
             Upstream::Remote(url) => (url.to_string(), None),
             Upstream::Sandbox => {
                 // The simulator is reached over real HTTP on our own listener, so the client
@@ -68,26 +67,16 @@ impl App {
                 } else {
                     addr
                 };
-                let sandbox = Sandbox::new(SandboxConfig {
-                    public_url: format!(
-                        "{}/sandbox",
-                        config.public_base_url.as_str().trim_end_matches('/')
-                    ),
-                    credentials: Some((config.api_key.clone(), config.server_hash.clone())),
-                    webhook: WebhookTarget {
-                        urls: vec![format!("http://{loopback}/webhooks/bankconnect")],
-                        scheme: config.webhook_verify,
-                        secret: config.webhook_secrets[0].clone(),
-                    },
-                    clock: options.clock.clone(),
-                });
-                (format!("http://{loopback}/sandbox"), Some(sandbox))
+                (
+                    format!("http://{loopback}/sandbox"),
+                    Some(sandbox_router(&config, loopback, &options)?),
+                )
             }
         };
         let state = AppState::new(config, store, &base_url, options.clock.clone())?;
         let mut router = crate::http::router(state.clone());
-        if let Some(sb) = sandbox {
-            router = router.nest("/sandbox", sb.router());
+        if let Some(guest) = guest {
+            router = router.nest("/sandbox", guest);
         }
 
         let shutdown = CancellationToken::new();
@@ -159,4 +148,40 @@ impl App {
         self.shutdown.cancel();
         self.wait().await
     }
+}
+
+/// The in-process simulator for sandbox mode, mounted under `/sandbox`. It is a guest: only
+/// this wiring knows it, and a build without the `sandbox` feature has no sandbox mode.
+#[cfg(feature = "sandbox")]
+fn sandbox_router(
+    config: &Config,
+    loopback: SocketAddr,
+    options: &RunOptions,
+) -> anyhow::Result<axum::Router> {
+    use crate::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
+    let sandbox = Sandbox::new(SandboxConfig {
+        public_url: format!(
+            "{}/sandbox",
+            config.public_base_url.as_str().trim_end_matches('/')
+        ),
+        credentials: Some((config.api_key.clone(), config.server_hash.clone())),
+        webhook: WebhookTarget {
+            urls: vec![format!("http://{loopback}/webhooks/bankconnect")],
+            scheme: config.webhook_verify,
+            secret: config.webhook_secrets[0].clone(),
+        },
+        clock: options.clock.clone(),
+    });
+    Ok(sandbox.router())
+}
+
+#[cfg(not(feature = "sandbox"))]
+fn sandbox_router(
+    _config: &Config,
+    _loopback: SocketAddr,
+    _options: &RunOptions,
+) -> anyhow::Result<axum::Router> {
+    anyhow::bail!(
+        "BANKCONNECT_BASE_URL: required: this build has no sandbox (built without the `sandbox` feature)"
+    )
 }

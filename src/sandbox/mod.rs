@@ -5,27 +5,27 @@
 //! give the same ids and accounts. Control endpoints under `/_control` inject faults and count
 //! calls, so tests can prove what the service did and did not send upstream.
 
+mod control;
 mod data;
+mod gateway;
+mod journey;
 mod pages;
 mod pulls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Timelike, Utc};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::bankconnect::wire::parse_wire_date;
 use crate::config::WebhookVerify;
-use crate::domain::consent::FrequencyUnit;
 
 /// How the simulator presents itself.
 #[derive(Clone)]
@@ -126,7 +126,8 @@ struct SimConsent {
     account_id: String,
     bank_name: String,
     masked_account_number: String,
-    unit: FrequencyUnit,
+    /// `hour`, `day`, `month` or `year`, as the journey asked.
+    unit: String,
     value: u32,
     revoked: bool,
     /// When each accepted Fetch Recurring AA Data call came, for fair use.
@@ -230,10 +231,10 @@ impl Sandbox {
 
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/v1/session/", post(create_session))
+            .route("/v1/session/", post(journey::create_session))
             .route(
                 "/v1/account_aggregator/get_recurring_consent_details/",
-                post(consent_details),
+                post(journey::consent_details),
             )
             .route(
                 "/v1/account_aggregator/fetch_recurring_aa_data/",
@@ -260,10 +261,16 @@ impl Sandbox {
                 post(pulls::update_webhook),
             )
             .route("/sdk", get(pages::sdk_page))
-            .route("/sdk/{session_id}/{decision}", post(decide))
-            .route("/_control/calls", get(calls))
-            .route("/_control/faults", post(set_fault).delete(clear_faults))
-            .route("/_control/settings", get(get_settings).post(set_settings))
+            .route("/sdk/{session_id}/{decision}", post(journey::decide))
+            .route("/_control/calls", get(control::calls))
+            .route(
+                "/_control/faults",
+                post(control::set_fault).delete(control::clear_faults),
+            )
+            .route(
+                "/_control/settings",
+                get(control::get_settings).post(control::set_settings),
+            )
             .route(
                 "/_control/consents/{consent_id}/revoke",
                 post(pulls::revoke),
@@ -289,358 +296,60 @@ impl Sandbox {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Counts the call, then applies injected latency and faults and the auth check, as the
-    /// real upstream's gateway would before the endpoint itself. `Some` is the answer to send
-    /// instead of the endpoint's own.
-    async fn refuse(&self, endpoint: &str, headers: &HeaderMap) -> Option<Response> {
-        let (latency, fault, error_rate) = {
-            let mut st = self.lock();
-            *st.calls.entry(endpoint.to_string()).or_default() += 1;
-            let fault = st
-                .faults
-                .get_mut(endpoint)
-                .filter(|f| f.remaining > 0)
-                .map(|f| {
-                    f.remaining -= 1;
-                    f.clone()
-                });
-            (st.settings.latency_ms, fault, st.settings.error_rate)
-        };
-        if latency > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
-        }
-        if let Some(Fault {
-            delay_ms: Some(ms), ..
-        }) = &fault
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
-        }
-        if let Some(Fault {
-            status: Some(status),
-            code,
-            ..
-        }) = fault
-        {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let code = code.as_deref().unwrap_or("SANDBOX_FAULT");
-            return Some(error(status, code, "injected fault"));
-        }
-        if error_rate > 0.0 && rand::random::<f64>() < error_rate {
-            return Some(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SANDBOX_FAULT",
-                "random injected fault",
-            ));
-        }
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-        };
-        let (Some(key), Some(hash)) = (header("x-api-key"), header("server-hash")) else {
-            return Some(
-                (
-                    StatusCode::UNAUTHORIZED,
-                    Json(json!({"detail": "Authentication credentials were not provided."})),
-                )
-                    .into_response(),
-            );
-        };
-        if let Some((want_key, want_hash)) = &self.config.credentials
-            && (key != want_key.expose_secret() || hash != want_hash.expose_secret())
-        {
-            return Some(error(
-                StatusCode::FORBIDDEN,
-                "ACCESS_DENIED",
-                "invalid credentials",
-            ));
-        }
-        None
-    }
 }
 
-fn str_field<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
-    body.get(name).and_then(Value::as_str)
+/// India Standard Time, where Sahamati's calendar periods are counted.
+fn ist() -> FixedOffset {
+    FixedOffset::east_opt(5 * 3600 + 1800).expect("in range")
 }
 
-fn int_field(body: &Value, names: &[&str]) -> Result<Option<i64>, ()> {
-    for n in names {
-        if let Some(v) = body.get(*n) {
-            return v
-                .as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .map(Some)
-                .ok_or(());
-        }
+/// A BankConnect date (`DD/MM/YYYY`, fixed width). The simulator reads the wire itself,
+/// rather than with the client's code, so that a mistake in either shows in the tests.
+fn wire_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[2] != b'/' || b[5] != b'/' {
+        return None;
     }
-    Ok(None)
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    NaiveDate::from_ymd_opt(num(6..10)? as i32, num(3..5)?, num(0..2)?)
 }
 
-async fn create_session(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = sb.refuse(SESSION, &headers).await {
-        return r;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad("INVALID_REQUEST", "body must be JSON");
+/// The start of the calendar period (in IST) of `unit` that holds `t`: the simulator's own
+/// fair-use arithmetic, written apart from the service's so a shared bug cannot hide.
+fn period_start(unit: &str, t: DateTime<Utc>) -> DateTime<Utc> {
+    let local = t.with_timezone(&ist());
+    let (y, m, d, h) = (local.year(), local.month(), local.day(), local.hour());
+    let (m, d, h) = match unit {
+        "hour" => (m, d, h),
+        "day" => (m, d, 0),
+        "month" => (m, 1, 0),
+        _ => (1, 1, 0),
     };
-    let link_id = match str_field(&body, "link_id") {
-        Some(l) if !l.is_empty() && l.chars().count() <= 500 => l.to_string(),
-        _ => {
-            return bad(
-                "INVALID_REQUEST",
-                "link_id is required (at most 500 characters)",
-            );
-        }
-    };
-    let redirect_url = match str_field(&body, "redirect_url") {
-        None => None,
-        Some(u) if u.len() <= 200 && url::Url::parse(u).is_ok() => Some(u.to_string()),
-        Some(_) => {
-            return bad(
-                "INVALID_URL",
-                "redirect_url must be a URL of at most 200 characters",
-            );
-        }
-    };
-    let bank_name = match str_field(&body, "bank_name") {
-        Some(b) if b.chars().count() > 50 => {
-            return bad("INVALID_REQUEST", "bank_name is too long");
-        }
-        b => b.map(str::to_string),
-    };
-    let dates = (str_field(&body, "from_date"), str_field(&body, "to_date"));
-    let parsed = (dates.0.map(parse_wire_date), dates.1.map(parse_wire_date));
-    if matches!(parsed.0, Some(None)) || matches!(parsed.1, Some(None)) {
-        return bad("INVALID_DATE_FORMAT", "dates must be DD/MM/YYYY");
-    }
-    if let (Some(Some(from)), Some(Some(to))) = parsed
-        && from > to
-    {
-        return bad("INVALID_DATE_RANGE", "from_date is after to_date");
-    }
+    ist()
+        .with_ymd_and_hms(y, m, d, h, 0, 0)
+        .single()
+        .expect("IST has no gaps")
+        .with_timezone(&Utc)
+}
 
-    let Some(mode) = str_field(&body, "aa_journey_mode") else {
-        return bad(
-            "MISSING_AA_PARAMETER",
-            "aa_journey_mode is required for recurring consent",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_start_on_the_indian_calendar() {
+        // 18:31 UTC on 31 March is 00:01 IST on 1 April: a new day, month and hour.
+        let t = Utc.with_ymd_and_hms(2025, 3, 31, 18, 31, 0).unwrap();
+        let ist_midnight = Utc.with_ymd_and_hms(2025, 3, 31, 18, 30, 0).unwrap();
+        assert_eq!(period_start("day", t), ist_midnight);
+        assert_eq!(period_start("month", t), ist_midnight);
+        assert_eq!(period_start("hour", t), ist_midnight);
+        assert_eq!(
+            period_start("year", t),
+            Utc.with_ymd_and_hms(2024, 12, 31, 18, 30, 0).unwrap()
         );
-    };
-    if !JOURNEY_MODES.contains(&mode) {
-        return bad("INVALID_AA_PARAMETER", "aa_journey_mode is not valid");
+        assert_eq!(wire_date("02/01/2025"), NaiveDate::from_ymd_opt(2025, 1, 2));
+        assert_eq!(wire_date("2/1/2025"), None);
+        assert_eq!(wire_date("31/02/2025"), None);
     }
-    let Some(unit) = str_field(&body, "aa_recurring_frequency_unit") else {
-        return bad(
-            "MISSING_AA_PARAMETER",
-            "aa_recurring_frequency_unit is required",
-        );
-    };
-    if !UNITS.contains(&unit) {
-        return bad(
-            "INVALID_AA_PARAMETER",
-            "aa_recurring_frequency_unit is not valid",
-        );
-    }
-    let tenure = match int_field(
-        &body,
-        &[
-            "aa_recurring_tenure_month_count",
-            "aa_recurring_tenure_month",
-        ],
-    ) {
-        Ok(Some(t)) if (1..=60).contains(&t) => t as u32,
-        Ok(None) => {
-            return bad(
-                "MISSING_AA_PARAMETER",
-                "aa_recurring_tenure_month_count is required",
-            );
-        }
-        _ => {
-            return bad(
-                "INVALID_AA_PARAMETER",
-                "aa_recurring_tenure_month_count must be 1 to 60",
-            );
-        }
-    };
-    let value = match int_field(&body, &["aa_recurring_frequency_value"]) {
-        Ok(Some(v)) if (1..=5).contains(&v) => v as u32,
-        Ok(None) => {
-            return bad(
-                "MISSING_AA_PARAMETER",
-                "aa_recurring_frequency_value is required",
-            );
-        }
-        _ => {
-            return bad(
-                "INVALID_AA_PARAMETER",
-                "aa_recurring_frequency_value must be 1 to 5",
-            );
-        }
-    };
-
-    let mut st = sb.lock();
-    st.seq += 1;
-    let session_id = derived_id(&format!("session:{}:{link_id}", st.seq));
-    st.sessions.insert(
-        session_id.clone(),
-        SimSession {
-            link_id,
-            redirect_url,
-            bank_name,
-            tenure,
-            unit: unit.to_string(),
-            value,
-            journey: Journey::Pending,
-            consents: vec![],
-        },
-    );
-    let redirect_url = format!("{}/sdk?session_id={session_id}", sb.config.public_url);
-    Json(json!({"session_id": session_id, "redirect_url": redirect_url})).into_response()
-}
-
-#[derive(Deserialize)]
-struct SessionQuery {
-    session_id: Option<String>,
-}
-
-async fn consent_details(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    Query(q): Query<SessionQuery>,
-) -> Response {
-    if let Some(r) = sb.refuse(CONSENT_DETAILS, &headers).await {
-        return r;
-    }
-    let st = sb.lock();
-    let Some(session) = q.session_id.as_deref().and_then(|id| st.sessions.get(id)) else {
-        return bad(
-            "INVALID_SESSION_ID",
-            "Session is invalid, expired, or closed",
-        );
-    };
-    Json(json!({"consent_details": session.consents})).into_response()
-}
-
-/// One consent per account; one or two accounts, decided by the link id.
-fn make_consents(session_id: &str, s: &SimSession) -> Vec<Value> {
-    let seed = Sha256::digest(s.link_id.as_bytes());
-    let accounts = 1 + (seed[0] % 2) as usize;
-    (0..accounts)
-        .map(|i| {
-            let h = Sha256::digest(format!("account:{session_id}:{i}").as_bytes());
-            let last4 = u16::from_be_bytes([h[0], h[1]]) % 10_000;
-            let bank = s
-                .bank_name
-                .clone()
-                .unwrap_or_else(|| BANKS[h[2] as usize % BANKS.len()].to_string());
-            json!({
-                "consent_id": derived_id(&format!("consent:{session_id}:{i}")),
-                "bank_name": bank,
-                "masked_account_number": format!("XXXXXXXX{last4:04}"),
-                "tenure_month_count": s.tenure,
-                "frequency_unit": s.unit,
-                "frequency_value": s.value,
-            })
-        })
-        .collect()
-}
-
-/// The SDK page's buttons. Approving twice is harmless; the browser goes back to the lender
-/// as BankConnect documents: `?success=true&session_id=…` or `?success=false&session_id=…`.
-async fn decide(
-    State(sb): State<Sandbox>,
-    Path((session_id, decision)): Path<(String, String)>,
-) -> Response {
-    let mut guard = sb.lock();
-    let SimState {
-        sessions, consents, ..
-    } = &mut *guard;
-    let Some(session) = sessions.get_mut(&session_id) else {
-        return bad(
-            "INVALID_SESSION_ID",
-            "Session is invalid, expired, or closed",
-        );
-    };
-    let success = match decision.as_str() {
-        "approve" => {
-            if session.journey != Journey::Approved {
-                session.consents = make_consents(&session_id, session);
-                session.journey = Journey::Approved;
-                let registered: Vec<(String, SimConsent)> = session
-                    .consents
-                    .iter()
-                    .map(|c| {
-                        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-                        let consent = SimConsent {
-                            link_id: session.link_id.clone(),
-                            account_id: derived_id(&format!("account:{}", text("consent_id"))),
-                            bank_name: text("bank_name"),
-                            masked_account_number: text("masked_account_number"),
-                            unit: session.unit.parse().unwrap_or(FrequencyUnit::Day),
-                            value: session.value,
-                            revoked: false,
-                            uses: vec![],
-                        };
-                        (text("consent_id"), consent)
-                    })
-                    .collect();
-                consents.extend(registered);
-            }
-            true
-        }
-        "deny" => {
-            if session.journey == Journey::Pending {
-                session.journey = Journey::Denied;
-            }
-            false
-        }
-        _ => return error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown decision"),
-    };
-    match &session.redirect_url {
-        Some(base) => {
-            let mut url = url::Url::parse(base).expect("validated at session creation");
-            url.query_pairs_mut()
-                .append_pair("success", if success { "true" } else { "false" })
-                .append_pair("session_id", &session_id);
-            Redirect::to(url.as_str()).into_response()
-        }
-        None => (StatusCode::OK, if success { "approved" } else { "denied" }).into_response(),
-    }
-}
-
-async fn calls(State(sb): State<Sandbox>) -> Json<Value> {
-    Json(json!({"calls": sb.lock().calls}))
-}
-
-async fn set_fault(State(sb): State<Sandbox>, Json(f): Json<FaultRequest>) -> StatusCode {
-    sb.lock().faults.insert(
-        f.endpoint,
-        Fault {
-            status: f.status,
-            code: f.code,
-            delay_ms: f.delay_ms,
-            remaining: f.count,
-        },
-    );
-    StatusCode::NO_CONTENT
-}
-
-async fn get_settings(State(sb): State<Sandbox>) -> Json<Settings> {
-    Json(sb.lock().settings.clone())
-}
-
-/// Replaces the settings; fields left out take their defaults.
-async fn set_settings(State(sb): State<Sandbox>, Json(settings): Json<Settings>) -> Json<Settings> {
-    sb.lock().settings = settings.clone();
-    Json(settings)
-}
-
-async fn clear_faults(State(sb): State<Sandbox>) -> StatusCode {
-    sb.lock().faults.clear();
-    StatusCode::NO_CONTENT
 }

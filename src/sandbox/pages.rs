@@ -4,7 +4,8 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as esc};
 
-use super::{Journey, Sandbox, SessionQuery, bad};
+use super::journey::SessionQuery;
+use super::{Journey, Sandbox, bad};
 
 pub(super) async fn sdk_page(State(sb): State<Sandbox>, Query(q): Query<SessionQuery>) -> Response {
     let st = sb.lock();

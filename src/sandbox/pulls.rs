@@ -16,11 +16,8 @@ use serde_json::{Value, json};
 use super::data::{self, Account};
 use super::{
     FETCH_RECURRING, INSIGHTS, PROGRESS, SESSION_STATUS, Sandbox, SimConsent, TRANSACTIONS,
-    UPDATE_WEBHOOK, bad, derived_id, error,
+    UPDATE_WEBHOOK, bad, derived_id, error, ist, period_start, wire_date,
 };
-use crate::bankconnect::wire::parse_wire_date;
-use crate::domain::fair_use::window_start;
-use crate::domain::ist;
 use crate::webhook_auth;
 
 /// A pull session the simulator is processing or has processed.
@@ -77,7 +74,7 @@ pub(super) async fn fetch_recurring(
     let Some(consent_id) = body["consent_id"].as_str() else {
         return bad("INVALID_CONSENT_ID", "consent_id is required");
     };
-    let date = |k: &str| body[k].as_str().and_then(parse_wire_date);
+    let date = |k: &str| body[k].as_str().and_then(wire_date);
     let (Some(from), Some(to)) = (date("date_time_range_from"), date("date_time_range_to")) else {
         return bad(
             "INVALID_DATE_RANGE",
@@ -133,7 +130,7 @@ fn accept_fetch(
     if consent.revoked {
         return Err(("CONSENT_REVOKED", "User has revoked the recurring consent"));
     }
-    let since = window_start(consent.unit, now);
+    let since = period_start(&consent.unit, now);
     if consent.uses.iter().filter(|t| **t >= since).count() >= consent.value as usize {
         return Err((
             "CONSENT_OVERUSED",

@@ -2,14 +2,12 @@
 //! backends; the edges are bounded (body sizes, slow clients, load); the upstream is trusted no
 //! further than it must be.
 
-mod common;
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::common::*;
 use aa_recurring::config::WebhookVerify;
 use aa_recurring::webhook_auth::sign;
-use common::*;
 use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -478,10 +476,4 @@ proptest! {
         let (rt, app, consent) = shared();
         rt.block_on(throw(app, consent, s, n));
     }
-}
-
-/// Every test again on Postgres (or a loud note that it was skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

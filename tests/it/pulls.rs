@@ -1,12 +1,10 @@
 //! Pulls end to end, black-box: start, learn completion (webhook or polling), fetch, serve.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use aa_recurring::config::WebhookVerify;
 use aa_recurring::webhook_auth::sign;
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -838,10 +836,4 @@ async fn set_webhook_url(app: &TestApp) {
 
 async fn approve_against(app: &TestApp, link_id: &str) -> String {
     app.approved_consent(link_id, json!({})).await
-}
-
-/// The same tests on Postgres (or a loud note that they were skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

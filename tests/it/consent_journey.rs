@@ -1,11 +1,9 @@
 //! The consent journey, black-box: the service on port 0 against the sandbox over HTTP.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::{DateTime, Months, Utc};
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -468,10 +466,4 @@ async fn probes_answer() {
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ready");
-}
-
-/// The same tests on Postgres (or a loud note that they were skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

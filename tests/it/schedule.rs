@@ -1,15 +1,13 @@
 //! The recurring schedule, black-box, on an injected clock: months of pulls in seconds.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use aa_recurring::clock::{Clock, ManualClock};
 use aa_recurring::domain::ist;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -611,9 +609,4 @@ async fn a_capture_whose_job_dies_fails_its_session_with_job_failed() {
         "{session}"
     );
     assert_eq!(session["consents"], json!([]));
-}
-
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

@@ -1,8 +1,6 @@
 //! The simulator speaks BankConnect's language: paths, auth, bodies, error shapes and codes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -356,10 +354,4 @@ async fn status_and_data_say_not_yet_until_processing_is_done() {
         (status, code(&body)),
         (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND")
     );
-}
-
-/// The same tests on Postgres (or a loud note that they were skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

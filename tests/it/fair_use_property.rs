@@ -2,8 +2,6 @@
 //! more sent pulls than the consent and Sahamati allow. Runs the service's own code paths (the
 //! scheduler's tick, the API's planning, the submitter's ledger) against a real SQLite store.
 
-mod common;
-
 use std::sync::Arc;
 
 use aa_recurring::clock::{Clock, ManualClock};
@@ -63,7 +61,7 @@ fn unit() -> impl Strategy<Value = FrequencyUnit> {
 async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let store = connect(
-        &common::fresh_database(dir.path()).await,
+        &crate::common::fresh_database(dir.path()).await,
         &Default::default(),
     )
     .await
@@ -73,9 +71,9 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
         .unwrap()
         .with_timezone(&Utc);
     let clock = Arc::new(ManualClock::new(t0));
-    let st = common::bare_state(store.clone(), clock.clone());
+    let st = crate::common::bare_state(store.clone(), clock.clone());
 
-    let consent = common::insert_consent(&store, "c", use_case, unit, value, t0).await;
+    let consent = crate::common::insert_consent(&store, "c", use_case, unit, value, t0).await;
 
     let settings = SchedulerSettings::default();
     let mut sent: Vec<DateTime<Utc>> = vec![];
@@ -178,10 +176,4 @@ proptest! {
             .unwrap()
             .block_on(run_case(use_case, unit, value, ops));
     }
-}
-
-/// The same property on Postgres (or a loud note that it was skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

@@ -1,7 +1,5 @@
 //! The durable queue's contract, against a real SQLite file.
 
-mod common;
-
 use std::time::Duration;
 
 use aa_recurring::queue::{JobOutcome, NewJob, Task};
@@ -11,7 +9,7 @@ use chrono::Utc;
 async fn store() -> (DynStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = connect(
-        &common::fresh_database(dir.path()).await,
+        &crate::common::fresh_database(dir.path()).await,
         &Default::default(),
     )
     .await
@@ -255,7 +253,7 @@ async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batc
         .await
         .unwrap();
     // Fair-use ledger rows from before the longest budget window, and one from now.
-    let consent = common::insert_consent(
+    let consent = crate::common::insert_consent(
         &store,
         "c-ledger",
         UseCase::Monitoring,
@@ -276,7 +274,7 @@ async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batc
         .unwrap()
         .unwrap();
 
-    let state = common::bare_state(store.clone(), Arc::new(ManualClock::new(now)));
+    let state = crate::common::bare_state(store.clone(), Arc::new(ManualClock::new(now)));
     aa_recurring::housekeeping::run(&state).await.unwrap();
 
     assert_eq!(store.job_counts().await.unwrap(), vec![("dead".into(), 1)]);
@@ -290,10 +288,4 @@ async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batc
         vec![1],
         "only the recent ledger row is left"
     );
-}
-
-/// The same tests on Postgres (or a loud note that they were skipped).
-#[test]
-fn postgres_pass() {
-    common::postgres_pass();
 }

@@ -1,0 +1,47 @@
+//! Control endpoints for tests and load runs (not part of BankConnect): calls answered per
+//! endpoint, injected faults, and behaviour settings.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{Fault, FaultRequest, Sandbox, Settings};
+
+pub(super) async fn calls(State(sb): State<Sandbox>) -> Json<Value> {
+    Json(json!({"calls": sb.lock().calls}))
+}
+
+pub(super) async fn set_fault(
+    State(sb): State<Sandbox>,
+    Json(f): Json<FaultRequest>,
+) -> StatusCode {
+    sb.lock().faults.insert(
+        f.endpoint,
+        Fault {
+            status: f.status,
+            code: f.code,
+            delay_ms: f.delay_ms,
+            remaining: f.count,
+        },
+    );
+    StatusCode::NO_CONTENT
+}
+
+pub(super) async fn get_settings(State(sb): State<Sandbox>) -> Json<Settings> {
+    Json(sb.lock().settings.clone())
+}
+
+/// Replaces the settings; fields left out take their defaults.
+pub(super) async fn set_settings(
+    State(sb): State<Sandbox>,
+    Json(settings): Json<Settings>,
+) -> Json<Settings> {
+    sb.lock().settings = settings.clone();
+    Json(settings)
+}
+
+pub(super) async fn clear_faults(State(sb): State<Sandbox>) -> StatusCode {
+    sb.lock().faults.clear();
+    StatusCode::NO_CONTENT
+}
