@@ -1,11 +1,37 @@
 //! Persistence behind one trait, so SQLite (embedded) and Postgres (scale-out) are two
 //! implementations of the same contract. All SQL lives under this module.
 
-#[macro_use]
-mod sql;
+mod consents;
+mod data;
+mod db;
 pub mod group_commit;
-pub mod postgres;
-pub mod sqlite;
+mod housekeeping;
+mod jobs;
+mod ledger;
+mod pulls;
+mod rows;
+mod schedule;
+mod sessions;
+mod webhooks;
+
+pub use consents::ConsentStore;
+pub use data::DataStore;
+pub use db::{Dialect, SqlStore};
+pub use housekeeping::HousekeepingStore;
+pub use jobs::JobStore;
+pub use ledger::LedgerStore;
+pub use pulls::PullStore;
+pub use schedule::ScheduleStore;
+pub use sessions::SessionStore;
+pub use webhooks::WebhookStore;
+
+/// Every part of the store, for `use crate::store::prelude::*` where the store is called.
+pub mod prelude {
+    pub use super::{
+        ConsentStore, DataStore, HousekeepingStore, JobStore, LedgerStore, PullStore,
+        ScheduleStore, SessionStore, Store, WebhookStore,
+    };
+}
 
 use std::sync::Arc;
 
@@ -15,8 +41,7 @@ use chrono::{DateTime, Utc};
 pub use crate::config::PoolSettings;
 use crate::domain::consent::{Consent, ConsentStatus};
 use crate::domain::pull::{Pull, PullKind, PullStatus};
-use crate::domain::session::{Session, SessionStatus};
-use crate::queue::{Job, JobOutcome, NewJob};
+use crate::queue::NewJob;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -246,259 +271,34 @@ pub struct InboxEvent {
     pub received_at: DateTime<Utc>,
 }
 
+/// Persistence, grouped by concern: one trait per aggregate, each in its own file with its
+/// SQL. One implementation ([`SqlStore`]) serves SQLite and Postgres.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    SessionStore
+    + ConsentStore
+    + PullStore
+    + LedgerStore
+    + DataStore
+    + ScheduleStore
+    + WebhookStore
+    + JobStore
+    + HousekeepingStore
+    + Send
+    + Sync
+    + 'static
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// Answers only when the database does.
     async fn ping(&self) -> StoreResult<()>;
-
-    async fn insert_session(&self, s: &Session) -> StoreResult<()>;
-    async fn get_session(&self, session_id: &str) -> StoreResult<Option<Session>>;
-    /// The browser came back approved: moves the session to `capturing` (unless it is already
-    /// `completed`) and enqueues `job` in the same transaction, so the capture survives a crash.
-    async fn begin_capture(
-        &self,
-        session_id: &str,
-        job: &NewJob,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Session>;
-    /// The browser came back denied: only a `pending` session becomes `abandoned`, so a stale
-    /// or replayed denial never undoes an approval.
-    async fn abandon_session(&self, session_id: &str, now: DateTime<Utc>) -> StoreResult<Session>;
-    /// Stores the consents (existing ones are left as they are) and marks the session
-    /// `completed`, in one transaction.
-    async fn complete_session(
-        &self,
-        session_id: &str,
-        consents: &[Consent],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-    /// Records why capturing failed; `status` is `capturing` (will be retried) or `failed`.
-    async fn record_session_error(
-        &self,
-        session_id: &str,
-        status: SessionStatus,
-        code: &str,
-        message: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// A capture whose job died: a session still `capturing` becomes `failed` with `code`.
-    /// A session that already failed keeps the upstream's reason. False if nothing changed.
-    async fn fail_capture(
-        &self,
-        session_id: &str,
-        code: &str,
-        message: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-
-    async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>>;
-    async fn list_consents(&self, filter: &ConsentFilter) -> StoreResult<ConsentPage>;
-    async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>>;
-
-    async fn set_consent_status(
-        &self,
-        consent_id: &str,
-        status: ConsentStatus,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-    /// No pull is sent for the consent before `until` (the upstream said it was overused).
-    async fn block_consent_until(
-        &self,
-        consent_id: &str,
-        until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Creates a pull and its submit job in one transaction, honouring the idempotency key
-    /// and the fair-use budget.
-    async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull>;
-    async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>>;
-    async fn pull_by_upstream_session(
-        &self,
-        upstream_session_id: &str,
-    ) -> StoreResult<Option<Pull>>;
-    async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
-    /// The end of the newest completed pull's window: where the next default window starts.
-    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
-    /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if
-    /// every `(window start, max)` of the consent's budget allows one more. Returns the
-    /// attempt's id, or `None` when the budget is spent. Atomic, so concurrent submitters
-    /// cannot overspend.
-    async fn reserve_attempt(
-        &self,
-        consent_id: &str,
-        pull_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<i64>>;
-    /// Fetch Recurring AA Data calls sent for the consent in each current window of `budget`
-    /// (`(window start, max)`, as `fair_use::budget_windows` gives them).
-    async fn attempts_since(
-        &self,
-        consent_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
-    ) -> StoreResult<Vec<u32>>;
-    /// Gives a reservation back: the call certainly never reached the upstream.
-    async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
-    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
-    /// webhook for that session that arrived first is queued for processing again.
-    async fn mark_submitted(
-        &self,
-        pull_id: &str,
-        upstream_session_id: &str,
-        poll: &NewJob,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-    /// `submitted` → `fetching`, and the fetch job, in one transaction. False if the pull was
-    /// not `submitted` (already handled by another event).
-    async fn start_fetching(
-        &self,
-        pull_id: &str,
-        fetch: &NewJob,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-    /// Ends a pull that is not yet terminal as `failed` or `expired`, and cancels its queued
-    /// jobs. False if it already ended.
-    async fn end_pull(
-        &self,
-        pull_id: &str,
-        status: PullStatus,
-        code: &str,
-        message: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-    /// Stores the data once, merges its transactions into the consent's timeline (each hash
-    /// once) and marks the pull `completed`, in one transaction.
-    async fn complete_pull(
-        &self,
-        consent_id: &str,
-        data: &StoredData,
-        timeline: &[TimelineEntry],
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-    async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>>;
-    /// The deadline sweep: up to `limit` pulls still open that were accepted before
-    /// `created_before` become `expired` with `code` and `message`, and their queued jobs are
-    /// cancelled. Returns their ids.
-    async fn expire_overdue_pulls(
-        &self,
-        created_before: DateTime<Utc>,
-        code: &str,
-        message: &str,
-        limit: u32,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Vec<String>>;
-    /// A consent's merged transactions from `from` to `to` (inclusive dates), oldest first.
-    async fn timeline(
-        &self,
-        consent_id: &str,
-        from: chrono::NaiveDate,
-        to: chrono::NaiveDate,
-        after: Option<&TimelineCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<(TimelineCursor, TimelineEntry)>>;
-
-    /// Active consents whose `next_pull_at` has come, soonest first, through an index.
-    async fn due_consents(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Consent>>;
-    /// Fires a batch of scheduled pulls in one transaction.
-    async fn fire_scheduled(
-        &self,
-        batch: &[ScheduledPull],
-        now: DateTime<Utc>,
-    ) -> StoreResult<FireReport>;
-    /// `active` → `paused`. `None` if the consent does not exist; unchanged if not active.
-    async fn pause_consent(
-        &self,
-        consent_id: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Consent>>;
-    /// `paused` → `active` with the schedule restarting at `next_pull_at`.
-    async fn resume_consent(
-        &self,
-        consent_id: &str,
-        next_pull_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Consent>>;
-    /// Sets the consent's own pull spacing and reschedules its next pull.
-    async fn set_pull_interval(
-        &self,
-        consent_id: &str,
-        secs: Option<i64>,
-        next_pull_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Consent>>;
-    /// Active or paused consents past their tenure become `expired`. Returns how many.
-    async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64>;
-    /// One batch of housekeeping: at most `limit` rows of each kind in [`Purge`], each kind in
-    /// its own short transaction so that intake never waits long for the writer. Purged pulls
-    /// stay, marked purged. Call again while any count reaches `limit`.
-    async fn purge_batch(
-        &self,
-        purge: &Purge,
-        limit: u32,
-        now: DateTime<Utc>,
-    ) -> StoreResult<PurgeReport>;
-
-    /// Stores a batch of authentic webhooks, each with its processing job, in one
-    /// transaction (group commit). Returns, per webhook, false when the same delivery was
-    /// stored before (nothing is enqueued for it then).
-    async fn record_webhooks(
-        &self,
-        batch: &[NewWebhook],
-        now: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>>;
-    async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
-
-    /// Inserts a job; a no-op while a live job has the same dedupe key.
-    async fn enqueue_job(&self, job: &NewJob, now: DateTime<Utc>) -> StoreResult<()>;
-    /// Leases up to `limit` due jobs (or jobs whose lease expired) to `owner` until
-    /// `lease_until`, counting an attempt for each.
-    async fn claim_jobs(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<Job>>;
-    /// Extends a lease this owner still holds; false when it was lost.
-    async fn extend_lease(
-        &self,
-        job_id: i64,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-    /// Ends this owner's attempt at a job. Does nothing if the lease was lost meanwhile.
-    async fn finish_job(
-        &self,
-        job_id: i64,
-        owner: &str,
-        outcome: &JobOutcome,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-    /// Counts jobs by status, for tests and operators.
-    async fn job_counts(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store that `database_url` names: `sqlite:…` or `postgres:…`.
 pub async fn connect(database_url: &str, settings: &PoolSettings) -> StoreResult<DynStore> {
-    if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::connect(database_url, settings).await?,
-        ))
-    } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-        Ok(Arc::new(
-            postgres::PgStore::connect(database_url, settings).await?,
-        ))
-    } else {
-        Err(StoreError::Unsupported(
-            "DATABASE_URL must start with sqlite: or postgres:",
-        ))
-    }
+    Ok(Arc::new(SqlStore::connect(database_url, settings).await?))
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {

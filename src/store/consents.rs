@@ -1,0 +1,183 @@
+//! Consents: read, listed, and their status and spacing changed.
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::db::*;
+use super::rows::*;
+use super::*;
+use crate::domain::consent::{Consent, ConsentStatus};
+
+/// Consents: read, listed, and their status and spacing changed.
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>>;
+    async fn list_consents(&self, filter: &ConsentFilter) -> StoreResult<ConsentPage>;
+    async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>>;
+    async fn set_consent_status(
+        &self,
+        consent_id: &str,
+        status: ConsentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// No pull is sent for the consent before `until` (the upstream said it was overused).
+    async fn block_consent_until(
+        &self,
+        consent_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// `active` → `paused`. `None` if the consent does not exist; unchanged if not active.
+    async fn pause_consent(
+        &self,
+        consent_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+    /// `paused` → `active` with the schedule restarting at `next_pull_at`.
+    async fn resume_consent(
+        &self,
+        consent_id: &str,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+    /// Sets the consent's own pull spacing and reschedules its next pull.
+    async fn set_pull_interval(
+        &self,
+        consent_id: &str,
+        secs: Option<i64>,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>>;
+}
+
+#[async_trait]
+impl ConsentStore for SqlStore {
+    async fn get_consent(&self, consent_id: &str) -> StoreResult<Option<Consent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+        ))
+        .bind(consent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| consent_from_row(&r).map(|(_, c)| c))
+            .transpose()
+    }
+
+    async fn list_consents(&self, f: &ConsentFilter) -> StoreResult<ConsentPage> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents
+             WHERE ($1 IS NULL OR link_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
+             ORDER BY seq LIMIT $4"
+        ))
+        .bind(f.link_id.as_deref())
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(consent_from_row).collect()
+    }
+
+    async fn consents_for_session(&self, session_id: &str) -> StoreResult<Vec<Consent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE session_id = $1 ORDER BY seq"
+        ))
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| consent_from_row(r).map(|(_, c)| c))
+            .collect()
+    }
+
+    async fn set_consent_status(
+        &self,
+        consent_id: &str,
+        status: ConsentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let ended = matches!(
+            status,
+            ConsentStatus::Revoked | ConsentStatus::Expired | ConsentStatus::Invalid
+        );
+        sqlx::query(
+            "UPDATE consents SET status = $1, ended_at = CASE WHEN $2 THEN COALESCE(ended_at, $3) END, updated_at = $4
+             WHERE consent_id = $5",
+        )
+        .bind(status.as_str())
+        .bind(ended)
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn block_consent_until(
+        &self,
+        consent_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE consents SET pull_blocked_until = CASE WHEN COALESCE(pull_blocked_until, 0) > $1 THEN pull_blocked_until ELSE $1 END, updated_at = $2
+             WHERE consent_id = $3",
+        )
+        .bind(to_ms(until))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pause_consent(
+        &self,
+        consent_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query("UPDATE consents SET status = 'paused', updated_at = $1 WHERE consent_id = $2 AND status = 'active'")
+            .bind(to_ms(now))
+            .bind(consent_id)
+            .execute(&self.pool)
+            .await?;
+        self.get_consent(consent_id).await
+    }
+
+    async fn resume_consent(
+        &self,
+        consent_id: &str,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query(
+            "UPDATE consents SET status = 'active', next_pull_at = $1, updated_at = $2
+             WHERE consent_id = $3 AND status = 'paused'",
+        )
+        .bind(to_ms(next_pull_at))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        self.get_consent(consent_id).await
+    }
+
+    async fn set_pull_interval(
+        &self,
+        consent_id: &str,
+        secs: Option<i64>,
+        next_pull_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Consent>> {
+        sqlx::query(
+            "UPDATE consents SET pull_interval_secs = $1, next_pull_at = $2, updated_at = $3 WHERE consent_id = $4",
+        )
+        .bind(secs)
+        .bind(to_ms(next_pull_at))
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&self.pool)
+        .await?;
+        self.get_consent(consent_id).await
+    }
+}

@@ -1,0 +1,311 @@
+//! The one SQL implementation of the store, for SQLite and Postgres alike, through sqlx's
+//! `Any` driver: the schema binds only integers, text, bytes and booleans, and placeholders are
+//! `$N`, which both read. What differs is a [`Dialect`]: how a write transaction begins, how a
+//! consent's budget check is serialised, and how jobs are claimed.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+
+use super::rows::*;
+use super::*;
+use crate::domain::pull::Pull;
+use crate::domain::session::Session;
+use crate::queue::NewJob;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The few statements where the two databases differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Embedded: WAL, `synchronous=FULL`, one writer. Every write transaction is
+    /// `BEGIN IMMEDIATE`, so writers queue instead of deadlocking, and it already holds the
+    /// only write lock (no row locks needed).
+    Sqlite,
+    /// Several instances: budget checks lock the consent's row, and jobs are claimed with
+    /// `FOR UPDATE SKIP LOCKED` so instances never wait on each other's jobs.
+    Postgres,
+}
+
+impl Dialect {
+    /// Leases due jobs and jobs whose lease expired, counting an attempt for each.
+    pub(super) fn claim_jobs(self) -> &'static str {
+        match self {
+            // One statement, so it is atomic under SQLite's single writer.
+            Dialect::Sqlite => {
+                "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2,
+                    attempts = attempts + 1, updated_at = $3
+                WHERE id IN (
+                    SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3
+                    UNION ALL
+                    SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= $3
+                    LIMIT $4)
+                RETURNING id, kind, payload, attempts, max_attempts"
+            }
+            Dialect::Postgres => {
+                "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2,
+                    attempts = attempts + 1, updated_at = $3
+                WHERE id IN (
+                    SELECT id FROM jobs
+                    WHERE (status = 'queued' AND run_at <= $3) OR (status = 'running' AND lease_expires_at <= $3)
+                    ORDER BY run_at
+                    LIMIT $4
+                    FOR UPDATE SKIP LOCKED)
+                RETURNING id, kind, payload, attempts, max_attempts"
+            }
+        }
+    }
+}
+
+/// The store: a pool and its dialect.
+pub struct SqlStore {
+    pub(super) pool: AnyPool,
+    pub(super) dialect: Dialect,
+}
+
+impl SqlStore {
+    /// Opens `sqlite:…` (the file and its folder are created if missing) or `postgres:…`.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout);
+        if url.starts_with("sqlite:") {
+            // A relative file path needs its folder; `sqlite://data/x.db` must work on a
+            // fresh clone.
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+            let file = options.get_filename();
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+                && !Path::new(dir).exists()
+                && file != Path::new(":memory:")
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            }
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let busy = Duration::from_secs(10).as_millis();
+            let pool = pool
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;"
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+            Ok(Self {
+                pool,
+                dialect: Dialect::Sqlite,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self {
+                pool: pool.connect(url).await?,
+                dialect: Dialect::Postgres,
+            })
+        } else {
+            Err(StoreError::Unsupported(
+                "DATABASE_URL must start with sqlite: or postgres:",
+            ))
+        }
+    }
+
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]).
+    pub(super) async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn session_in(conn: &mut AnyConnection, session_id: &str) -> StoreResult<Session> {
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
+    ))
+    .bind(session_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound("session"))?;
+    session_from_row(&row)
+}
+
+pub(super) async fn insert_job(
+    conn: &mut AnyConnection,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
+         VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(job.task.kind())
+    .bind(job.task.payload())
+    .bind(to_ms(job.run_at))
+    .bind(job.task.max_attempts())
+    .bind(job.task.dedupe_key())
+    .bind(job.task.pull_id())
+    .bind(to_ms(now))
+    .bind(to_ms(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Queued jobs of a pull that has moved on no longer run (all of them, or those of `kind`).
+pub(super) async fn cancel_pull_jobs(
+    conn: &mut AnyConnection,
+    pull_id: &str,
+    kind: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', updated_at = $1
+         WHERE pull_id = $2 AND status = 'queued' AND ($3 IS NULL OR kind = $3)",
+    )
+    .bind(to_ms(now))
+    .bind(pull_id)
+    .bind(kind)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Serialises the budget-checking transactions of one consent across instances (a no-op
+/// where the transaction already holds the database's only write lock).
+pub(super) async fn lock_consent(
+    dialect: Dialect,
+    conn: &mut AnyConnection,
+    consent_id: &str,
+) -> StoreResult<()> {
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR UPDATE")
+            .bind(consent_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Fetch Recurring AA Data calls sent for a consent since `start`.
+pub(super) async fn sent_since(
+    conn: &mut AnyConnection,
+    consent_id: &str,
+    start: DateTime<Utc>,
+) -> StoreResult<u32> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = $1 AND sent_at >= $2",
+    )
+    .bind(consent_id)
+    .bind(to_ms(start))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n as u32)
+}
+
+/// Whether one more pull fits every `(window start, max)` of a consent's budget. With
+/// `count_queued`, pulls accepted but not yet sent count as well, since each will send.
+pub(super) async fn budget_allows(
+    conn: &mut AnyConnection,
+    consent_id: &str,
+    budget: &[(DateTime<Utc>, u32)],
+    count_queued: bool,
+) -> StoreResult<bool> {
+    let queued: i64 = if count_queued {
+        sqlx::query_scalar("SELECT COUNT(*) FROM pulls WHERE consent_id = $1 AND status = 'queued'")
+            .bind(consent_id)
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        0
+    };
+    for (start, max) in budget {
+        if i64::from(sent_since(conn, consent_id, *start).await?) + queued >= i64::from(*max) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> StoreResult<()> {
+    let p = &new.pull;
+    sqlx::query(
+        "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
+                            created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&p.pull_id)
+    .bind(&p.consent_id)
+    .bind(p.kind.as_str())
+    .bind(p.status.as_str())
+    .bind(p.from.to_string())
+    .bind(p.to.to_string())
+    .bind(new.idempotency_key.as_deref())
+    .bind(&new.request_hash)
+    .bind(to_ms(p.created_at))
+    .bind(to_ms(p.updated_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn pull_where(
+    conn: &mut AnyConnection,
+    column: &str,
+    value: &str,
+) -> StoreResult<Option<Pull>> {
+    let row = sqlx::query(&format!(
+        "SELECT {PULL_COLUMNS} FROM pulls WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| pull_from_row(&r).map(|(_, p)| p)).transpose()
+}
+
+/// `VALUES` placeholders for `rows` rows of `columns` columns, numbered from `$1`. (sqlx's
+/// `QueryBuilder` writes `?` for the `Any` driver, which Postgres does not read.)
+pub(super) fn values_list(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

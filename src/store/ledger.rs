@@ -1,0 +1,80 @@
+//! The fair-use ledger: every Fetch Recurring AA Data call that may have reached the upstream.
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::db::*;
+use super::*;
+
+/// The fair-use ledger: every Fetch Recurring AA Data call that may have reached the upstream.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if
+    /// every `(window start, max)` of the consent's budget allows one more. Returns the
+    /// attempt's id, or `None` when the budget is spent. Atomic, so concurrent submitters
+    /// cannot overspend.
+    async fn reserve_attempt(
+        &self,
+        consent_id: &str,
+        pull_id: &str,
+        budget: &[(DateTime<Utc>, u32)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>>;
+    /// Fetch Recurring AA Data calls sent for the consent in each current window of `budget`
+    /// (`(window start, max)`, as `fair_use::budget_windows` gives them).
+    async fn attempts_since(
+        &self,
+        consent_id: &str,
+        budget: &[(DateTime<Utc>, u32)],
+    ) -> StoreResult<Vec<u32>>;
+    /// Gives a reservation back: the call certainly never reached the upstream.
+    async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
+}
+
+#[async_trait]
+impl LedgerStore for SqlStore {
+    async fn reserve_attempt(
+        &self,
+        consent_id: &str,
+        pull_id: &str,
+        budget: &[(DateTime<Utc>, u32)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.write_tx().await?;
+        lock_consent(self.dialect, &mut tx, consent_id).await?;
+        if !budget_allows(&mut tx, consent_id, budget, false).await? {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO pull_attempts (consent_id, pull_id, sent_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(consent_id)
+        .bind(pull_id)
+        .bind(to_ms(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    async fn attempts_since(
+        &self,
+        consent_id: &str,
+        budget: &[(DateTime<Utc>, u32)],
+    ) -> StoreResult<Vec<u32>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(budget.len());
+        for (start, _) in budget {
+            out.push(sent_since(&mut conn, consent_id, *start).await?);
+        }
+        Ok(out)
+    }
+
+    async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM pull_attempts WHERE id = $1")
+            .bind(attempt_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! Pulls through their life: created within budget, sent, fetched and ended.
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use super::db::*;
+use super::rows::*;
+use super::*;
+use crate::domain::pull::{Pull, PullStatus};
+use crate::queue::{NewJob, Task};
+
+/// Pulls through their life: created within budget, sent, fetched and ended.
+#[async_trait]
+pub trait PullStore: Send + Sync {
+    /// Creates a pull and its submit job in one transaction, honouring the idempotency key
+    /// and the fair-use budget.
+    async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull>;
+    async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>>;
+    async fn pull_by_upstream_session(
+        &self,
+        upstream_session_id: &str,
+    ) -> StoreResult<Option<Pull>>;
+    async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
+    /// The end of the newest completed pull's window: where the next default window starts.
+    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
+    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
+    /// webhook for that session that arrived first is queued for processing again.
+    async fn mark_submitted(
+        &self,
+        pull_id: &str,
+        upstream_session_id: &str,
+        poll: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// `submitted` → `fetching`, and the fetch job, in one transaction. False if the pull was
+    /// not `submitted` (already handled by another event).
+    async fn start_fetching(
+        &self,
+        pull_id: &str,
+        fetch: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Ends a pull that is not yet terminal as `failed` or `expired`, and cancels its queued
+    /// jobs. False if it already ended.
+    async fn end_pull(
+        &self,
+        pull_id: &str,
+        status: PullStatus,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Stores the data once, merges its transactions into the consent's timeline (each hash
+    /// once) and marks the pull `completed`, in one transaction.
+    async fn complete_pull(
+        &self,
+        consent_id: &str,
+        data: &StoredData,
+        timeline: &[TimelineEntry],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// The deadline sweep: up to `limit` pulls still open that were accepted before
+    /// `created_before` become `expired` with `code` and `message`, and their queued jobs are
+    /// cancelled. Returns their ids.
+    async fn expire_overdue_pulls(
+        &self,
+        created_before: DateTime<Utc>,
+        code: &str,
+        message: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>>;
+}
+
+#[async_trait]
+impl PullStore for SqlStore {
+    async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull> {
+        let p = &new.pull;
+        let mut tx = self.write_tx().await?;
+        lock_consent(self.dialect, &mut tx, &p.consent_id).await?;
+        if let Some(key) = &new.idempotency_key {
+            let row = sqlx::query(&format!(
+                "SELECT {PULL_COLUMNS}, request_hash FROM pulls WHERE consent_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(&p.consent_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let hash: Option<String> = row.try_get("request_hash")?;
+                let (_, pull) = pull_from_row(&row)?;
+                tx.commit().await?;
+                return Ok(CreatePull::Existing {
+                    pull,
+                    same_request: hash.as_deref() == Some(new.request_hash.as_str()),
+                });
+            }
+        }
+        if !budget_allows(&mut tx, &p.consent_id, &new.budget, true).await? {
+            tx.commit().await?;
+            return Ok(CreatePull::OverBudget);
+        }
+        insert_pull(&mut tx, new).await?;
+        insert_job(&mut tx, job, p.created_at).await?;
+        tx.commit().await?;
+        Ok(CreatePull::Created(p.clone()))
+    }
+
+    async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>> {
+        let mut conn = self.pool.acquire().await?;
+        pull_where(&mut conn, "pull_id", pull_id).await
+    }
+
+    async fn pull_by_upstream_session(
+        &self,
+        upstream_session_id: &str,
+    ) -> StoreResult<Option<Pull>> {
+        let mut conn = self.pool.acquire().await?;
+        pull_where(&mut conn, "upstream_session_id", upstream_session_id).await
+    }
+
+    async fn list_pulls(&self, f: &PullFilter) -> StoreResult<Vec<(i64, Pull)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PULL_COLUMNS} FROM pulls
+             WHERE ($1 IS NULL OR consent_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
+             ORDER BY seq LIMIT $4"
+        ))
+        .bind(f.consent_id.as_deref())
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pull_from_row).collect()
+    }
+
+    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<NaiveDate>> {
+        let v: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT MAX(to_date) FROM pulls WHERE consent_id = $1 AND status = 'completed'",
+        )
+        .bind(consent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        opt_date(v.flatten())
+    }
+
+    async fn mark_submitted(
+        &self,
+        pull_id: &str,
+        upstream_session_id: &str,
+        poll: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE pulls SET status = 'submitted', upstream_session_id = $1, submitted_at = $2, updated_at = $3,
+                    error_code = NULL, error_message = NULL
+             WHERE pull_id = $4 AND status = 'queued'",
+        )
+        .bind(upstream_session_id)
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_job(&mut tx, poll, now).await?;
+        // A webhook that overtook this commit found no pull; process it again now.
+        let early: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
+                .bind(upstream_session_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for inbox_id in early {
+            insert_job(
+                &mut tx,
+                &NewJob::new(Task::ProcessWebhook { inbox_id }, now),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_fetching(
+        &self,
+        pull_id: &str,
+        fetch: &NewJob,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let moved = sqlx::query(
+            "UPDATE pulls SET status = 'fetching', updated_at = $1 WHERE pull_id = $2 AND status = 'submitted'",
+        )
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if moved {
+            // The webhook's safety net is not needed any more.
+            let poll = Task::PollPull {
+                pull_id: pull_id.to_string(),
+            };
+            cancel_pull_jobs(&mut tx, pull_id, Some(poll.kind()), now).await?;
+            insert_job(&mut tx, fetch, now).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn end_pull(
+        &self,
+        pull_id: &str,
+        status: PullStatus,
+        code: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let ended = sqlx::query(
+            "UPDATE pulls SET status = $1, error_code = $2, error_message = $3, updated_at = $4
+             WHERE pull_id = $5 AND status IN ('queued', 'submitted', 'fetching')",
+        )
+        .bind(status.as_str())
+        .bind(code)
+        .bind(message)
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn complete_pull(
+        &self,
+        consent_id: &str,
+        d: &StoredData,
+        timeline: &[TimelineEntry],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO pull_data (pull_id, kind, content_encoding, body, raw_size, fetched_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pull_id) DO NOTHING",
+        )
+        .bind(&d.pull_id)
+        .bind(d.kind.as_str())
+        .bind(&d.content_encoding)
+        .bind(&d.body)
+        .bind(d.raw_size)
+        .bind(to_ms(d.fetched_at))
+        .execute(&mut *tx)
+        .await?;
+        for t in timeline {
+            sqlx::query(
+                "INSERT INTO transactions (consent_id, hash, txn_at, pull_id, body, fetched_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consent_id, hash) DO NOTHING",
+            )
+            .bind(consent_id)
+            .bind(&t.hash)
+            .bind(&t.txn_at)
+            .bind(&t.pull_id)
+            .bind(t.body.to_string())
+            .bind(to_ms(d.fetched_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,
+                    error_code = NULL, error_message = NULL
+             WHERE pull_id = $3 AND status IN ('submitted', 'fetching')",
+        )
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(&d.pull_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn expire_overdue_pulls(
+        &self,
+        created_before: DateTime<Utc>,
+        code: &str,
+        message: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>> {
+        let mut tx = self.write_tx().await?;
+        let expired: Vec<String> = sqlx::query_scalar(
+            "UPDATE pulls SET status = 'expired', error_code = $1, error_message = $2, updated_at = $3
+             WHERE status IN ('queued', 'submitted', 'fetching') AND pull_id IN (
+                SELECT pull_id FROM pulls
+                WHERE status IN ('queued', 'submitted', 'fetching') AND created_at < $4
+                LIMIT $5)
+             RETURNING pull_id",
+        )
+        .bind(code)
+        .bind(message)
+        .bind(to_ms(now))
+        .bind(to_ms(created_before))
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        for pull_id in &expired {
+            cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
+    }
+}
