@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use aa_recurring::config::{Config, LogFormat};
+use aa_recurring::config::{Config, LogFormat, Settings};
 use aa_recurring::startup::{App, RunOptions};
 
 #[derive(Parser)]
@@ -26,36 +26,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP server and the job workers (the default).
-    Serve,
+    /// Run the HTTP server and the job workers (the default). Every setting is a flag or an
+    /// environment variable (a `.env` file is read too).
+    Serve(Box<Settings>),
     /// Apply pending database migrations and exit.
-    Migrate,
+    Migrate(Box<Settings>),
     /// Run the BankConnect simulator alone (for load tests and separate-process setups).
     #[cfg(feature = "sandbox")]
-    Sandbox {
-        /// Where the simulator listens.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        bind: SocketAddr,
-        /// How browsers reach it (defaults to http://BIND).
-        #[arg(long)]
-        public_url: Option<String>,
-        /// Require this x-api-key (default: accept any non-empty one).
-        #[arg(long, env = "SANDBOX_API_KEY")]
-        api_key: Option<String>,
-        /// Require this server-hash (default: accept any non-empty one).
-        #[arg(long, env = "SANDBOX_SERVER_HASH")]
-        server_hash: Option<String>,
-        /// Where pull webhooks go, comma-separated for several instances (taken in turn);
-        /// can also be set through the update_webhook API.
-        #[arg(long, env = "SANDBOX_WEBHOOK_URL", value_delimiter = ',')]
-        webhook_url: Vec<String>,
-        /// How webhooks are signed: secret-key, hmac-sha256 or standard-webhooks.
-        #[arg(long, env = "WEBHOOK_VERIFY", default_value = "hmac-sha256")]
-        webhook_verify: String,
-        /// The secret webhooks are signed with (the first of WEBHOOK_SECRETS by default).
-        #[arg(long)]
-        webhook_secret: Option<String>,
-    },
+    Sandbox(SandboxArgs),
+}
+
+/// `aa-recurring sandbox`: the simulator's own options.
+#[cfg(feature = "sandbox")]
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// Where the simulator listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    bind: SocketAddr,
+    /// How browsers reach it (defaults to http://BIND).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Require this x-api-key (default: accept any non-empty one).
+    #[arg(long, env = "SANDBOX_API_KEY")]
+    api_key: Option<String>,
+    /// Require this server-hash (default: accept any non-empty one).
+    #[arg(long, env = "SANDBOX_SERVER_HASH")]
+    server_hash: Option<String>,
+    /// Where pull webhooks go, comma-separated for several instances (taken in turn);
+    /// can also be set through the update_webhook API.
+    #[arg(long, env = "SANDBOX_WEBHOOK_URL", value_delimiter = ',')]
+    webhook_url: Vec<String>,
+    /// How webhooks are signed: secret-key, hmac-sha256 or standard-webhooks.
+    #[arg(long, env = "WEBHOOK_VERIFY", default_value = "hmac-sha256")]
+    webhook_verify: String,
+    /// The secret webhooks are signed with (default: the first of WEBHOOK_SECRETS, else the
+    /// sandbox's own).
+    #[arg(
+        long,
+        env = "WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    webhook_secret: Vec<String>,
+    /// `pretty` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    log_format: String,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -71,6 +86,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Before parsing: clap reads the environment, and `.env` belongs to it.
+    let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
@@ -83,10 +100,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve().await,
-        Command::Migrate => {
-            let config = Config::from_env()?;
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Serve(Box::new(Settings::from_lookup(|k| std::env::var(k).ok())))
+    });
+    match command {
+        Command::Serve(settings) => serve(Config::from_settings(&settings)?).await,
+        Command::Migrate(settings) => {
+            let config = Config::from_settings(&settings)?;
             init_tracing(config.log_format);
             let store = aa_recurring::store::connect(&config.database_url, &config.pool).await?;
             store.migrate().await?;
@@ -94,48 +114,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "sandbox")]
-        Command::Sandbox {
-            bind,
-            public_url,
-            api_key,
-            server_hash,
-            webhook_url,
-            webhook_verify,
-            webhook_secret,
-        } => {
-            sandbox(
-                bind,
-                public_url,
-                api_key,
-                server_hash,
-                webhook_url,
-                webhook_verify,
-                webhook_secret,
-            )
-            .await
-        }
+        Command::Sandbox(args) => sandbox(args).await,
     }
 }
 
 /// `aa-recurring sandbox`: the simulator alone, as a guest of this binary.
 #[cfg(feature = "sandbox")]
-async fn sandbox(
-    bind: SocketAddr,
-    public_url: Option<String>,
-    api_key: Option<String>,
-    server_hash: Option<String>,
-    webhook_url: Vec<String>,
-    webhook_verify: String,
-    webhook_secret: Option<String>,
-) -> anyhow::Result<()> {
+async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
+    let SandboxArgs {
+        bind,
+        public_url,
+        api_key,
+        server_hash,
+        webhook_url,
+        webhook_verify,
+        webhook_secret,
+        log_format,
+    } = args;
     use aa_recurring::sandbox::{Sandbox, SandboxConfig, WebhookTarget};
 
-    let _ = dotenvy::dotenv();
-    let format = match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("json") => LogFormat::Json,
-        _ => LogFormat::Pretty,
-    };
-    init_tracing(format);
+    init_tracing(LogFormat::parse(&log_format)?);
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let credentials = match (api_key, server_hash) {
@@ -150,12 +148,9 @@ async fn sandbox(
         )
     })?;
     let secret = webhook_secret
-        .or_else(|| {
-            std::env::var("WEBHOOK_SECRETS")
-                .ok()
-                .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
-                .filter(|s| !s.is_empty())
-        })
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
         .unwrap_or_else(|| scheme.sandbox_secret().to_string());
     let sandbox = Sandbox::new(SandboxConfig {
         public_url: public_url.unwrap_or_else(|| format!("http://{addr}")),
@@ -174,8 +169,7 @@ async fn sandbox(
     Ok(())
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format);
     let listener = TcpListener::bind(config.bind_addr).await?;
     let banner = banner(&config);

@@ -1,4 +1,4 @@
-//! Environment → validated [`Config`].
+//! Environment → validated [`Config`]. The variables are declared in [`settings`].
 //!
 //! Every variable is read in one place so that a misconfiguration fails at start with the
 //! variable's name, not later inside a request.
@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+pub mod settings;
+pub use settings::*;
 use url::Url;
 
 /// Connection pool sizing, from `DATABASE_MAX_CONNECTIONS` and `DATABASE_ACQUIRE_TIMEOUT_SECS`.
@@ -30,13 +33,13 @@ impl Default for PoolSettings {
 #[derive(Debug, thiserror::Error)]
 #[error("{var}: {message}")]
 pub struct ConfigError {
-    pub var: &'static str,
+    pub var: String,
     pub message: String,
 }
 
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+fn err(var: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
-        var,
+        var: var.to_string(),
         message: message.into(),
     }
 }
@@ -53,6 +56,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// `LOG_FORMAT`: `pretty` or `json`.
+    pub fn parse(v: &str) -> Result<Self, ConfigError> {
+        match v.trim() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(err(
+                "LOG_FORMAT",
+                format!("must be `pretty` or `json`, got `{other}`"),
+            )),
+        }
+    }
+}
+
 /// How a webhook proves it came from BankConnect (docs/bankconnect.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookVerify {
@@ -61,7 +78,7 @@ pub enum WebhookVerify {
     StandardWebhooks,
 }
 
-crate::domain::consent::string_enum!(WebhookVerify {
+crate::domain::string_enum!(WebhookVerify {
     SecretKey => "secret-key",
     HmacSha256 => "hmac-sha256",
     StandardWebhooks => "standard-webhooks",
@@ -174,9 +191,15 @@ impl Config {
     /// Builds a config from any lookup, so tests can pass a map instead of mutating the
     /// process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_lookup(get))
+    }
+
+    /// Validates the settings as given (on the command line or in the environment).
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         // An empty variable means "unset": `.env` files often carry `KEY=`.
         let get = |k: &str| {
-            get(k)
+            settings
+                .get(k)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
@@ -314,16 +337,10 @@ impl Config {
         let max_concurrent_requests = number(&MAX_CONCURRENT_REQUESTS)? as usize;
         let webhook_body_limit = number(&WEBHOOK_BODY_LIMIT_BYTES)? as usize;
 
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("pretty") => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(err(
-                    "LOG_FORMAT",
-                    format!("must be `pretty` or `json`, got `{other}`"),
-                ));
-            }
-        };
+        let log_format = get("LOG_FORMAT")
+            .map(|v| LogFormat::parse(&v))
+            .transpose()?
+            .unwrap_or(LogFormat::Pretty);
 
         if app_env == AppEnv::Production {
             if sandbox {
@@ -409,95 +426,6 @@ fn parse_url(var: &'static str, v: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// A numeric setting with its default and the range it must fall in. Every one is listed in
-/// [`NUMERIC_SETTINGS`], which the README's table follows.
-#[derive(Debug, Clone, Copy)]
-pub struct NumericSetting {
-    pub var: &'static str,
-    pub default: u64,
-    pub min: u64,
-    pub max: u64,
-}
-
-impl NumericSetting {
-    const fn new(var: &'static str, default: u64, min: u64, max: u64) -> Self {
-        Self {
-            var,
-            default,
-            min,
-            max,
-        }
-    }
-
-    /// The value of the variable, or the default when unset; refused outside the range.
-    pub fn parse(&self, v: Option<&str>) -> Result<u64, ConfigError> {
-        let Some(v) = v else {
-            return Ok(self.default);
-        };
-        match v.parse::<u64>() {
-            Ok(n) if (self.min..=self.max).contains(&n) => Ok(n),
-            _ => Err(err(
-                self.var,
-                format!(
-                    "must be a whole number from {} to {}, got `{v}`",
-                    self.min, self.max
-                ),
-            )),
-        }
-    }
-}
-
-const DAY_SECS: u64 = 86_400;
-pub const POLL_FALLBACK_AFTER_SECS: NumericSetting =
-    NumericSetting::new("POLL_FALLBACK_AFTER_SECS", 60, 1, DAY_SECS);
-pub const PULL_DEADLINE_SECS: NumericSetting =
-    NumericSetting::new("PULL_DEADLINE_SECS", DAY_SECS, 1, 30 * DAY_SECS);
-pub const BANKCONNECT_CONNECT_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("BANKCONNECT_CONNECT_TIMEOUT_SECS", 5, 1, 60);
-pub const BANKCONNECT_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("BANKCONNECT_TIMEOUT_SECS", 30, 1, 300);
-pub const BANKCONNECT_DOWNLOAD_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("BANKCONNECT_DOWNLOAD_TIMEOUT_SECS", 600, 1, 3600);
-pub const DATA_RETENTION_DAYS: NumericSetting =
-    NumericSetting::new("DATA_RETENTION_DAYS", 30, 1, 3650);
-pub const PULL_INTERVAL_MIN_SECS: NumericSetting =
-    NumericSetting::new("PULL_INTERVAL_MIN_SECS", 0, 1, 366 * DAY_SECS);
-pub const DATABASE_MAX_CONNECTIONS: NumericSetting =
-    NumericSetting::new("DATABASE_MAX_CONNECTIONS", 10, 1, 1000);
-pub const DATABASE_ACQUIRE_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("DATABASE_ACQUIRE_TIMEOUT_SECS", 5, 1, 300);
-pub const JOB_LEASE_SECS: NumericSetting = NumericSetting::new("JOB_LEASE_SECS", 60, 1, 3600);
-pub const HEADER_READ_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("HEADER_READ_TIMEOUT_SECS", 10, 1, 300);
-pub const REQUEST_TIMEOUT_SECS: NumericSetting =
-    NumericSetting::new("REQUEST_TIMEOUT_SECS", 60, 2, 3600);
-pub const MAX_CONCURRENT_REQUESTS: NumericSetting =
-    NumericSetting::new("MAX_CONCURRENT_REQUESTS", 1024, 1, 100_000);
-pub const WEBHOOK_BODY_LIMIT_BYTES: NumericSetting = NumericSetting::new(
-    "WEBHOOK_BODY_LIMIT_BYTES",
-    256 * 1024,
-    1024,
-    16 * 1024 * 1024,
-);
-
-/// Every numeric setting, with its default and range.
-pub const NUMERIC_SETTINGS: &[NumericSetting] = &[
-    POLL_FALLBACK_AFTER_SECS,
-    PULL_DEADLINE_SECS,
-    BANKCONNECT_CONNECT_TIMEOUT_SECS,
-    BANKCONNECT_TIMEOUT_SECS,
-    BANKCONNECT_DOWNLOAD_TIMEOUT_SECS,
-    DATA_RETENTION_DAYS,
-    PULL_INTERVAL_MIN_SECS,
-    DATABASE_MAX_CONNECTIONS,
-    DATABASE_ACQUIRE_TIMEOUT_SECS,
-    JOB_LEASE_SECS,
-    HEADER_READ_TIMEOUT_SECS,
-    REQUEST_TIMEOUT_SECS,
-    MAX_CONCURRENT_REQUESTS,
-    WEBHOOK_BODY_LIMIT_BYTES,
-];
-
 fn split_list(v: Option<String>) -> Vec<String> {
     v.map(|v| {
         v.split(',')
@@ -510,175 +438,4 @@ fn split_list(v: Option<String>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults_are_sandbox_sqlite_with_a_generated_token() {
-        let c = cfg(&[]).unwrap();
-        assert!(c.is_sandbox());
-        assert_eq!(c.database_url, "sqlite://data/aa-recurring.db");
-        assert_eq!(
-            c.callback_url(),
-            "http://127.0.0.1:8080/bankconnect/callback"
-        );
-        assert!(c.api_token_generated);
-        assert_eq!(c.api_tokens.len(), 1);
-        assert_eq!(c.webhook_verify, WebhookVerify::HmacSha256);
-    }
-
-    #[test]
-    fn errors_name_the_variable() {
-        let e = cfg(&[("BIND_ADDR", "nonsense")]).unwrap_err();
-        assert_eq!(e.var, "BIND_ADDR");
-        let e = cfg(&[("POLL_FALLBACK_AFTER_SECS", "-3")]).unwrap_err();
-        assert_eq!(e.var, "POLL_FALLBACK_AFTER_SECS");
-        let e = cfg(&[("WEBHOOK_VERIFY", "md5")]).unwrap_err();
-        assert_eq!(e.var, "WEBHOOK_VERIFY");
-        let e = cfg(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
-        assert_eq!(e.var, "DATABASE_URL");
-        let e = cfg(&[("BANKCONNECT_BASE_URL", "https://x.example/bank-connect")]).unwrap_err();
-        assert_eq!(e.var, "BANKCONNECT_API_KEY");
-    }
-
-    #[test]
-    fn production_refuses_sandbox_and_missing_secrets() {
-        let e = cfg(&[("APP_ENV", "production")]).unwrap_err();
-        assert_eq!(e.var, "BANKCONNECT_BASE_URL");
-        let remote = [
-            ("APP_ENV", "production"),
-            ("BANKCONNECT_BASE_URL", "https://x.example/bank-connect"),
-            ("BANKCONNECT_API_KEY", "k"),
-            ("BANKCONNECT_SERVER_HASH", "h"),
-            ("WEBHOOK_VERIFY", "secret-key"),
-        ];
-        assert_eq!(cfg(&remote).unwrap_err().var, "WEBHOOK_SECRETS");
-        let mut with_secret = remote.to_vec();
-        with_secret.push(("WEBHOOK_SECRETS", "s1"));
-        assert_eq!(cfg(&with_secret).unwrap_err().var, "API_TOKENS");
-        with_secret.push(("API_TOKENS", "t1, t2"));
-        let c = cfg(&with_secret).unwrap();
-        assert!(!c.api_token_generated);
-        assert_eq!(c.api_tokens.len(), 2);
-    }
-
-    #[test]
-    fn every_numeric_setting_is_refused_outside_its_range() {
-        for s in NUMERIC_SETTINGS {
-            // REQUEST_TIMEOUT_SECS must also exceed BANKCONNECT_TIMEOUT_SECS: give it room.
-            let with = |v: &str| {
-                let mut pairs = vec![(s.var, v)];
-                if s.var == "REQUEST_TIMEOUT_SECS" {
-                    pairs.push(("BANKCONNECT_TIMEOUT_SECS", "1"));
-                } else {
-                    pairs.push(("REQUEST_TIMEOUT_SECS", "3600"));
-                }
-                cfg(&pairs)
-            };
-            let below = (s.min - 1).to_string();
-            let above = (s.max + 1).to_string();
-            for bad in [&below, &above, "4000000000000000000000", "x", "-1", "1.5"] {
-                assert_eq!(with(bad).unwrap_err().var, s.var, "{} = {bad}", s.var);
-            }
-            for good in [s.min, s.max] {
-                let r = with(&good.to_string());
-                assert!(r.is_ok(), "{} = {good}: {:?}", s.var, r.err());
-            }
-        }
-        // The bug this guards against: a retention that passed validation and then broke
-        // the scheduler's date arithmetic.
-        assert_eq!(
-            cfg(&[("DATA_RETENTION_DAYS", "4000000000")])
-                .unwrap_err()
-                .var,
-            "DATA_RETENTION_DAYS"
-        );
-        assert_eq!(
-            cfg(&[
-                ("BANKCONNECT_TIMEOUT_SECS", "60"),
-                ("REQUEST_TIMEOUT_SECS", "60")
-            ])
-            .unwrap_err()
-            .var,
-            "REQUEST_TIMEOUT_SECS"
-        );
-    }
-
-    #[test]
-    fn production_needs_https_and_an_explicit_webhook_scheme() {
-        let base = [
-            ("APP_ENV", "production"),
-            ("BANKCONNECT_BASE_URL", "https://x.example/bank-connect"),
-            ("BANKCONNECT_API_KEY", "k"),
-            ("BANKCONNECT_SERVER_HASH", "h"),
-            ("WEBHOOK_SECRETS", "s1"),
-            ("API_TOKENS", "t1"),
-        ];
-        assert_eq!(cfg(&base).unwrap_err().var, "WEBHOOK_VERIFY");
-        let mut ok = base.to_vec();
-        ok.push(("WEBHOOK_VERIFY", "secret-key"));
-        assert!(cfg(&ok).is_ok());
-        let mut plain = ok.clone();
-        plain[1] = ("BANKCONNECT_BASE_URL", "http://x.example/bank-connect");
-        assert_eq!(cfg(&plain).unwrap_err().var, "BANKCONNECT_BASE_URL");
-        // Development may use a plain-HTTP stand-in.
-        plain[0] = ("APP_ENV", "development");
-        assert!(cfg(&plain).is_ok());
-    }
-
-    #[test]
-    fn debug_output_hides_the_database_password() {
-        let c = cfg(&[(
-            "DATABASE_URL",
-            "postgres://aa:s3cr3t-pw@db.internal:5432/aa",
-        )])
-        .unwrap();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
-        assert!(shown.contains("db.internal"));
-    }
-
-    #[test]
-    fn standard_webhooks_secrets_need_the_prefix() {
-        let e = cfg(&[
-            ("WEBHOOK_VERIFY", "standard-webhooks"),
-            ("WEBHOOK_SECRETS", "plain"),
-        ])
-        .unwrap_err();
-        assert_eq!(e.var, "WEBHOOK_SECRETS");
-        let e = cfg(&[
-            ("WEBHOOK_VERIFY", "standard-webhooks"),
-            ("WEBHOOK_SECRETS", "whsec_not base64!"),
-        ])
-        .unwrap_err();
-        assert_eq!(e.var, "WEBHOOK_SECRETS");
-        let c = cfg(&[("WEBHOOK_VERIFY", "standard-webhooks")]).unwrap();
-        assert_eq!(
-            c.webhook_secrets.len(),
-            1,
-            "the sandbox gets a secret of its own"
-        );
-    }
-
-    #[test]
-    fn debug_output_never_shows_secrets() {
-        let c = cfg(&[
-            ("API_TOKENS", "very-secret-token"),
-            ("WEBHOOK_SECRETS", "hush"),
-        ])
-        .unwrap();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("very-secret-token"));
-        assert!(!shown.contains("hush"));
-        assert!(!shown.contains(SANDBOX_API_KEY));
-    }
-}
+mod tests;
