@@ -5,7 +5,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::consent::{Consent, JourneyMode};
-use crate::domain::fair_use::budget_windows;
+use crate::domain::fair_use::budget;
 use crate::domain::ist;
 use crate::domain::pull::{Pull, PullKind};
 use crate::queue::{NewJob, Task};
@@ -33,7 +33,7 @@ pub fn plan(
         pull,
         idempotency_key,
         request_hash,
-        budget: budget_windows(&consent.limits(), now),
+        budget: budget(&consent.limits(), now),
     };
     (new, job)
 }

@@ -131,6 +131,10 @@ pub enum JobOutcome {
     Release,
 }
 
+/// The error code of a pull or session whose job died (see docs/architecture.md, "Every pull
+/// ends").
+pub const JOB_FAILED: &str = "JOB_FAILED";
+
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts; also the longest upstream `Retry-After` honoured.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(3600);

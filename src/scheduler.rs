@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::consent::ConsentStatus;
-use crate::domain::fair_use::{budget_windows, check_all};
+use crate::domain::fair_use::{budget, check_all};
 use crate::domain::ist;
 use crate::domain::pull::{PullKind, next_window};
 use crate::state::AppState;
@@ -90,7 +90,7 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             let limits = consent.limits();
             let used = state
                 .store
-                .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
+                .attempts_since(&consent.consent_id, &budget(&limits, now))
                 .await?;
             // Keep to the consent's slots (no drift from late ticks); after a long stop, start
             // afresh from now rather than firing every missed slot.

@@ -21,7 +21,7 @@ use crate::domain::session::NewSession;
 pub use error::{BankConnectError, ConsentVerdict, ErrorClass};
 use wire::{
     ConsentDetail, ConsentDetailsResponse, FetchRecurringBody, SessionBody, SessionCreated,
-    SessionIdResponse, SessionStatus, to_wire_date,
+    SessionIdResponse, SessionStatusAnswer, to_wire_date,
 };
 
 /// Enriched data as received, gzip-compressed on the way in so that a several-MB payload
@@ -157,7 +157,7 @@ impl BankConnectClient {
     pub async fn session_status(
         &self,
         session_id: &str,
-    ) -> Result<Option<SessionStatus>, BankConnectError> {
+    ) -> Result<Option<SessionStatusAnswer>, BankConnectError> {
         let path = format!("session_data/{}/session_status/", path_segment(session_id));
         match self.send(self.http.get(self.url(&path))).await {
             Ok(s) => Ok(Some(s)),

@@ -141,7 +141,7 @@ impl AccountStatus {
 
 /// `GET /v1/session_data/<id>/session_status/` once processing has finished.
 #[derive(Debug, Clone, Deserialize)]
-pub struct SessionStatus {
+pub struct SessionStatusAnswer {
     #[serde(default)]
     pub insights_available: Option<bool>,
     #[serde(default)]

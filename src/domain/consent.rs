@@ -4,8 +4,8 @@ use chrono::{DateTime, Months, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::fair_use::{Limit, limits};
-use super::ist;
 use super::schedule::pull_interval;
+use super::{ist, string_enum};
 
 /// Why the lender holds the consent; it decides the Sahamati limits and which data is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,31 +41,6 @@ pub enum ConsentStatus {
     Expired,
     Invalid,
 }
-
-/// Generates `as_str` and `FromStr` from one list, so the database, the API and the
-/// upstream all spell a value the same way.
-macro_rules! string_enum {
-    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        impl $ty {
-            pub const ALL: &'static [&'static str] = &[$($s),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $s),+ }
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = ();
-            fn from_str(s: &str) -> Result<Self, ()> {
-                match s { $($s => Ok($ty::$variant),)+ _ => Err(()) }
-            }
-        }
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use string_enum;
 
 string_enum!(UseCase { Monitoring => "monitoring", Collections => "collections" });
 string_enum!(JourneyMode { OnlyRecurring => "only_recurring", OnceWithRecurring => "once_with_recurring" });
@@ -111,8 +86,8 @@ impl Consent {
 
     /// Whether a pull may be started for this consent now: it must be active and within its
     /// tenure. The API refuses with this error; a queued pull fails with it.
-    pub fn pullable(&self, now: DateTime<Utc>) -> Result<(), super::session::ValidationError> {
-        use super::session::invalid;
+    pub fn pullable(&self, now: DateTime<Utc>) -> Result<(), super::ValidationError> {
+        use super::invalid;
         if self.status != ConsentStatus::Active {
             return Err(invalid(
                 "CONSENT_NOT_ACTIVE",

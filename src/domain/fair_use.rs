@@ -35,16 +35,27 @@ pub fn limits(use_case: UseCase, unit: FrequencyUnit, value: u32) -> [Limit; 2] 
     [Limit { unit, max: value }, sahamati_cap(use_case)]
 }
 
-/// The windows to count sent pulls in at `now`: `(window start, max)` per limit.
-pub fn budget_windows(limits: &[Limit], now: DateTime<Utc>) -> Vec<(DateTime<Utc>, u32)> {
+/// One limit as it stands at some instant: at most `max` pulls sent since `period_start`.
+/// ("Period" is a fair-use calendar unit; a pull's date range is its "window".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub period_start: DateTime<Utc>,
+    pub max: u32,
+}
+
+/// The consent's budget at `now`: for each limit, its current calendar period and maximum.
+pub fn budget(limits: &[Limit], now: DateTime<Utc>) -> Vec<Budget> {
     limits
         .iter()
-        .map(|l| (window_start(l.unit, now), l.max))
+        .map(|l| Budget {
+            period_start: period_start(l.unit, now),
+            max: l.max,
+        })
         .collect()
 }
 
 /// Whether one more pull may be sent, given how many were sent in each limit's current
-/// window (`used[i]` for `limits[i]`). `Err` is the instant every limit allows one again.
+/// period (`used[i]` for `limits[i]`). `Err` is the instant every limit allows one again.
 pub fn check_all(limits: &[Limit], used: &[u32], now: DateTime<Utc>) -> Result<(), DateTime<Utc>> {
     let mut next: Option<DateTime<Utc>> = None;
     for (l, u) in limits.iter().zip(used) {
@@ -55,8 +66,8 @@ pub fn check_all(limits: &[Limit], used: &[u32], now: DateTime<Utc>) -> Result<(
     next.map_or(Ok(()), Err)
 }
 
-/// The start of the calendar window (in IST) that contains `t`.
-pub fn window_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
+/// The start of the calendar period (in IST) that contains `t`.
+pub fn period_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
     let local = t.with_timezone(&ist());
     let date = local.date_naive();
     let start = match unit {
@@ -74,9 +85,9 @@ pub fn window_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// The start of the next calendar window after the one that contains `t`.
-pub fn next_window_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
-    let start = window_start(unit, t);
+/// The start of the next calendar period after the one that contains `t`.
+pub fn next_period_start(unit: FrequencyUnit, t: DateTime<Utc>) -> DateTime<Utc> {
+    let start = period_start(unit, t);
     match unit {
         FrequencyUnit::Hour => start + chrono::Duration::hours(1),
         FrequencyUnit::Day => start + chrono::Duration::days(1),
@@ -89,18 +100,18 @@ fn first_of_month(year: i32, month: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(year, month, 1).expect("first of month exists")
 }
 
-/// Whether one more pull may be sent now, given how many were sent in the current window.
+/// Whether one more pull may be sent now, given how many were sent in the current period.
 /// `Err` carries the instant from which the next pull is allowed.
 pub fn check(
     unit: FrequencyUnit,
     value: u32,
-    sent_in_window: u32,
+    sent_in_period: u32,
     now: DateTime<Utc>,
 ) -> Result<(), DateTime<Utc>> {
-    if sent_in_window < value {
+    if sent_in_period < value {
         Ok(())
     } else {
-        Err(next_window_start(unit, now))
+        Err(next_period_start(unit, now))
     }
 }
 
@@ -109,7 +120,8 @@ pub fn check(
 pub struct Usage {
     pub window: FrequencyUnit,
     pub pulls_allowed: u32,
-    /// Sent in the current calendar window, ambiguous failures included.
+    /// Sent in the current calendar period, ambiguous failures included. (The API names the
+    /// period `window`, as it always has.)
     pub pulls_used: u32,
     pub window_resets_at: DateTime<Utc>,
     /// The earliest instant another pull may be sent.
@@ -130,7 +142,7 @@ pub fn usage(
         window: own.unit,
         pulls_allowed: own.max,
         pulls_used: used[0],
-        window_resets_at: next_window_start(own.unit, now),
+        window_resets_at: next_period_start(own.unit, now),
         next_pull_allowed_at: blocked_until.map_or(allowed, |b| b.max(allowed)),
     }
 }
@@ -150,11 +162,11 @@ mod tests {
     fn day_windows_follow_the_indian_calendar() {
         // 23:59 IST and 00:01 IST the next day are different days...
         assert_eq!(
-            window_start(FrequencyUnit::Day, ist_at(2025, 3, 9, 23, 59)),
+            period_start(FrequencyUnit::Day, ist_at(2025, 3, 9, 23, 59)),
             ist_at(2025, 3, 9, 0, 0)
         );
         assert_eq!(
-            window_start(FrequencyUnit::Day, ist_at(2025, 3, 10, 0, 1)),
+            period_start(FrequencyUnit::Day, ist_at(2025, 3, 10, 0, 1)),
             ist_at(2025, 3, 10, 0, 0)
         );
         // ...even though both fall on the same UTC day (18:29 and 18:31 UTC on 9 March).
@@ -163,7 +175,7 @@ mod tests {
             ist_at(2025, 3, 9, 23, 59).date_naive()
         );
         assert_eq!(
-            next_window_start(FrequencyUnit::Day, ist_at(2025, 3, 9, 23, 59)),
+            next_period_start(FrequencyUnit::Day, ist_at(2025, 3, 9, 23, 59)),
             ist_at(2025, 3, 10, 0, 0)
         );
     }
@@ -171,23 +183,23 @@ mod tests {
     #[test]
     fn month_and_year_windows_handle_ends() {
         assert_eq!(
-            window_start(FrequencyUnit::Month, ist_at(2024, 2, 29, 23, 59)),
+            period_start(FrequencyUnit::Month, ist_at(2024, 2, 29, 23, 59)),
             ist_at(2024, 2, 1, 0, 0)
         );
         assert_eq!(
-            next_window_start(FrequencyUnit::Month, ist_at(2024, 2, 29, 23, 59)),
+            next_period_start(FrequencyUnit::Month, ist_at(2024, 2, 29, 23, 59)),
             ist_at(2024, 3, 1, 0, 0)
         );
         assert_eq!(
-            next_window_start(FrequencyUnit::Month, ist_at(2025, 12, 31, 12, 0)),
+            next_period_start(FrequencyUnit::Month, ist_at(2025, 12, 31, 12, 0)),
             ist_at(2026, 1, 1, 0, 0)
         );
         assert_eq!(
-            window_start(FrequencyUnit::Year, ist_at(2025, 12, 31, 23, 59)),
+            period_start(FrequencyUnit::Year, ist_at(2025, 12, 31, 23, 59)),
             ist_at(2025, 1, 1, 0, 0)
         );
         assert_eq!(
-            next_window_start(FrequencyUnit::Year, ist_at(2025, 6, 1, 0, 0)),
+            next_period_start(FrequencyUnit::Year, ist_at(2025, 6, 1, 0, 0)),
             ist_at(2026, 1, 1, 0, 0)
         );
     }
@@ -195,11 +207,11 @@ mod tests {
     #[test]
     fn hour_windows_are_clock_hours_in_ist() {
         assert_eq!(
-            window_start(FrequencyUnit::Hour, ist_at(2025, 3, 9, 10, 59)),
+            period_start(FrequencyUnit::Hour, ist_at(2025, 3, 9, 10, 59)),
             ist_at(2025, 3, 9, 10, 0)
         );
         assert_eq!(
-            next_window_start(FrequencyUnit::Hour, ist_at(2025, 3, 9, 23, 30)),
+            next_period_start(FrequencyUnit::Hour, ist_at(2025, 3, 9, 23, 30)),
             ist_at(2025, 3, 10, 0, 0)
         );
     }
@@ -235,7 +247,13 @@ mod tests {
         assert!(check_all(&l, &[0, 0], now).is_ok());
         // 00:01 IST on 1 April is a new day and a new month.
         let after = ist_at(2025, 4, 1, 0, 1);
-        assert_eq!(budget_windows(&l, after)[1], (ist_at(2025, 4, 1, 0, 0), 1));
+        assert_eq!(
+            budget(&l, after)[1],
+            Budget {
+                period_start: ist_at(2025, 4, 1, 0, 0),
+                max: 1
+            }
+        );
     }
 
     #[test]

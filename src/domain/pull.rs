@@ -3,8 +3,9 @@
 use chrono::{DateTime, Days, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::consent::{UseCase, string_enum};
-use super::session::{ValidationError, invalid, parse_api_date};
+use super::consent::UseCase;
+use super::input::{ValidationError, invalid, parse_api_date};
+use super::string_enum;
 
 /// Which enriched data a pull fetches when the upstream has finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,10 +7,11 @@ use super::error::{ApiError, Json, Query};
 use super::ids::ConsentId;
 use super::page::{Page, PageRequest, parse_filter};
 use crate::domain::consent::{Consent, ConsentStatus};
-use crate::domain::fair_use::{Usage, budget_windows, usage};
+use crate::domain::fair_use::{Usage, budget, usage};
+use crate::domain::input::{invalid, parse_api_date, validate_link_id};
 use crate::domain::ist;
 use crate::domain::schedule::{respaced_next, resumed_next};
-use crate::domain::session::{MAX_LOOKBACK_MONTHS, invalid, parse_api_date, validate_link_id};
+use crate::domain::session::MAX_LOOKBACK_MONTHS;
 use crate::state::AppState;
 use crate::store::ConsentFilter;
 
@@ -28,7 +29,7 @@ impl ConsentView {
         let limits = consent.limits();
         let used = state
             .store
-            .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
+            .attempts_since(&consent.consent_id, &budget(&limits, now))
             .await?;
         let usage = usage(&limits, &used, consent.pull_blocked_until, now);
         Ok(ConsentView { consent, usage })

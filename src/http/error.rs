@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::bankconnect::{BankConnectError, ErrorClass};
-use crate::domain::session::ValidationError;
+use crate::domain::ValidationError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

@@ -14,9 +14,9 @@ use super::ids::{ConsentId, PullId, plausible_id};
 use super::page::{Page, PageRequest, parse_filter};
 use crate::state::AppState;
 
+use crate::domain::invalid;
 use crate::domain::ist;
 use crate::domain::pull::{Pull, PullKind, PullRequest, PullStatus, resolve_window};
-use crate::domain::session::invalid;
 use crate::store::{CreatePull, PullFilter};
 
 /// Longest `Idempotency-Key` we keep.

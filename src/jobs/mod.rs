@@ -10,7 +10,7 @@ pub mod worker;
 
 use std::time::Duration;
 
-use crate::queue::{Job, Task};
+use crate::queue::{JOB_FAILED, Job, Task};
 
 /// A handler's failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,41 +63,35 @@ pub(crate) async fn pull_step_failed(
     }
 }
 
-/// Gives the work of a dead job a visible end (docs/architecture.md, "Every pull ends"): a
-/// pull fails with `JOB_FAILED` and the job's last error, a capture fails its session the same
-/// way. A webhook's processing needs nothing more: its pull still ends by polling or by the
-/// deadline, and the dead job stays for operators.
+/// Gives the work of a dead job a visible end (docs/architecture.md, "Every pull ends"). A
+/// pull is failed by the store in the transaction that records its job dead; a capture fails
+/// its session here, with `JOB_FAILED` and the job's last error. A webhook's processing needs
+/// nothing more: its pull still ends by polling or by the deadline, and the dead job stays for
+/// operators.
 pub(crate) async fn on_dead(
     state: &crate::state::AppState,
     job: &Job,
     error: &str,
 ) -> Result<(), crate::store::StoreError> {
-    use crate::domain::pull::PullStatus;
-    let now = state.clock.now();
-    let Ok(task) = &job.task else {
-        return Ok(());
-    };
-    if let Some(pull_id) = task.pull_id() {
-        if state
-            .store
-            .end_pull(pull_id, PullStatus::Failed, JOB_FAILED, error, now)
-            .await?
-        {
-            tracing::warn!(%pull_id, kind = %job.kind, %error, "pull failed: its job died");
+    match &job.task {
+        Ok(Task::CaptureConsents { session_id }) => {
+            if state
+                .store
+                .fail_capture(session_id, JOB_FAILED, error, state.clock.now())
+                .await?
+            {
+                tracing::warn!(%session_id, %error, "consent capture failed: its job died");
+            }
         }
-    } else if let Task::CaptureConsents { session_id } = task
-        && state
-            .store
-            .fail_capture(session_id, JOB_FAILED, error, now)
-            .await?
-    {
-        tracing::warn!(%session_id, %error, "consent capture failed: its job died");
+        Ok(task) => {
+            if let Some(pull_id) = task.pull_id() {
+                tracing::warn!(%pull_id, kind = %job.kind, %error, "pull failed: its job died");
+            }
+        }
+        Err(_) => {}
     }
     Ok(())
 }
-
-/// The error code of a pull or session whose job died.
-pub const JOB_FAILED: &str = "JOB_FAILED";
 
 /// The pull a job is about. A pull that does not exist is a bug: the job is dead at once.
 pub(crate) async fn load_pull(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{JobError, load_pull, pull_step_failed, store_retry};
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::ConsentStatus;
-use crate::domain::fair_use::{budget_windows, check_all, next_window_start};
+use crate::domain::fair_use::{budget, check_all, next_period_start};
 use crate::domain::pull::{Pull, PullStatus, deadline};
 use crate::queue::{NewJob, Task};
 use crate::state::AppState;
@@ -59,14 +59,14 @@ pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
         .reserve_attempt(
             &consent.consent_id,
             &pull.pull_id,
-            &budget_windows(&limits, now),
+            &budget(&limits, now),
             now,
         )
         .await
         .map_err(store_retry)?
     else {
         let used = store
-            .attempts_since(&consent.consent_id, &budget_windows(&limits, now))
+            .attempts_since(&consent.consent_id, &budget(&limits, now))
             .await
             .map_err(store_retry)?;
         let next = check_all(&limits, &used, now)
@@ -119,7 +119,7 @@ pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
                     store
                         .block_consent_until(
                             &consent.consent_id,
-                            next_window_start(consent.frequency_unit, now),
+                            next_period_start(consent.frequency_unit, now),
                             now,
                         )
                         .await

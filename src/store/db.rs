@@ -15,6 +15,7 @@ use sqlx::{AnyPool, Executor};
 
 use super::rows::*;
 use super::*;
+use crate::domain::fair_use::Budget;
 use crate::domain::pull::Pull;
 use crate::domain::session::Session;
 use crate::queue::NewJob;
@@ -236,12 +237,12 @@ pub(super) async fn sent_since(
     Ok(n as u32)
 }
 
-/// Whether one more pull fits every `(window start, max)` of a consent's budget. With
+/// Whether one more pull fits every period of a consent's budget. With
 /// `count_queued`, pulls accepted but not yet sent count as well, since each will send.
 pub(super) async fn budget_allows(
     conn: &mut AnyConnection,
     consent_id: &str,
-    budget: &[(DateTime<Utc>, u32)],
+    budget: &[Budget],
     count_queued: bool,
 ) -> StoreResult<bool> {
     let queued: i64 = if count_queued {
@@ -252,8 +253,10 @@ pub(super) async fn budget_allows(
     } else {
         0
     };
-    for (start, max) in budget {
-        if i64::from(sent_since(conn, consent_id, *start).await?) + queued >= i64::from(*max) {
+    for b in budget {
+        if i64::from(sent_since(conn, consent_id, b.period_start).await?) + queued
+            >= i64::from(b.max)
+        {
             return Ok(false);
         }
     }

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::db::*;
 use super::*;
-use crate::queue::{Job, JobOutcome, NewJob, Task};
+use crate::queue::{JOB_FAILED, Job, JobOutcome, NewJob, Task};
 
 /// The durable job queue's rows: enqueue, claim with a lease, heartbeat, finish.
 #[async_trait]
@@ -56,14 +56,16 @@ impl JobStore for SqlStore {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Job>> {
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(self.dialect.claim_jobs())
             .bind(owner)
             .bind(to_ms(lease_until))
             .bind(to_ms(now))
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        rows.iter()
+        let jobs = rows
+            .iter()
             .map(|r| {
                 let payload: String = r.try_get("payload")?;
                 let kind: String = r.try_get("kind")?;
@@ -75,9 +77,27 @@ impl JobStore for SqlStore {
                     max_attempts: r.try_get("max_attempts")?,
                 })
             })
-            .collect()
+            .collect::<StoreResult<Vec<Job>>>()?;
+        // A pull counts each try of its steps as it starts, so a pull that shows `completed`
+        // already counts the try that completed it.
+        let pulls: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| j.task.as_ref().ok().and_then(Task::pull_id))
+            .collect();
+        if !pulls.is_empty() {
+            let sql = format!(
+                "UPDATE pulls SET attempts = attempts + 1 WHERE pull_id IN {}",
+                values_list(1, pulls.len())
+            );
+            let mut tally = sqlx::query(&sql);
+            for pull_id in &pulls {
+                tally = tally.bind(*pull_id);
+            }
+            tally.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
     }
-
     async fn extend_lease(
         &self,
         job_id: i64,
@@ -110,6 +130,7 @@ impl JobStore for SqlStore {
             JobOutcome::Dead { error } => ("dead", None, Some(error.as_str()), 0),
             JobOutcome::Release => ("queued", Some(to_ms(now)), None, -1),
         };
+        let mut tx = self.write_tx().await?;
         let finished: Option<Option<String>> = sqlx::query_scalar(
             "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error),
                     attempts = attempts + $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
@@ -123,22 +144,47 @@ impl JobStore for SqlStore {
         .bind(to_ms(now))
         .bind(job_id)
         .bind(owner)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        // The pull keeps the tally of its steps' attempts (a release was no attempt).
-        // A second statement, not a transaction: most jobs concern no pull, and a
-        // crash in between costs the tally one count, nothing else.
-        if let Some(Some(pull_id)) = finished
-            && !matches!(outcome, JobOutcome::Release)
-        {
-            sqlx::query(
-                "UPDATE pulls SET attempts = attempts + 1, last_error = COALESCE($1, last_error) WHERE pull_id = $2",
-            )
-            .bind(error)
-            .bind(pull_id)
-            .execute(&self.pool)
-            .await?;
+        if let Some(Some(pull_id)) = finished {
+            match outcome {
+                JobOutcome::Done => {}
+                // Given back unfinished: that try does not count.
+                JobOutcome::Release => {
+                    sqlx::query("UPDATE pulls SET attempts = attempts - 1 WHERE pull_id = $1")
+                        .bind(&pull_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                JobOutcome::Retry { error, .. } => {
+                    sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
+                        .bind(error)
+                        .bind(&pull_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // Every pull ends: one whose job died fails, with the job's last error, in the
+                // same transaction that records the job dead.
+                JobOutcome::Dead { error } => {
+                    sqlx::query(
+                        "UPDATE pulls SET last_error = $1,
+                                status = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN 'failed' ELSE status END,
+                                error_code = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN $2 ELSE error_code END,
+                                error_message = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN $1 ELSE error_message END,
+                                updated_at = $3
+                         WHERE pull_id = $4",
+                    )
+                    .bind(error)
+                    .bind(JOB_FAILED)
+                    .bind(to_ms(now))
+                    .bind(&pull_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    cancel_pull_jobs(&mut tx, &pull_id, None, now).await?;
+                }
+            }
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -4,28 +4,25 @@ use chrono::{DateTime, Utc};
 
 use super::db::*;
 use super::*;
+use crate::domain::fair_use::Budget;
 
 /// The fair-use ledger: every Fetch Recurring AA Data call that may have reached the upstream.
 #[async_trait]
 pub trait LedgerStore: Send + Sync {
     /// Records, before sending, that a Fetch Recurring AA Data call is about to go out, if
-    /// every `(window start, max)` of the consent's budget allows one more. Returns the
+    /// every period of the consent's budget allows one more. Returns the
     /// attempt's id, or `None` when the budget is spent. Atomic, so concurrent submitters
     /// cannot overspend.
     async fn reserve_attempt(
         &self,
         consent_id: &str,
         pull_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
+        budget: &[Budget],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>>;
     /// Fetch Recurring AA Data calls sent for the consent in each current window of `budget`
-    /// (`(window start, max)`, as `fair_use::budget_windows` gives them).
-    async fn attempts_since(
-        &self,
-        consent_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
-    ) -> StoreResult<Vec<u32>>;
+    /// (as `fair_use::budget` gives them).
+    async fn attempts_since(&self, consent_id: &str, budget: &[Budget]) -> StoreResult<Vec<u32>>;
     /// Gives a reservation back: the call certainly never reached the upstream.
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()>;
 }
@@ -36,7 +33,7 @@ impl LedgerStore for SqlStore {
         &self,
         consent_id: &str,
         pull_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
+        budget: &[Budget],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>> {
         let mut tx = self.write_tx().await?;
@@ -57,15 +54,11 @@ impl LedgerStore for SqlStore {
         Ok(Some(id))
     }
 
-    async fn attempts_since(
-        &self,
-        consent_id: &str,
-        budget: &[(DateTime<Utc>, u32)],
-    ) -> StoreResult<Vec<u32>> {
+    async fn attempts_since(&self, consent_id: &str, budget: &[Budget]) -> StoreResult<Vec<u32>> {
         let mut conn = self.pool.acquire().await?;
         let mut out = Vec::with_capacity(budget.len());
-        for (start, _) in budget {
-            out.push(sent_since(&mut conn, consent_id, *start).await?);
+        for b in budget {
+            out.push(sent_since(&mut conn, consent_id, b.period_start).await?);
         }
         Ok(out)
     }

@@ -40,6 +40,7 @@ use chrono::{DateTime, Utc};
 
 pub use crate::config::PoolSettings;
 use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::fair_use::Budget;
 use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::queue::NewJob;
 
@@ -134,9 +135,9 @@ pub struct NewPull {
     pub pull: Pull,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
-    /// Fair use: for each `(window start, max)`, pulls sent since the start plus pulls not yet
-    /// sent must stay below the max.
-    pub budget: Vec<(DateTime<Utc>, u32)>,
+    /// Fair use: in each period of the budget, pulls sent since its start plus pulls not yet
+    /// sent must stay below its max.
+    pub budget: Vec<Budget>,
 }
 
 /// A due consent's scheduled pull, fired only if the consent's `next_pull_at` is still

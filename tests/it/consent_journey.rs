@@ -15,7 +15,7 @@ fn instant(v: &Value) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn happy_path_through_the_sdk_page_stores_active_consents() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let (session_id, redirect_url) = app.start_journey("cust-happy").await;
     assert!(
         redirect_url.starts_with(&app.sandbox_base),
@@ -93,7 +93,7 @@ async fn happy_path_through_the_sdk_page_stores_active_consents() {
 
 #[tokio::test]
 async fn a_browser_gets_a_result_page_or_goes_to_the_frontend() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let (session_id, redirect_url) = app.start_journey("cust-page").await;
     app.decide(&redirect_url, "approve").await;
     let page = app
@@ -115,11 +115,13 @@ async fn a_browser_gets_a_result_page_or_goes_to_the_frontend() {
     assert!(html.contains("Consent approved"), "{html}");
     assert!(html.contains("XXXXXXXX"), "{html}");
 
-    let app = spawn_with(&[(
-        "FRONTEND_RETURN_URL",
-        "https://lender.example/after-consent?from=aa",
-    )])
-    .await;
+    let app = TestApp::builder()
+        .env(&[(
+            "FRONTEND_RETURN_URL",
+            "https://lender.example/after-consent?from=aa",
+        )])
+        .start()
+        .await;
     let (session_id, redirect_url) = app.start_journey("cust-frontend").await;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -142,7 +144,7 @@ async fn a_browser_gets_a_result_page_or_goes_to_the_frontend() {
 
 #[tokio::test]
 async fn denial_marks_the_session_abandoned_and_stores_nothing() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let (session_id, redirect_url) = app.start_journey("cust-deny").await;
     let (status, body) = app.decide(&redirect_url, "deny").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -168,7 +170,7 @@ async fn denial_marks_the_session_abandoned_and_stores_nothing() {
 
 #[tokio::test]
 async fn an_unknown_session_is_refused_without_an_upstream_call() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     for success in ["true", "false"] {
         let r = app
             .http
@@ -187,7 +189,7 @@ async fn an_unknown_session_is_refused_without_an_upstream_call() {
 
 #[tokio::test]
 async fn an_upstream_failure_at_callback_time_is_finished_by_a_retry() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let (session_id, redirect_url) = app.start_journey("cust-outage").await;
     app.inject_fault("get_recurring_consent_details", 503, 2)
         .await;
@@ -230,7 +232,7 @@ async fn an_approval_recorded_during_an_outage_survives_a_restart() {
         ("BANKCONNECT_API_KEY", "k"),
         ("BANKCONNECT_SERVER_HASH", "h"),
     ];
-    let mut app = spawn_with(&upstream).await;
+    let mut app = TestApp::builder().env(&upstream).start().await;
     let (_, redirect_url) = app.start_journey("cust-restart").await;
     app.inject_fault("get_recurring_consent_details", 500, 1000)
         .await;
@@ -240,7 +242,11 @@ async fn an_approval_recorded_during_an_outage_survives_a_restart() {
     // The service goes down while the upstream is still failing, and comes back after it healed.
     app.stop().await;
     app.clear_faults().await;
-    let app = start(app.db_url.clone(), app.dir.clone(), &upstream).await;
+    let app = TestApp::builder()
+        .database(app.db_url.clone(), app.dir.clone())
+        .env(&upstream)
+        .start()
+        .await;
     let list = app
         .eventually("/api/v1/consents?link_id=cust-restart", 30, |b| {
             b["items"].as_array().is_some_and(|i| !i.is_empty())
@@ -251,7 +257,7 @@ async fn an_approval_recorded_during_an_outage_survives_a_restart() {
 
 #[tokio::test]
 async fn every_api_route_needs_a_valid_token() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let routes = [
         ("POST", "/api/v1/consent-sessions"),
         ("GET", "/api/v1/consents"),
@@ -289,7 +295,7 @@ async fn every_api_route_needs_a_valid_token() {
 
 #[tokio::test]
 async fn bad_input_gets_a_coded_error_and_no_upstream_call() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let good =
         json!({"link_id": "c", "tenure_months": 12, "frequency_unit": "day", "frequency_value": 1});
     let with = |k: &str, v: Value| {
@@ -413,7 +419,7 @@ async fn bad_input_gets_a_coded_error_and_no_upstream_call() {
 
 #[tokio::test]
 async fn consents_page_by_cursor_and_filter_by_status() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     for i in 0..3 {
         let (_, redirect_url) = app.start_journey(&format!("cust-page-{i}")).await;
         let (_, body) = app.decide(&redirect_url, "approve").await;
@@ -459,7 +465,7 @@ async fn consents_page_by_cursor_and_filter_by_status() {
 
 #[tokio::test]
 async fn probes_answer() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");

@@ -47,20 +47,23 @@ async fn requests_get_503_while_the_database_is_down_and_work_resumes_after() {
         .path()
         .trim_start_matches('/')
         .to_string();
-    let app = start(
-        db_url,
-        dir,
-        &[
+    let app = TestApp::builder()
+        .database(db_url, dir)
+        .env(&[
             ("DATABASE_ACQUIRE_TIMEOUT_SECS", "1"),
             ("POLL_FALLBACK_AFTER_SECS", "1"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
     let consent = app.approved_consent("cust-outage-db", json!({})).await;
 
     // A pull is submitted; its webhook arrives while the database is down.
-    app.sandbox_settings(json!({"webhook_delay_ms": 700})).await;
+    app.sandbox_settings(SandboxSettings {
+        webhook_delay_ms: 700,
+        ..Default::default()
+    })
+    .await;
     let pull_id = app.pull(&consent).await;
     app.pull_reaches(&pull_id, "submitted", 10).await;
     set_reachable(&admin, &db, false).await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aa_recurring::clock::{Clock, ManualClock};
 use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
-use aa_recurring::domain::fair_use::{budget_windows, next_window_start, window_start};
+use aa_recurring::domain::fair_use::{budget, next_period_start, period_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
 use aa_recurring::pulls;
 use aa_recurring::queue::{NewJob, Task};
@@ -108,7 +108,7 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
                 let Some((_, pull)) = queued.into_iter().next() else {
                     continue;
                 };
-                let budget = budget_windows(&consent.limits(), now);
+                let budget = budget(&consent.limits(), now);
                 let Some(attempt) = store
                     .reserve_attempt("c", &pull.pull_id, &budget, now)
                     .await
@@ -145,8 +145,8 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
     for limit in consent.limits() {
         for t in &sent {
             let (start, end) = (
-                window_start(limit.unit, *t),
-                next_window_start(limit.unit, *t),
+                period_start(limit.unit, *t),
+                next_period_start(limit.unit, *t),
             );
             let n = sent.iter().filter(|s| **s >= start && **s < end).count();
             assert!(

@@ -2,21 +2,14 @@
 //! backends; the edges are bounded (body sizes, slow clients, load); the upstream is trusted no
 //! further than it must be.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::common::*;
 use aa_recurring::config::WebhookVerify;
 use aa_recurring::webhook_auth::sign;
-use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Every byte percent-encoded, so any string reaches the server as it is.
-fn enc(s: &str) -> String {
-    s.bytes().map(|b| format!("%{b:02X}")).collect()
-}
 
 async fn status_of(r: reqwest::RequestBuilder) -> (StatusCode, Value) {
     decode(
@@ -29,7 +22,7 @@ async fn status_of(r: reqwest::RequestBuilder) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn the_inputs_that_used_to_break_the_service_get_a_4xx() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let consent = app.approved_consent("cust-hostile", json!({})).await;
 
     // NUL and other control characters in a link id.
@@ -145,7 +138,10 @@ async fn the_inputs_that_used_to_break_the_service_get_a_4xx() {
 
 #[tokio::test]
 async fn a_webhook_id_too_long_to_index_is_kept_by_its_hash() {
-    let app = spawn_with(&[("WEBHOOK_VERIFY", "standard-webhooks")]).await;
+    let app = TestApp::builder()
+        .env(&[("WEBHOOK_VERIFY", "standard-webhooks")])
+        .start()
+        .await;
     let body = serde_json::to_vec(&json!({"session_id": "s-long", "event_name": "X"})).unwrap();
     let long_id = "x".repeat(5000);
     let mut answers = vec![];
@@ -196,7 +192,10 @@ fn base64_url(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn bodies_past_their_limit_are_413_in_the_error_shape() {
-    let app = spawn_with(&[("WEBHOOK_BODY_LIMIT_BYTES", "1024")]).await;
+    let app = TestApp::builder()
+        .env(&[("WEBHOOK_BODY_LIMIT_BYTES", "1024")])
+        .start()
+        .await;
     let big = json!({"session_id": "s", "padding": "x".repeat(2000)});
     let (status, body) = post_signed(&app, &big, "msg-big").await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
@@ -213,7 +212,7 @@ async fn bodies_past_their_limit_are_413_in_the_error_shape() {
 
 #[tokio::test]
 async fn refused_webhooks_are_counted_by_reason() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let r = app
         .http
         .post(app.url("/webhooks/bankconnect"))
@@ -242,9 +241,18 @@ async fn refused_webhooks_are_counted_by_reason() {
 
 #[tokio::test]
 async fn past_the_concurrency_limit_requests_are_shed_with_503_and_retry_after() {
-    let app = std::sync::Arc::new(spawn_with(&[("MAX_CONCURRENT_REQUESTS", "1")]).await);
+    let app = std::sync::Arc::new(
+        TestApp::builder()
+            .env(&[("MAX_CONCURRENT_REQUESTS", "1")])
+            .start()
+            .await,
+    );
     // The journey's upstream call holds the only slot for a while.
-    app.sandbox_settings(json!({"latency_ms": 1500})).await;
+    app.sandbox_settings(SandboxSettings {
+        latency_ms: 1500,
+        ..Default::default()
+    })
+    .await;
     let holder = {
         let app = app.clone();
         tokio::spawn(async move { app.start_journey("cust-slow").await })
@@ -262,11 +270,13 @@ async fn past_the_concurrency_limit_requests_are_shed_with_503_and_retry_after()
 
 #[tokio::test]
 async fn a_request_that_takes_too_long_is_cut_off_with_503() {
-    let app = spawn_with(&[
-        ("REQUEST_TIMEOUT_SECS", "2"),
-        ("BANKCONNECT_TIMEOUT_SECS", "1"),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .env(&[
+            ("REQUEST_TIMEOUT_SECS", "2"),
+            ("BANKCONNECT_TIMEOUT_SECS", "1"),
+        ])
+        .start()
+        .await;
     // A client that announces a body and never sends it.
     let mut tcp = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
         .await
@@ -292,7 +302,10 @@ async fn a_request_that_takes_too_long_is_cut_off_with_503() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let app = spawn_with(&[("HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let app = TestApp::builder()
+        .env(&[("HEADER_READ_TIMEOUT_SECS", "1")])
+        .start()
+        .await;
     let mut tcp = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
         .await
         .unwrap();
@@ -335,13 +348,15 @@ async fn redirecting_upstream(target: String) -> String {
 async fn redirects_from_the_upstream_are_not_followed() {
     let elsewhere = spawn_sandbox().await;
     let evil = redirecting_upstream(elsewhere.clone()).await;
-    let app = spawn_with(&[
-        ("BANKCONNECT_BASE_URL", &evil),
-        ("BANKCONNECT_API_KEY", "k"),
-        ("BANKCONNECT_SERVER_HASH", "h"),
-        ("WEBHOOK_SECRETS", WEBHOOK_SECRET),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .env(&[
+            ("BANKCONNECT_BASE_URL", &evil),
+            ("BANKCONNECT_API_KEY", "k"),
+            ("BANKCONNECT_SERVER_HASH", "h"),
+            ("WEBHOOK_SECRETS", WEBHOOK_SECRET),
+        ])
+        .start()
+        .await;
     let (status, body) = app
         .post(
             "/api/v1/consent-sessions",
@@ -357,123 +372,4 @@ async fn redirects_from_the_upstream_are_not_followed() {
         .await
         .unwrap();
     assert_eq!(calls["calls"]["session"], Value::Null, "{calls}");
-}
-
-/// One service for every generated case of this process (the Postgres pass has its own).
-fn shared() -> &'static (tokio::runtime::Runtime, TestApp, String) {
-    static SHARED: OnceLock<(tokio::runtime::Runtime, TestApp, String)> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (app, consent) = rt.block_on(async {
-            let app = spawn_app().await;
-            let consent = app.approved_consent("cust-prop", json!({})).await;
-            (app, consent)
-        });
-        (rt, app, consent)
-    })
-}
-
-fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<String>(),
-        "\\PC{0,20}",
-        "[0-9+-]{1,8}-[0-9]{1,3}-[0-9]{1,3}",
-        "(19|20|99)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])",
-        Just("\u{0}".to_string()),
-        Just("x".repeat(600)),
-        Just(String::new()),
-    ]
-}
-
-fn number() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        (0i64..100).prop_map(Value::from),
-        text().prop_map(Value::String),
-    ]
-}
-
-/// Sends every kind of request with the generated values; each must answer below 500.
-async fn throw(app: &TestApp, consent: &str, s: [String; 4], n: [Value; 2]) {
-    let [a, b, c, d] = &s;
-    let q = |pairs: &[(&str, &str)]| {
-        let mut url = url::Url::parse("http://x/").unwrap();
-        url.query_pairs_mut().extend_pairs(pairs);
-        url.query().unwrap_or_default().to_string()
-    };
-    let requests: Vec<reqwest::RequestBuilder> =
-        vec![
-        app.http.post(app.url("/api/v1/consent-sessions")).json(&json!({
-            "link_id": a, "tenure_months": n[0], "frequency_unit": b, "frequency_value": n[1],
-            "from_date": c, "to_date": d, "bank_name": b, "mobile_number": c, "use_case": d,
-        })),
-        app.http.get(app.url(&format!("/api/v1/consents/{}", enc(a)))),
-        app.http.get(app.url(&format!(
-            "/api/v1/consents?{}",
-            q(&[("link_id", a), ("status", b), ("limit", c), ("cursor", d)])
-        ))),
-        app.http.get(app.url(&format!(
-            "/api/v1/pulls?{}",
-            q(&[("consent_id", a), ("status", b), ("cursor", d)])
-        ))),
-        app.http.get(app.url(&format!("/api/v1/pulls/{}/insights", enc(a)))),
-        app.http
-            .post(app.url(&format!("/api/v1/consents/{consent}/pulls")))
-            .header("idempotency-key", "k".repeat(300))
-            .json(&json!({"from": c, "to": d, "kind": b})),
-        app.http
-            .post(app.url(&format!("/api/v1/consents/{consent}/pulls")))
-            .json(&json!({"from": c, "to": d})),
-        app.http.get(app.url(&format!(
-            "/api/v1/consents/{consent}/transactions?{}",
-            q(&[("from", c), ("to", d), ("cursor", a)])
-        ))),
-        app.http
-            .patch(app.url(&format!("/api/v1/consents/{consent}")))
-            .json(&json!({"pull_interval": n[0]})),
-        app.http
-            .patch(app.url(&format!("/api/v1/consents/{consent}")))
-            .json(&json!({"pull_interval": a})),
-        app.http
-            .get(app.url(&format!(
-                "/bankconnect/callback?{}",
-                q(&[("session_id", a), ("success", b)])
-            )))
-            .header("accept", "application/json"),
-        app.http
-            .post(app.url("/webhooks/bankconnect"))
-            .header("x-webhook-timestamp", n[0].to_string())
-            .header("x-webhook-signature", format!("sha256={}", enc(b)))
-            .body(a.clone()),
-        app.http
-            .post(app.url(&format!("/api/v1/consents/{}/resume", enc(a)))),
-    ];
-    for r in requests {
-        let r = r.bearer_auth(TOKEN).build().unwrap();
-        let what = format!("{} {}", r.method(), r.url());
-        let answer = app
-            .http
-            .execute(r)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let status = answer.status();
-        let body = answer.text().await.unwrap_or_default();
-        assert!(status.as_u16() < 500, "{what} answered {status}: {body}");
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn no_input_gets_a_5xx(s in [text(), text(), text(), text()], n in [number(), number()]) {
-        let (rt, app, consent) = shared();
-        rt.block_on(throw(app, consent, s, n));
-    }
 }

@@ -262,7 +262,10 @@ async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batc
         long_ago,
     )
     .await;
-    let budget = [(long_ago - Days::days(1), 1000)];
+    let budget = [aa_recurring::domain::fair_use::Budget {
+        period_start: long_ago - Days::days(1),
+        max: 1000,
+    }];
     store
         .reserve_attempt(&consent.consent_id, "p-old", &budget, long_ago)
         .await

@@ -8,11 +8,14 @@ mod consent_journey;
 mod db_outage;
 mod fair_use_property;
 mod hostile_input;
+mod input_property;
 mod job_queue;
+mod pull_endings;
 mod pulls;
 mod sandbox;
 mod scale_out;
 mod schedule;
+mod webhooks;
 
 /// Every test of this binary again on Postgres (or a loud note that it was skipped).
 #[test]

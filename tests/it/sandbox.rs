@@ -41,7 +41,7 @@ async fn the_sandbox_requires_auth_headers() {
     );
 
     // In-process, the sandbox insists on the configured credentials.
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let r = app
         .http
         .post(format!("{}/v1/session/", app.sandbox_base))
@@ -310,9 +310,13 @@ async fn fetch_recurring_enforces_fair_use_revocation_and_dates() {
 
 #[tokio::test]
 async fn status_and_data_say_not_yet_until_processing_is_done() {
-    let app = spawn_app().await;
-    app.sandbox_settings(json!({"drop_webhooks": true, "processing_ms": 60000}))
-        .await;
+    let app = TestApp::builder().start().await;
+    app.sandbox_settings(SandboxSettings {
+        drop_webhooks: true,
+        processing_ms: 60000,
+        ..Default::default()
+    })
+    .await;
     let consent = app.approved_consent("cust-sb-status", json!({})).await;
     let pull_id = app.pull(&consent).await;
     let pull = app.pull_reaches(&pull_id, "submitted", 5).await;

@@ -2,58 +2,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::common::*;
 use aa_recurring::clock::{Clock, ManualClock};
 use aa_recurring::domain::ist;
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// 10:00 IST on Monday 5 January 2026.
-fn start_instant() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-05T04:30:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-async fn clocked(extra: &[(&str, &str)]) -> (TestApp, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(start_instant()));
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let db_url = fresh_database(dir.path()).await;
-    let options = aa_recurring::startup::RunOptions {
-        clock: clock.clone(),
-        ..test_options()
-    };
-    (start_with(db_url, dir, extra, options).await, clock)
-}
-
-/// Lets the service catch up with the clock: time moves on a second at a time while anything
-/// is due or under way.
-async fn settle(app: &TestApp, clock: &ManualClock) {
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        // Busy while an active consent is due (the scheduler has not ticked yet) or a pull is
-        // under way.
-        let now = clock.now();
-        let (_, active) = app.get("/api/v1/consents?status=active&limit=200").await;
-        let mut busy = active["items"].as_array().unwrap().iter().any(|c| {
-            c["next_pull_at"]
-                .as_str()
-                .is_some_and(|t| DateTime::parse_from_rfc3339(t).unwrap() <= now)
-        });
-        for status in ["queued", "submitted", "fetching"] {
-            let (_, list) = app.get(&format!("/api/v1/pulls?status={status}")).await;
-            busy |= !list["items"].as_array().unwrap().is_empty();
-        }
-        if !busy {
-            return;
-        }
-        clock.advance(chrono::Duration::seconds(1));
-    }
-    panic!("the service did not settle");
-}
 
 /// Moves the clock on by `days`, a day at a time, letting the schedule run.
 async fn run_days(app: &TestApp, clock: &ManualClock, days: u32) {
@@ -61,17 +16,6 @@ async fn run_days(app: &TestApp, clock: &ManualClock, days: u32) {
         clock.advance(chrono::Duration::days(1));
         settle(app, clock).await;
     }
-}
-
-async fn pulls(app: &TestApp, consent: &str) -> Vec<Value> {
-    let (_, list) = app
-        .get(&format!("/api/v1/pulls?consent_id={consent}&limit=200"))
-        .await;
-    list["items"].as_array().unwrap().clone()
-}
-
-fn date(v: &Value) -> NaiveDate {
-    NaiveDate::parse_from_str(v.as_str().unwrap(), "%Y-%m-%d").unwrap()
 }
 
 fn ist_day(v: &Value) -> NaiveDate {
@@ -374,7 +318,7 @@ async fn data_past_its_data_life_is_purged_and_the_pull_stays() {
 
 #[tokio::test]
 async fn overlapping_windows_give_one_deduplicated_timeline() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().start().await;
     let consent = app.approved_consent("cust-dedupe", json!({})).await;
     let today = chrono::Utc::now().with_timezone(&ist()).date_naive();
     let day = |n: u64| (today - chrono::Days::new(n)).to_string();
@@ -510,103 +454,4 @@ async fn submit_spread(url: &str) -> (i64, i64) {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         sqlx::query_as(sql).fetch_one(&pool).await.unwrap()
     }
-}
-
-/// The same tests on Postgres (or a loud note that they were skipped).
-/// Moves the clock on by just over the backoff cap until `path` answers a body for which
-/// `done` holds: a job's retries run out in seconds.
-async fn until_retries_run_out(
-    app: &TestApp,
-    clock: &ManualClock,
-    path: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    for _ in 0..300 {
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        let (_, body) = app.get(path).await;
-        if done(&body) {
-            return body;
-        }
-        clock.advance(chrono::Duration::minutes(61));
-    }
-    panic!("{path} never got there");
-}
-
-#[tokio::test]
-async fn a_pull_whose_job_dies_fails_with_job_failed_and_its_window_is_pulled_again() {
-    let (app, clock) = clocked(&[("PULL_DEADLINE_SECS", "2592000")]).await;
-    let consent = app
-        .approved_consent(
-            "cust-job-dies",
-            json!({"frequency_unit": "month", "frequency_value": 5}),
-        )
-        .await;
-    // Every data call fails: the fetch job retries until its attempts run out.
-    app.inject_fault("insights", 503, 100_000).await;
-    let pull_id = app.pull(&consent).await;
-    let failed = until_retries_run_out(&app, &clock, &format!("/api/v1/pulls/{pull_id}"), |p| {
-        p["status"] != "queued" && p["status"] != "submitted" && p["status"] != "fetching"
-    })
-    .await;
-    assert_eq!(failed["status"], "failed", "{failed}");
-    assert_eq!(failed["error_code"], "JOB_FAILED", "{failed}");
-    assert!(
-        failed["error_message"].as_str().unwrap().contains("503"),
-        "the job's last error is kept: {failed}"
-    );
-    assert_eq!(failed["last_error"], failed["error_message"]);
-    // One send, then every fetch attempt.
-    assert!(failed["attempts"].as_i64().unwrap() >= 31, "{failed}");
-    assert_eq!(
-        failed["next_attempt_at"],
-        Value::Null,
-        "nothing more planned"
-    );
-
-    // The schedule goes on, and its next pull covers the failed pull's window again.
-    app.clear_faults().await;
-    let (_, c) = app.get(&format!("/api/v1/consents/{consent}")).await;
-    let next = DateTime::parse_from_rfc3339(c["next_pull_at"].as_str().unwrap()).unwrap();
-    clock.set(next.with_timezone(&Utc));
-    settle(&app, &clock).await;
-    let all = pulls(&app, &consent).await;
-    let again = all
-        .iter()
-        .find(|p| p["pull_id"] != failed["pull_id"])
-        .unwrap_or_else(|| panic!("no pull after the failed one: {all:?}"));
-    assert_eq!(again["status"], "completed", "{again}");
-    // Nothing was completed, so the new window starts where the data we hold ends (the
-    // approval) and reaches past the failed one's end: no gap is left.
-    assert!(
-        date(&again["from"]) <= date(&failed["to"]),
-        "{again} {failed}"
-    );
-    assert!(
-        date(&again["to"]) >= date(&failed["to"]),
-        "{again} {failed}"
-    );
-}
-
-#[tokio::test]
-async fn a_capture_whose_job_dies_fails_its_session_with_job_failed() {
-    let (app, clock) = clocked(&[]).await;
-    app.inject_fault("get_recurring_consent_details", 503, 100_000)
-        .await;
-    let (session_id, redirect_url) = app.start_journey("cust-capture-dies").await;
-    let (_, cb) = app.decide(&redirect_url, "approve").await;
-    assert_eq!(cb["status"], "capturing", "{cb}");
-    let session = until_retries_run_out(
-        &app,
-        &clock,
-        &format!("/api/v1/consent-sessions/{session_id}"),
-        |s| s["status"] != "capturing",
-    )
-    .await;
-    assert_eq!(session["status"], "failed", "{session}");
-    assert_eq!(session["error_code"], "JOB_FAILED", "{session}");
-    assert!(
-        session["error_message"].as_str().unwrap().contains("503"),
-        "{session}"
-    );
-    assert_eq!(session["consents"], json!([]));
 }

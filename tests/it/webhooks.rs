@@ -1,0 +1,270 @@
+//! BankConnect's webhooks, black-box: verified over the raw bytes, stored once, acted on once.
+
+use std::time::Duration;
+
+use crate::common::*;
+use aa_recurring::config::WebhookVerify;
+use aa_recurring::webhook_auth::sign;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_webhook_that_overtakes_its_submission_is_not_lost() {
+    let app = TestApp::builder().start().await;
+    // The webhook goes out at once, while the answer to the fetch call comes 800 ms later.
+    app.sandbox_settings(SandboxSettings {
+        webhook_delay_ms: 0,
+        fetch_answer_delay_ms: 800,
+        ..Default::default()
+    })
+    .await;
+    let consent = app.approved_consent("cust-overtake", json!({})).await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "completed", 15).await;
+    // Completed by that webhook, not by polling (the fallback is a minute away).
+    assert_eq!(app.upstream_calls("session_status").await, 0);
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn duplicate_and_replayed_webhooks_are_processed_once() {
+    let app = TestApp::builder().start().await;
+    app.sandbox_settings(SandboxSettings {
+        duplicate_webhooks: true,
+        ..Default::default()
+    })
+    .await;
+    let consent = app.approved_consent("cust-dup", json!({})).await;
+    let pull_id = app.pull(&consent).await;
+    let pull = app.pull_reaches(&pull_id, "completed", 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"duplicate\"}")
+            .await,
+        1
+    );
+
+    // A replay of the same body, freshly signed, is a duplicate too.
+    let body = json!({
+        "session_id": pull["upstream_session_id"], "insights_available": true, "event_name": "ENRICHMENT_NOTIFICATION",
+        "accounts": [{"account_id": "x", "account_status": "completed"}]
+    });
+    let (status, answer) = post_webhook(
+        &app,
+        WebhookVerify::HmacSha256,
+        "sandbox-webhook-secret",
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["status"], "accepted",
+        "a different body is a different delivery"
+    );
+    let (status, answer) = post_webhook(
+        &app,
+        WebhookVerify::HmacSha256,
+        "sandbox-webhook-secret",
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "duplicate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // However many deliveries, the data was fetched once.
+    assert_eq!(app.upstream_calls("insights").await, 1);
+    assert_eq!(
+        app.pull_reaches(&pull_id, "completed", 1).await["completed_at"],
+        pull["completed_at"]
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_for_an_unknown_session_is_stored_and_acknowledged() {
+    let app = TestApp::builder().start().await;
+    for body in [
+        json!({"session_id": "not-ours", "event_name": "ENRICHMENT_NOTIFICATION", "accounts": []}),
+        json!({"session_id": "not-ours", "event_name": "SESSION_REQUIREMENT_COMPLETION_NOTIFICATION"}),
+        json!(["not", "an", "object"]),
+    ] {
+        let (status, answer) = post_webhook(
+            &app,
+            WebhookVerify::HmacSha256,
+            "sandbox-webhook-secret",
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(answer["status"], "accepted");
+    }
+    assert_eq!(
+        app.metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_are_committed_together_and_each_counted_once() {
+    let app = std::sync::Arc::new(TestApp::builder().start().await);
+    let mut set = tokio::task::JoinSet::new();
+    // 80 distinct deliveries, 20 of them sent twice, all at once.
+    for i in 0..100 {
+        let app = app.clone();
+        set.spawn(async move {
+            let n = if i < 80 { i } else { i - 80 };
+            let body = json!({"session_id": format!("burst-{n}"), "event_name": "SOMETHING_ELSE"});
+            post_webhook(
+                &app,
+                WebhookVerify::HmacSha256,
+                "sandbox-webhook-secret",
+                &body,
+            )
+            .await
+        });
+    }
+    let mut accepted = 0;
+    let mut duplicate = 0;
+    while let Some(r) = set.join_next().await {
+        let (status, answer) = r.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        match answer["status"].as_str().unwrap() {
+            "accepted" => accepted += 1,
+            "duplicate" => duplicate += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((accepted, duplicate), (80, 20));
+    // One processing job per stored delivery.
+    let jobs: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum();
+    assert_eq!(jobs, 80);
+}
+
+async fn post_webhook(
+    app: &TestApp,
+    scheme: WebhookVerify,
+    secret: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let mut req = app
+        .http
+        .post(app.url("/webhooks/bankconnect"))
+        .header("content-type", "application/json")
+        .body(bytes.clone());
+    for (k, v) in sign(scheme, secret, &id, chrono::Utc::now().timestamp(), &bytes) {
+        req = req.header(k, v);
+    }
+    decode(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_in_every_scheme() {
+    let sw_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let cases = [
+        ("secret-key", "right-secret", "wrong-secret"),
+        ("hmac-sha256", "right-secret", "wrong-secret"),
+        ("standard-webhooks", sw_secret, "whsec_dGhpcyBpcyBub3QgaXQ="),
+    ];
+    for (scheme_name, right, wrong) in cases {
+        let app = TestApp::builder()
+            .env(&[
+                ("WEBHOOK_VERIFY", scheme_name),
+                (
+                    "WEBHOOK_SECRETS",
+                    &format!("old-{right},{right}").replace("old-whsec_", "whsec_AAAA"),
+                ),
+            ])
+            .start()
+            .await;
+        let scheme = match scheme_name {
+            "secret-key" => WebhookVerify::SecretKey,
+            "hmac-sha256" => WebhookVerify::HmacSha256,
+            _ => WebhookVerify::StandardWebhooks,
+        };
+        let body = json!({"event_name": "SOMETHING_ELSE", "session_id": "s"});
+        let (status, answer) = post_webhook(&app, scheme, wrong, &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{scheme_name}: {answer}");
+        assert_eq!(code(&answer), "INVALID_SIGNATURE");
+        // No headers at all.
+        let r = app
+            .http
+            .post(app.url("/webhooks/bankconnect"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{scheme_name}");
+        // A stale timestamp, correctly signed.
+        if scheme != WebhookVerify::SecretKey {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let mut req = app
+                .http
+                .post(app.url("/webhooks/bankconnect"))
+                .body(bytes.clone());
+            for (k, v) in sign(
+                scheme,
+                right,
+                "msg_1",
+                chrono::Utc::now().timestamp() - 301,
+                &bytes,
+            ) {
+                req = req.header(k, v);
+            }
+            assert_eq!(
+                req.send().await.unwrap().status(),
+                StatusCode::UNAUTHORIZED,
+                "{scheme_name} stale"
+            );
+        }
+        // A tampered body under a valid signature.
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let mut req = app
+            .http
+            .post(app.url("/webhooks/bankconnect"))
+            .body(b"{\"event_name\":\"X\"}".to_vec());
+        for (k, v) in sign(
+            scheme,
+            right,
+            "msg_2",
+            chrono::Utc::now().timestamp(),
+            &bytes,
+        ) {
+            req = req.header(k, v);
+        }
+        let tampered = req.send().await.unwrap().status();
+        if scheme == WebhookVerify::SecretKey {
+            // The only scheme FinBox documents does not sign the body.
+            assert_eq!(tampered, StatusCode::OK);
+        } else {
+            assert_eq!(tampered, StatusCode::UNAUTHORIZED, "{scheme_name} tampered");
+        }
+        let rejected = app
+            .metric("aa_recurring_webhooks_total{outcome=\"rejected\"}")
+            .await;
+        assert!(rejected >= 2, "{scheme_name}: {rejected}");
+        // The right secret (the second of two: rotation) passes.
+        let (status, answer) = post_webhook(&app, scheme, right, &body).await;
+        assert_eq!(status, StatusCode::OK, "{scheme_name}: {answer}");
+        // Nothing that was refused was stored: only the accepted deliveries made jobs.
+        let accepted = app
+            .metric("aa_recurring_webhooks_total{outcome=\"accepted\"}")
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let jobs: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum::<i64>();
+        assert_eq!(
+            jobs as u64, accepted,
+            "{scheme_name}: one processing job per accepted delivery"
+        );
+    }
+}
