@@ -70,3 +70,30 @@ pub fn validate_link_id(link_id: &str) -> Result<(), ValidationError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_and_oddly_written_dates_never_reach_date_arithmetic() {
+        for bad in [
+            "-262143-01-01",
+            "+262142-12-31",
+            "0001-01-01",
+            "1899-12-31",
+            "2025-1-01",
+            "2025-01-1 ",
+            "2025\u{0}01-01",
+            "",
+        ] {
+            assert_eq!(
+                parse_api_date("to", bad).unwrap_err().code,
+                "INVALID_DATE_FORMAT",
+                "{bad:?}"
+            );
+        }
+        assert!(parse_api_date("to", "1900-01-01").is_ok());
+        assert!(parse_api_date("to", "9999-12-31").is_ok());
+    }
+}

@@ -478,25 +478,6 @@ mod tests {
             }),
             "INVALID_DATE_RANGE"
         );
-        // Out-of-range and oddly written dates never reach date arithmetic.
-        for bad in [
-            "-262143-01-01",
-            "+262142-12-31",
-            "0001-01-01",
-            "1899-12-31",
-            "2025-1-01",
-            "2025-01-1 ",
-            "2025\u{0}01-01",
-            "",
-        ] {
-            assert_eq!(
-                parse_api_date("to", bad).unwrap_err().code,
-                "INVALID_DATE_FORMAT",
-                "{bad:?}"
-            );
-        }
-        assert!(parse_api_date("to", "1900-01-01").is_ok());
-        assert!(parse_api_date("to", "9999-12-31").is_ok());
         let ok = validate(with("2024-09-10", "2025-11-10"), today()).unwrap();
         assert_eq!(ok.from_date, NaiveDate::from_ymd_opt(2024, 9, 10));
     }
