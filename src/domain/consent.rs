@@ -113,6 +113,23 @@ impl Consent {
     }
 }
 
+/// A consent as the API (and its events) show it: the stored fields plus its fair-use usage.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentView {
+    #[serde(flatten)]
+    pub consent: Consent,
+    pub usage: super::fair_use::Usage,
+}
+
+impl ConsentView {
+    /// `used[i]`: pulls sent in the current period of `consent.limits()[i]`.
+    pub fn new(consent: Consent, used: &[u32], now: DateTime<Utc>) -> Self {
+        let usage =
+            super::fair_use::usage(&consent.limits(), used, consent.pull_blocked_until, now);
+        ConsentView { consent, usage }
+    }
+}
+
 /// The longest tenure we accept; FinBox auto-corrects monitoring tenure above 60 months.
 pub const MAX_TENURE_MONTHS: u32 = 60;
 /// The most pulls per frequency unit we accept (the smallest range FinBox quotes is 1–5).

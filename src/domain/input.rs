@@ -1,7 +1,7 @@
 //! Rules for what clients send: the error a broken rule gives, API dates and the lender's
 //! customer id. Shared by every request parser, so one input means one answer everywhere.
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 /// A rule the input broke: a stable machine-readable code and a sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +41,21 @@ pub fn parse_api_date(field: &str, v: &str) -> Result<NaiveDate, ValidationError
                 "INVALID_DATE_FORMAT",
                 format!(
                     "{field} must be a date as YYYY-MM-DD from {EARLIEST_API_YEAR}-01-01 to 9999-12-31, got `{}`",
+                    v.escape_debug()
+                ),
+            )
+        })
+}
+
+/// Parses an API instant (RFC 3339, e.g. `2026-11-25T10:00:00Z`); `field` names the input.
+pub fn parse_api_instant(field: &str, v: &str) -> Result<DateTime<Utc>, ValidationError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            invalid(
+                "INVALID_INSTANT",
+                format!(
+                    "{field} must be an RFC 3339 instant such as 2026-11-25T10:00:00Z, got `{}`",
                     v.escape_debug()
                 ),
             )

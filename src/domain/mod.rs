@@ -1,6 +1,7 @@
 //! The rules of consents, sessions and schedules: pure functions and plain types, no I/O.
 
 pub mod consent;
+pub mod event;
 pub mod fair_use;
 pub mod input;
 pub mod pull;

@@ -103,7 +103,7 @@ pub async fn handle(
     };
     let mut views = Vec::with_capacity(consents.len());
     for c in consents {
-        views.push(ConsentView::build(&state, c).await?);
+        views.push(super::consents::consent_view(&state, c).await?);
     }
     let view = CallbackView {
         session_id: Some(session_id),

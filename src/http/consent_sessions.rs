@@ -63,7 +63,7 @@ pub async fn get(
     let mut consents = vec![];
     if session.status == SessionStatus::Completed {
         for c in state.store.consents_for_session(&session_id).await? {
-            consents.push(ConsentView::build(&state, c).await?);
+            consents.push(super::consents::consent_view(&state, c).await?);
         }
     }
     Ok(axum::Json(SessionView { session, consents }))

@@ -1,13 +1,14 @@
 //! `GET /api/v1/consents` and `GET /api/v1/consents/{consent_id}`.
 
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::error::{ApiError, Json, Query};
 use super::ids::ConsentId;
 use super::page::{Page, PageRequest, parse_filter};
 use crate::domain::consent::{Consent, ConsentStatus};
-use crate::domain::fair_use::{Usage, budget, usage};
+use crate::domain::fair_use::budget;
+use crate::domain::input::parse_api_instant;
 use crate::domain::input::{invalid, parse_api_date, validate_link_id};
 use crate::domain::ist;
 use crate::domain::schedule::{respaced_next, resumed_next};
@@ -15,25 +16,16 @@ use crate::domain::session::MAX_LOOKBACK_MONTHS;
 use crate::state::AppState;
 use crate::store::ConsentFilter;
 
-/// A consent as the API shows it: the stored fields plus its fair-use usage.
-#[derive(Debug, Serialize)]
-pub struct ConsentView {
-    #[serde(flatten)]
-    pub consent: Consent,
-    pub usage: Usage,
-}
+pub use crate::domain::consent::ConsentView;
 
-impl ConsentView {
-    pub async fn build(state: &AppState, consent: Consent) -> Result<Self, ApiError> {
-        let now = state.clock.now();
-        let limits = consent.limits();
-        let used = state
-            .store
-            .attempts_since(&consent.consent_id, &budget(&limits, now))
-            .await?;
-        let usage = usage(&limits, &used, consent.pull_blocked_until, now);
-        Ok(ConsentView { consent, usage })
-    }
+/// The consent as the API shows it, with its usage counted now.
+pub async fn consent_view(state: &AppState, consent: Consent) -> Result<ConsentView, ApiError> {
+    let now = state.clock.now();
+    let used = state
+        .store
+        .attempts_since(&consent.consent_id, &budget(&consent.limits(), now))
+        .await?;
+    Ok(ConsentView::new(consent, &used, now))
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +35,7 @@ pub struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+    updated_after: Option<String>,
 }
 
 pub async fn list(
@@ -62,13 +55,18 @@ pub async fn list(
     let filter = ConsentFilter {
         link_id: q.link_id,
         status,
+        updated_after: q
+            .updated_after
+            .as_deref()
+            .map(|v| parse_api_instant("updated_after", v))
+            .transpose()?,
         after_seq: page.after,
         limit: page.fetch_limit(),
     };
     let rows = state.store.list_consents(&filter).await?;
     let mut views = Vec::with_capacity(rows.len());
     for (seq, consent) in rows {
-        views.push((seq, ConsentView::build(&state, consent).await?));
+        views.push((seq, consent_view(&state, consent).await?));
     }
     Ok(axum::Json(page.page(views, |v| v)))
 }
@@ -82,7 +80,7 @@ pub async fn get(
         .get_consent(&consent_id)
         .await?
         .ok_or_else(consent_not_found)?;
-    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+    Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
 fn consent_not_found() -> ApiError {
@@ -111,7 +109,7 @@ pub async fn pause(
     if consent.status != ConsentStatus::Paused {
         return Err(wrong_state(&consent, "paused"));
     }
-    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+    Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
 /// `POST /api/v1/consents/{id}/resume`: restart the schedule. Missed slots are not made up
@@ -142,7 +140,7 @@ pub async fn resume(
     if consent.status != ConsentStatus::Active {
         return Err(wrong_state(&consent, "resumed"));
     }
-    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+    Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,7 +239,7 @@ pub async fn patch(
         .set_pull_interval(&consent_id, secs, next, now)
         .await?
         .ok_or_else(consent_not_found)?;
-    Ok(axum::Json(ConsentView::build(&state, consent).await?))
+    Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
 #[derive(Debug, Deserialize)]

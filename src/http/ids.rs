@@ -50,6 +50,7 @@ macro_rules! path_id {
 path_id!(ConsentId, "CONSENT_NOT_FOUND", "consent");
 path_id!(PullId, "PULL_NOT_FOUND", "pull");
 path_id!(SessionId, "SESSION_NOT_FOUND", "consent session");
+path_id!(EventId, "EVENT_NOT_FOUND", "event");
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@ pub mod callback;
 pub mod consent_sessions;
 pub mod consents;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod page;
 pub mod probes;
@@ -49,6 +50,8 @@ pub fn router(state: AppState) -> Router {
             get(consents::transactions),
         )
         .route("/consents/{consent_id}/pulls", post(pulls::create))
+        .route("/events", get(events::list))
+        .route("/events/{event_id}", get(events::get))
         .route("/pulls", get(pulls::list))
         .route("/pulls/{pull_id}", get(pulls::get))
         .route("/pulls/{pull_id}/insights", get(pulls::insights))

@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::consents::ConsentView;
 use super::error::{ApiError, Query, RawBody};
 use super::ids::{ConsentId, PullId, plausible_id};
 use super::page::{Page, PageRequest, parse_filter};
+use crate::domain::input::parse_api_instant;
 use crate::state::AppState;
 
 use crate::domain::invalid;
@@ -119,7 +119,7 @@ pub async fn create(
         )
         .into()),
         CreatePull::OverBudget => {
-            let usage = ConsentView::build(&state, consent).await?.usage;
+            let usage = super::consents::consent_view(&state, consent).await?.usage;
             // Pulls accepted but not yet sent fill the budget too; then the window must turn.
             let next = if usage.next_pull_allowed_at > now {
                 usage.next_pull_allowed_at
@@ -148,6 +148,7 @@ pub struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+    updated_after: Option<String>,
 }
 
 pub async fn list(
@@ -167,6 +168,11 @@ pub async fn list(
     let filter = PullFilter {
         consent_id: q.consent_id,
         status,
+        updated_after: q
+            .updated_after
+            .as_deref()
+            .map(|v| parse_api_instant("updated_after", v))
+            .transpose()?,
         after_seq: page.after,
         limit: page.fetch_limit(),
     };

@@ -3,9 +3,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::db::*;
+use super::events::record_consent_event;
 use super::rows::*;
 use super::*;
 use crate::domain::consent::{Consent, ConsentStatus};
+use crate::domain::event::EventType;
 
 /// Consents: read, listed, and their status and spacing changed.
 #[async_trait]
@@ -66,12 +68,14 @@ impl ConsentStore for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {CONSENT_COLUMNS} FROM consents
              WHERE ($1 IS NULL OR link_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
+                AND updated_at > $5
              ORDER BY seq LIMIT $4"
         ))
         .bind(f.link_id.as_deref())
         .bind(f.status.map(|s| s.as_str()))
         .bind(f.after_seq.unwrap_or(0))
         .bind(f.limit as i64)
+        .bind(f.updated_after.map_or(i64::MIN, to_ms))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(consent_from_row).collect()
@@ -99,17 +103,24 @@ impl ConsentStore for SqlStore {
             status,
             ConsentStatus::Revoked | ConsentStatus::Expired | ConsentStatus::Invalid
         );
-        sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let changed = sqlx::query(
             "UPDATE consents SET status = $1, ended_at = CASE WHEN $2 THEN COALESCE(ended_at, $3) END, updated_at = $4
-             WHERE consent_id = $5",
+             WHERE consent_id = $5 AND status <> $1",
         )
         .bind(status.as_str())
         .bind(ended)
         .bind(to_ms(now))
         .bind(to_ms(now))
         .bind(consent_id)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            record_consent_event(&mut tx, consent_event(status), consent_id, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -136,11 +147,20 @@ impl ConsentStore for SqlStore {
         consent_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Consent>> {
-        sqlx::query("UPDATE consents SET status = 'paused', updated_at = $1 WHERE consent_id = $2 AND status = 'active'")
-            .bind(to_ms(now))
-            .bind(consent_id)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.write_tx().await?;
+        let paused = sqlx::query(
+            "UPDATE consents SET status = 'paused', updated_at = $1 WHERE consent_id = $2 AND status = 'active'",
+        )
+        .bind(to_ms(now))
+        .bind(consent_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if paused {
+            record_consent_event(&mut tx, EventType::ConsentPaused, consent_id, now).await?;
+        }
+        tx.commit().await?;
         self.get_consent(consent_id).await
     }
 
@@ -150,15 +170,22 @@ impl ConsentStore for SqlStore {
         next_pull_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Consent>> {
-        sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let resumed = sqlx::query(
             "UPDATE consents SET status = 'active', next_pull_at = $1, updated_at = $2
              WHERE consent_id = $3 AND status = 'paused'",
         )
         .bind(to_ms(next_pull_at))
         .bind(to_ms(now))
         .bind(consent_id)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if resumed {
+            record_consent_event(&mut tx, EventType::ConsentResumed, consent_id, now).await?;
+        }
+        tx.commit().await?;
         self.get_consent(consent_id).await
     }
 
@@ -179,5 +206,16 @@ impl ConsentStore for SqlStore {
         .execute(&self.pool)
         .await?;
         self.get_consent(consent_id).await
+    }
+}
+
+/// The event a consent's new status tells.
+fn consent_event(status: ConsentStatus) -> EventType {
+    match status {
+        ConsentStatus::Active => EventType::ConsentActive,
+        ConsentStatus::Paused => EventType::ConsentPaused,
+        ConsentStatus::Revoked => EventType::ConsentRevoked,
+        ConsentStatus::Expired => EventType::ConsentExpired,
+        ConsentStatus::Invalid => EventType::ConsentInvalid,
     }
 }

@@ -3,7 +3,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::db::*;
+use super::events::record_consent_event;
 use super::*;
+use crate::domain::event::EventType;
 
 /// Housekeeping: tenure ends and the data life.
 #[async_trait]
@@ -24,15 +26,21 @@ pub trait HousekeepingStore: Send + Sync {
 #[async_trait]
 impl HousekeepingStore for SqlStore {
     async fn expire_consents(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        let r = sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let expired: Vec<String> = sqlx::query_scalar(
             "UPDATE consents SET status = 'expired', ended_at = COALESCE(ended_at, expires_at), updated_at = $1
-             WHERE status IN ('active', 'paused') AND expires_at <= $2",
+             WHERE status IN ('active', 'paused') AND expires_at <= $2
+             RETURNING consent_id",
         )
         .bind(to_ms(now))
         .bind(to_ms(now))
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(r.rows_affected())
+        for consent_id in &expired {
+            record_consent_event(&mut tx, EventType::ConsentExpired, consent_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
     }
 
     async fn purge_batch(

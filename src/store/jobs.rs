@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::db::*;
+use super::events::record_pull_event;
 use super::*;
+use crate::domain::event::EventType;
 use crate::queue::{JOB_FAILED, Job, JobOutcome, NewJob, Task};
 
 /// The durable job queue's rows: enqueue, claim with a lease, heartbeat, finish.
@@ -166,21 +168,27 @@ impl JobStore for SqlStore {
                 // Every pull ends: one whose job died fails, with the job's last error, in the
                 // same transaction that records the job dead.
                 JobOutcome::Dead { error } => {
-                    sqlx::query(
-                        "UPDATE pulls SET last_error = $1,
-                                status = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN 'failed' ELSE status END,
-                                error_code = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN $2 ELSE error_code END,
-                                error_message = CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN $1 ELSE error_message END,
-                                updated_at = $3
-                         WHERE pull_id = $4",
+                    sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
+                        .bind(error)
+                        .bind(&pull_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let failed = sqlx::query(
+                        "UPDATE pulls SET status = 'failed', error_code = $1, error_message = $2, updated_at = $3
+                         WHERE pull_id = $4 AND status IN ('queued', 'submitted', 'fetching')",
                     )
-                    .bind(error)
                     .bind(JOB_FAILED)
+                    .bind(error)
                     .bind(to_ms(now))
                     .bind(&pull_id)
                     .execute(&mut *tx)
-                    .await?;
-                    cancel_pull_jobs(&mut tx, &pull_id, None, now).await?;
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if failed {
+                        cancel_pull_jobs(&mut tx, &pull_id, None, now).await?;
+                        record_pull_event(&mut tx, EventType::PullFailed, &pull_id, now).await?;
+                    }
                 }
             }
         }

@@ -4,6 +4,7 @@
 mod consents;
 mod data;
 mod db;
+mod events;
 pub mod group_commit;
 mod housekeeping;
 mod jobs;
@@ -17,6 +18,7 @@ mod webhooks;
 pub use consents::ConsentStore;
 pub use data::DataStore;
 pub use db::{Dialect, SqlStore};
+pub use events::{EventFilter, EventStore};
 pub use housekeeping::HousekeepingStore;
 pub use jobs::JobStore;
 pub use ledger::LedgerStore;
@@ -28,7 +30,7 @@ pub use webhooks::WebhookStore;
 /// Every part of the store, for `use crate::store::prelude::*` where the store is called.
 pub mod prelude {
     pub use super::{
-        ConsentStore, DataStore, HousekeepingStore, JobStore, LedgerStore, PullStore,
+        ConsentStore, DataStore, EventStore, HousekeepingStore, JobStore, LedgerStore, PullStore,
         ScheduleStore, SessionStore, Store, WebhookStore,
     };
 }
@@ -114,6 +116,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct ConsentFilter {
     pub link_id: Option<String>,
     pub status: Option<ConsentStatus>,
+    /// Only consents changed after this instant.
+    pub updated_after: Option<DateTime<Utc>>,
     pub after_seq: Option<i64>,
     pub limit: u32,
 }
@@ -125,6 +129,8 @@ pub type ConsentPage = Vec<(i64, Consent)>;
 pub struct PullFilter {
     pub consent_id: Option<String>,
     pub status: Option<PullStatus>,
+    /// Only pulls changed after this instant.
+    pub updated_after: Option<DateTime<Utc>>,
     pub after_seq: Option<i64>,
     pub limit: u32,
 }
@@ -281,6 +287,7 @@ pub trait Store:
     + PullStore
     + LedgerStore
     + DataStore
+    + EventStore
     + ScheduleStore
     + WebhookStore
     + JobStore

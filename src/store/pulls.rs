@@ -4,8 +4,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
 
 use super::db::*;
+use super::events::record_pull_event;
 use super::rows::*;
 use super::*;
+use crate::domain::event::EventType;
 use crate::domain::pull::{Pull, PullStatus};
 use crate::queue::{NewJob, Task};
 
@@ -123,12 +125,14 @@ impl PullStore for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {PULL_COLUMNS} FROM pulls
              WHERE ($1 IS NULL OR consent_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
+                AND updated_at > $5
              ORDER BY seq LIMIT $4"
         ))
         .bind(f.consent_id.as_deref())
         .bind(f.status.map(|s| s.as_str()))
         .bind(f.after_seq.unwrap_or(0))
         .bind(f.limit as i64)
+        .bind(f.updated_after.map_or(i64::MIN, to_ms))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(pull_from_row).collect()
@@ -234,6 +238,11 @@ impl PullStore for SqlStore {
             == 1;
         if ended {
             cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+            let event = match status {
+                PullStatus::Expired => EventType::PullExpired,
+                _ => EventType::PullFailed,
+            };
+            record_pull_event(&mut tx, event, pull_id, now).await?;
         }
         tx.commit().await?;
         Ok(ended)
@@ -273,7 +282,7 @@ impl PullStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        let completed = sqlx::query(
             "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,
                     error_code = NULL, error_message = NULL
              WHERE pull_id = $3 AND status IN ('submitted', 'fetching')",
@@ -282,7 +291,12 @@ impl PullStore for SqlStore {
         .bind(to_ms(now))
         .bind(&d.pull_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if completed {
+            record_pull_event(&mut tx, EventType::PullCompleted, &d.pull_id, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -313,6 +327,7 @@ impl PullStore for SqlStore {
         .await?;
         for pull_id in &expired {
             cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
+            record_pull_event(&mut tx, EventType::PullExpired, pull_id, now).await?;
         }
         tx.commit().await?;
         Ok(expired)

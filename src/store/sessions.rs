@@ -3,9 +3,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::db::*;
+use super::events::{record_consent_event, record_session_event};
 use super::rows::*;
 use super::*;
 use crate::domain::consent::Consent;
+use crate::domain::event::EventType;
 use crate::domain::session::{Session, SessionStatus};
 use crate::queue::NewJob;
 
@@ -118,7 +120,7 @@ impl SessionStore for SqlStore {
 
     async fn abandon_session(&self, session_id: &str, now: DateTime<Utc>) -> StoreResult<Session> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let abandoned = sqlx::query(
             "UPDATE sessions SET status = 'abandoned', callback_at = COALESCE(callback_at, $1), updated_at = $2
              WHERE session_id = $3 AND status = 'pending'",
         )
@@ -126,7 +128,12 @@ impl SessionStore for SqlStore {
         .bind(to_ms(now))
         .bind(session_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if abandoned {
+            record_session_event(&mut tx, EventType::SessionFailed, session_id, now).await?;
+        }
         let session = session_in(&mut tx, session_id).await?;
         tx.commit().await?;
         Ok(session)
@@ -139,8 +146,9 @@ impl SessionStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
+        let mut added = vec![];
         for c in consents {
-            sqlx::query(&format!(
+            let inserted = sqlx::query(&format!(
                 "INSERT INTO consents ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                  ON CONFLICT (consent_id) DO NOTHING",
                 CONSENT_COLUMNS.trim_start_matches("seq, ")
@@ -164,16 +172,28 @@ impl SessionStore for SqlStore {
             .bind(to_ms(c.created_at))
             .bind(to_ms(c.updated_at))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                added.push(c.consent_id.as_str());
+            }
         }
-        sqlx::query(
+        let completed = sqlx::query(
             "UPDATE sessions SET status = 'completed', error_code = NULL, error_message = NULL, updated_at = $1
-             WHERE session_id = $2",
+             WHERE session_id = $2 AND status <> 'completed'",
         )
         .bind(to_ms(now))
         .bind(session_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        for consent_id in added {
+            record_consent_event(&mut tx, EventType::ConsentActive, consent_id, now).await?;
+        }
+        if completed {
+            record_session_event(&mut tx, EventType::SessionCompleted, session_id, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -186,6 +206,14 @@ impl SessionStore for SqlStore {
         message: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        // The journey fails once: a failed session that fails again tells nobody anew.
+        let newly_failed = status == SessionStatus::Failed
+            && sqlx::query_scalar::<_, String>("SELECT status FROM sessions WHERE session_id = $1")
+                .bind(session_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some_and(|s| s != "failed" && s != "completed");
         sqlx::query(
             "UPDATE sessions SET status = $1, error_code = $2, error_message = $3, updated_at = $4
              WHERE session_id = $5 AND status <> 'completed'",
@@ -195,8 +223,12 @@ impl SessionStore for SqlStore {
         .bind(message)
         .bind(to_ms(now))
         .bind(session_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if newly_failed {
+            record_session_event(&mut tx, EventType::SessionFailed, session_id, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -207,7 +239,8 @@ impl SessionStore for SqlStore {
         message: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let r = sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let failed = sqlx::query(
             "UPDATE sessions SET status = 'failed', error_code = $1, error_message = $2, updated_at = $3
              WHERE session_id = $4 AND status = 'capturing'",
         )
@@ -215,8 +248,14 @@ impl SessionStore for SqlStore {
         .bind(message)
         .bind(to_ms(now))
         .bind(session_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if failed {
+            record_session_event(&mut tx, EventType::SessionFailed, session_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(failed)
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod consent_journey;
 mod db_outage;
+mod events;
 mod fair_use_property;
 mod hostile_input;
 mod input_property;

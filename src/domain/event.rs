@@ -1,0 +1,60 @@
+//! Events: what the lender's systems are told (docs/architecture.md, "Events"). Each is
+//! written in the transaction of the change it reports, and its `data` is the resource as the
+//! API shows it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::string_enum;
+
+/// What happened. Named as `string_enum!` lists them (one list for the API, the database and
+/// the outbound webhooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    SessionCompleted,
+    SessionFailed,
+    ConsentActive,
+    ConsentPaused,
+    ConsentResumed,
+    ConsentRevoked,
+    ConsentExpired,
+    ConsentInvalid,
+    PullCompleted,
+    PullFailed,
+    PullExpired,
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+string_enum!(EventType {
+    SessionCompleted => "consent_session.completed",
+    SessionFailed => "consent_session.failed",
+    ConsentActive => "consent.active",
+    ConsentPaused => "consent.paused",
+    ConsentResumed => "consent.resumed",
+    ConsentRevoked => "consent.revoked",
+    ConsentExpired => "consent.expired",
+    ConsentInvalid => "consent.invalid",
+    PullCompleted => "pull.completed",
+    PullFailed => "pull.failed",
+    PullExpired => "pull.expired",
+});
+
+/// One event, as the feed and the outbound webhooks show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub timestamp: DateTime<Utc>,
+    pub data: serde_json::Value,
+}
+
+/// A new event id: `evt_` and 32 hex digits.
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::new_v4().simple())
+}

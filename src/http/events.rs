@@ -1,0 +1,87 @@
+//! The event feed: `GET /api/v1/events`, oldest first, resumable from any event id. The
+//! pull-based way to hear about state changes, and the way to catch up after an outage.
+
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::error::{ApiError, Query};
+use super::ids::{EventId, plausible_id};
+use super::page::Page;
+use crate::domain::event::{Event, EventType};
+use crate::domain::invalid;
+use crate::state::AppState;
+use crate::store::EventFilter;
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// An event id: the page starts after it. `next_cursor` is the id to pass next.
+    after: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    consent_id: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<FeedQuery>,
+) -> Result<axum::Json<Page<Event>>, ApiError> {
+    let event_type = super::page::parse_filter(
+        "INVALID_TYPE",
+        "type",
+        q.event_type.as_deref(),
+        EventType::ALL,
+    )?;
+    if q.consent_id.as_deref().is_some_and(|c| !plausible_id(c)) {
+        return Err(invalid("INVALID_CONSENT_ID", "consent_id is not a consent id").into());
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(invalid("INVALID_LIMIT", format!("limit must be 1 to {MAX_LIMIT}")).into());
+    }
+    let after_seq = match q.after.as_deref() {
+        None => None,
+        Some(id) => {
+            let found = if plausible_id(id) {
+                state.store.get_event(id).await?
+            } else {
+                None
+            };
+            Some(
+                found
+                    .ok_or_else(|| invalid("INVALID_AFTER", "after is not an event id"))?
+                    .0,
+            )
+        }
+    };
+    let mut rows = state
+        .store
+        .list_events(&EventFilter {
+            event_type,
+            consent_id: q.consent_id,
+            after_seq,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let items: Vec<Event> = rows.into_iter().map(|(_, e)| e).collect();
+    let next_cursor = more.then(|| items.last().map(|e| e.id.clone())).flatten();
+    Ok(axum::Json(Page { items, next_cursor }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    EventId(event_id): EventId,
+) -> Result<axum::Json<Event>, ApiError> {
+    state
+        .store
+        .get_event(&event_id)
+        .await?
+        .map(|(_, e)| axum::Json(e))
+        .ok_or_else(EventId::not_found)
+}

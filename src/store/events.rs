@@ -1,0 +1,189 @@
+//! The outbox of events: written by the other aggregates' transactions (the `record_*`
+//! helpers), read by the feed.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+
+use super::db::*;
+use super::rows::*;
+use super::*;
+use crate::domain::consent::ConsentView;
+use crate::domain::event::{Event, EventType, new_event_id};
+use crate::domain::fair_use::budget;
+
+/// Which events to list; oldest first, after `after_seq`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<EventType>,
+    pub consent_id: Option<String>,
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// The outbox, as the feed reads it.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Events oldest first, with the position of each (for cursors).
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<(i64, Event)>>;
+    /// One event and its position.
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<(i64, Event)>>;
+}
+
+#[async_trait]
+impl EventStore for SqlStore {
+    async fn list_events(&self, f: &EventFilter) -> StoreResult<Vec<(i64, Event)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, type, data, created_at FROM events
+             WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR consent_id = $2) AND seq > $3
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(f.event_type.map(|t| t.as_str()))
+        .bind(f.consent_id.as_deref())
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn get_event(&self, event_id: &str) -> StoreResult<Option<(i64, Event)>> {
+        let row = sqlx::query(
+            "SELECT seq, event_id, type, data, created_at FROM events WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+}
+
+fn event_from_row(r: &sqlx::any::AnyRow) -> StoreResult<(i64, Event)> {
+    let data: String = r.try_get("data")?;
+    let kind: String = r.try_get("type")?;
+    Ok((
+        r.try_get("seq")?,
+        Event {
+            id: r.try_get("event_id")?,
+            event_type: parse_enum("event type", &kind)?,
+            timestamp: from_ms(r.try_get("created_at")?)?,
+            data: serde_json::from_str(&data)
+                .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        },
+    ))
+}
+
+async fn insert_event(
+    conn: &mut AnyConnection,
+    event_type: EventType,
+    consent_id: Option<&str>,
+    data: &Value,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO events (event_id, type, consent_id, data, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(new_event_id())
+    .bind(event_type.as_str())
+    .bind(consent_id)
+    .bind(data.to_string())
+    .bind(to_ms(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The pull as the API shows it, with its consent's `link_id`.
+async fn pull_data(
+    conn: &mut AnyConnection,
+    pull_id: &str,
+) -> StoreResult<Option<(String, Value)>> {
+    let Some(pull) = pull_where(conn, "pull_id", pull_id).await? else {
+        return Ok(None);
+    };
+    let link_id: Option<String> =
+        sqlx::query_scalar("SELECT link_id FROM consents WHERE consent_id = $1")
+            .bind(&pull.consent_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let mut data = serde_json::to_value(&pull).expect("pulls serialise");
+    data["link_id"] = link_id.map_or(Value::Null, Value::String);
+    Ok(Some((pull.consent_id, data)))
+}
+
+/// The consent as the API shows it (with its usage at `now`).
+async fn consent_data(
+    conn: &mut AnyConnection,
+    consent_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Value>> {
+    let row = sqlx::query(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
+    ))
+    .bind(consent_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((_, consent)) = row.as_ref().map(consent_from_row).transpose()? else {
+        return Ok(None);
+    };
+    let mut used = vec![];
+    for b in budget(&consent.limits(), now) {
+        used.push(sent_since(conn, consent_id, b.period_start).await?);
+    }
+    let view = ConsentView::new(consent, &used, now);
+    Ok(Some(
+        serde_json::to_value(view).expect("consents serialise"),
+    ))
+}
+
+/// Records a pull event in the transaction of `conn`.
+pub(super) async fn record_pull_event(
+    conn: &mut AnyConnection,
+    event_type: EventType,
+    pull_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if let Some((consent_id, data)) = pull_data(conn, pull_id).await? {
+        insert_event(conn, event_type, Some(&consent_id), &data, now).await?;
+    }
+    Ok(())
+}
+
+/// Records a consent event in the transaction of `conn`.
+pub(super) async fn record_consent_event(
+    conn: &mut AnyConnection,
+    event_type: EventType,
+    consent_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if let Some(data) = consent_data(conn, consent_id, now).await? {
+        insert_event(conn, event_type, Some(consent_id), &data, now).await?;
+    }
+    Ok(())
+}
+
+/// Records a journey event in the transaction of `conn`: the session as
+/// `GET /api/v1/consent-sessions/{id}` shows it, with its consents.
+pub(super) async fn record_session_event(
+    conn: &mut AnyConnection,
+    event_type: EventType,
+    session_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let session = session_in(conn, session_id).await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT consent_id FROM consents WHERE session_id = $1 ORDER BY seq")
+            .bind(session_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut consents = vec![];
+    for id in ids {
+        if let Some(c) = consent_data(conn, &id, now).await? {
+            consents.push(c);
+        }
+    }
+    let mut data = serde_json::to_value(&session).expect("sessions serialise");
+    data["consents"] = Value::Array(consents);
+    insert_event(conn, event_type, None, &data, now).await
+}
