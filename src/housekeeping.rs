@@ -1,5 +1,7 @@
-//! Housekeeping: consents past their tenure leave the schedule, and data past its data life
-//! (Sahamati: one month; `DATA_RETENTION_DAYS`) is deleted. Pull rows stay, marked purged.
+//! Housekeeping: the deadline sweep that ends every pull still open at `PULL_DEADLINE_SECS`;
+//! consents past their tenure leave the schedule; data past its data life (Sahamati: one month;
+//! `DATA_RETENTION_DAYS`) is deleted, pull rows staying, marked purged; and old jobs, journeys
+//! and ledger rows go.
 
 use tokio_util::sync::CancellationToken;
 
