@@ -24,6 +24,8 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Counter>,
     /// Refused webhooks by reason, so a burst (a rotated secret, a wrong scheme) shows.
     pub webhook_rejections: Family<ReasonLabel, Counter>,
+    /// Attempts to deliver an event to a lender endpoint, by outcome.
+    pub notifications: Family<OutcomeLabel, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,11 +60,23 @@ impl Default for Metrics {
                 reason: reason.to_string(),
             });
         }
+        let notifications = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Attempts to deliver an event to a lender endpoint, by outcome",
+            notifications.clone(),
+        );
+        for outcome in ["delivered", "retry", "failed", "gone"] {
+            let _ = notifications.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
         Self {
             registry,
             webhooks,
             jobs,
             webhook_rejections,
+            notifications,
         }
     }
 }
@@ -80,6 +94,14 @@ impl Metrics {
         self.webhook_rejections
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn notification(&self, outcome: &str) {
+        self.notifications
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
             })
             .inc();
     }

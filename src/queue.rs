@@ -22,6 +22,8 @@ pub enum Task {
     ProcessWebhook { inbox_id: i64 },
     /// Fetch and store a finished pull's Insights or Transactions.
     FetchPullData { pull_id: String },
+    /// Deliver one event to one of the lender's endpoints.
+    DeliverEvent { delivery_seq: i64 },
 }
 
 impl Task {
@@ -33,6 +35,7 @@ impl Task {
             Task::PollPull { .. } => "poll_pull",
             Task::ProcessWebhook { .. } => "process_webhook",
             Task::FetchPullData { .. } => "fetch_pull_data",
+            Task::DeliverEvent { .. } => "deliver_event",
         }
     }
 
@@ -43,7 +46,9 @@ impl Task {
         match self {
             Task::CaptureConsents { .. } | Task::FetchPullData { .. } => 30,
             Task::SubmitPull { .. } | Task::ProcessWebhook { .. } => 20,
-            Task::PollPull { .. } => 100_000,
+            // Polling ends at the pull's deadline, and a delivery after its retry schedule
+            // (`NOTIFY_RETRY_SCHEDULE`), not after a number of tries.
+            Task::PollPull { .. } | Task::DeliverEvent { .. } => 100_000,
         }
     }
 
@@ -53,7 +58,9 @@ impl Task {
             Task::SubmitPull { pull_id }
             | Task::PollPull { pull_id }
             | Task::FetchPullData { pull_id } => Some(pull_id),
-            Task::CaptureConsents { .. } | Task::ProcessWebhook { .. } => None,
+            Task::CaptureConsents { .. }
+            | Task::ProcessWebhook { .. }
+            | Task::DeliverEvent { .. } => None,
         }
     }
 
@@ -65,6 +72,7 @@ impl Task {
             Task::SubmitPull { pull_id } => Some(format!("submit:{pull_id}")),
             Task::PollPull { pull_id } => Some(format!("poll:{pull_id}")),
             Task::FetchPullData { pull_id } => Some(format!("fetch:{pull_id}")),
+            Task::DeliverEvent { delivery_seq } => Some(format!("deliver:{delivery_seq}")),
             Task::ProcessWebhook { .. } => None,
         }
     }

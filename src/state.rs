@@ -28,6 +28,8 @@ pub struct AppState {
     pub webhooks: WebhookIntake,
     /// Which background tasks are down; `/readyz` is 503 while any is.
     pub tasks: Arc<TaskHealth>,
+    /// Delivers events to the lender's endpoints: 10 s in all, no redirects.
+    pub notify_http: reqwest::Client,
 }
 
 impl AppState {
@@ -58,6 +60,11 @@ impl AppState {
             jobs_wakeup: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::default()),
             tasks: Arc::new(TaskHealth::default()),
+            notify_http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("aa-recurring/", env!("CARGO_PKG_VERSION")))
+                .build()?,
         })
     }
 }

@@ -169,6 +169,10 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// The largest webhook body read.
     pub webhook_body_limit: usize,
+    /// Delays between attempts to deliver an event to a lender endpoint.
+    pub notify_retry_schedule: Vec<Duration>,
+    /// Whether endpoints may be `http://` (always in development; in production only when set).
+    pub notify_allow_http: bool,
 }
 
 /// The credentials the in-process sandbox expects when none are configured.
@@ -336,6 +340,20 @@ impl Config {
         }
         let max_concurrent_requests = number(&MAX_CONCURRENT_REQUESTS)? as usize;
         let webhook_body_limit = number(&WEBHOOK_BODY_LIMIT_BYTES)? as usize;
+        let notify_retry_schedule = crate::domain::notify::parse_retry_schedule(
+            &get("NOTIFY_RETRY_SCHEDULE").unwrap_or_else(|| "5s,5m,30m,2h,5h,10h,10h".into()),
+        )
+        .map_err(|e| err("NOTIFY_RETRY_SCHEDULE", e))?;
+        let notify_allow_http = match get("NOTIFY_ALLOW_HTTP").as_deref() {
+            None | Some("false") => app_env == AppEnv::Development,
+            Some("true") => true,
+            Some(other) => {
+                return Err(err(
+                    "NOTIFY_ALLOW_HTTP",
+                    format!("must be `true` or `false`, got `{other}`"),
+                ));
+            }
+        };
 
         let log_format = get("LOG_FORMAT")
             .map(|v| LogFormat::parse(&v))
@@ -401,6 +419,8 @@ impl Config {
             request_timeout,
             max_concurrent_requests,
             webhook_body_limit,
+            notify_retry_schedule,
+            notify_allow_http,
         })
     }
 

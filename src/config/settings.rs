@@ -23,6 +23,8 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     #[command(flatten)]
     pub retention: RetentionSettings,
+    #[command(flatten)]
+    pub notify: NotifySettings,
 }
 
 #[derive(Args, Clone, Default)]
@@ -212,6 +214,27 @@ pub struct WebhookSettings {
 }
 
 #[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Telling the lender's systems")]
+pub struct NotifySettings {
+    /// Delays between attempts to deliver an event to an endpoint, then it is failed.
+    #[arg(
+        long = "notify-retry-schedule",
+        env = "NOTIFY_RETRY_SCHEDULE",
+        value_name = "NOTIFY_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub notify_retry_schedule: Option<String>,
+    /// `true` lets production send events to http:// endpoints (internal receivers).
+    #[arg(
+        long = "notify-allow-http",
+        env = "NOTIFY_ALLOW_HTTP",
+        value_name = "NOTIFY_ALLOW_HTTP",
+        default_value = "false"
+    )]
+    pub notify_allow_http: Option<String>,
+}
+
+#[derive(Args, Clone, Default)]
 #[command(next_help_heading = "Pulls and jobs")]
 pub struct ScheduleSettings {
     /// Seconds a submitted pull waits for its webhook before polling (1-86400).
@@ -290,6 +313,8 @@ impl Settings {
             "PULL_INTERVAL_MIN_SECS" => &self.schedule.pull_interval_min_secs,
             "JOB_LEASE_SECS" => &self.schedule.job_lease_secs,
             "DATA_RETENTION_DAYS" => &self.retention.data_retention_days,
+            "NOTIFY_RETRY_SCHEDULE" => &self.notify.notify_retry_schedule,
+            "NOTIFY_ALLOW_HTTP" => &self.notify.notify_allow_http,
             _ => return None,
         };
         value.clone()

@@ -4,6 +4,7 @@ pub mod consent;
 pub mod event;
 pub mod fair_use;
 pub mod input;
+pub mod notify;
 pub mod pull;
 pub mod schedule;
 pub mod session;

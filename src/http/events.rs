@@ -85,3 +85,37 @@ pub async fn get(
         .map(|(_, e)| axum::Json(e))
         .ok_or_else(EventId::not_found)
 }
+
+/// `GET /api/v1/events/{event_id}/deliveries`: every attempt to deliver the event, oldest first.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    EventId(event_id): EventId,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if state.store.get_event(&event_id).await?.is_none() {
+        return Err(EventId::not_found());
+    }
+    let items = state.store.delivery_attempts(&event_id).await?;
+    Ok(axum::Json(serde_json::json!({ "items": items })))
+}
+
+/// `POST /api/v1/events/{event_id}/redeliver`: send the event again to every enabled endpoint
+/// that wants it (202).
+pub async fn redeliver(
+    State(state): State<AppState>,
+    EventId(event_id): EventId,
+) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let (seq, event) = state
+        .store
+        .get_event(&event_id)
+        .await?
+        .ok_or_else(EventId::not_found)?;
+    let n = state
+        .store
+        .redeliver(&event, seq, state.clock.now())
+        .await?;
+    state.jobs_wakeup.notify_one();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "deliveries": n })),
+    ))
+}

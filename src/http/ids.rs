@@ -51,6 +51,7 @@ path_id!(ConsentId, "CONSENT_NOT_FOUND", "consent");
 path_id!(PullId, "PULL_NOT_FOUND", "pull");
 path_id!(SessionId, "SESSION_NOT_FOUND", "consent session");
 path_id!(EventId, "EVENT_NOT_FOUND", "event");
+path_id!(EndpointId, "ENDPOINT_NOT_FOUND", "webhook endpoint");
 
 #[cfg(test)]
 mod tests {

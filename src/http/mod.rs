@@ -4,6 +4,7 @@ pub mod auth;
 pub mod callback;
 pub mod consent_sessions;
 pub mod consents;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod ids;
@@ -52,6 +53,26 @@ pub fn router(state: AppState) -> Router {
         .route("/consents/{consent_id}/pulls", post(pulls::create))
         .route("/events", get(events::list))
         .route("/events/{event_id}", get(events::get))
+        .route("/events/{event_id}/deliveries", get(events::deliveries))
+        .route("/events/{event_id}/redeliver", post(events::redeliver))
+        .route(
+            "/webhook-endpoints",
+            get(endpoints::list).post(endpoints::create),
+        )
+        .route(
+            "/webhook-endpoints/{endpoint_id}",
+            get(endpoints::get)
+                .patch(endpoints::patch)
+                .delete(endpoints::delete),
+        )
+        .route(
+            "/webhook-endpoints/{endpoint_id}/enable",
+            post(endpoints::enable),
+        )
+        .route(
+            "/webhook-endpoints/{endpoint_id}/rotate-secret",
+            post(endpoints::rotate_secret),
+        )
         .route("/pulls", get(pulls::list))
         .route("/pulls/{pull_id}", get(pulls::get))
         .route("/pulls/{pull_id}/insights", get(pulls::insights))

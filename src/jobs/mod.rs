@@ -2,6 +2,7 @@
 //! queue's vocabulary (tasks, keys, backoff) is in `queue`; the rows are in the store.
 
 pub mod capture_consents;
+pub mod deliver;
 pub mod fetch_data;
 pub mod poll;
 pub mod process_webhook;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt;
 
-use super::{JobError, capture_consents, fetch_data, poll, process_webhook, submit_pull};
+use super::{JobError, capture_consents, deliver, fetch_data, poll, process_webhook, submit_pull};
 use crate::queue::{Job, JobOutcome, Task, retry_delay};
 use crate::state::AppState;
 
@@ -158,6 +158,7 @@ async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
         Ok(Task::PollPull { pull_id }) => poll::run(state, pull_id).await,
         Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id).await,
         Ok(Task::FetchPullData { pull_id }) => fetch_data::run(state, pull_id).await,
+        Ok(Task::DeliverEvent { delivery_seq }) => deliver::run(state, *delivery_seq).await,
     }
 }
 

@@ -81,16 +81,21 @@ async fn insert_event(
     data: &Value,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO events (event_id, type, consent_id, data, created_at) VALUES ($1, $2, $3, $4, $5)",
+    let event_id = new_event_id();
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, type, consent_id, data, created_at) VALUES ($1, $2, $3, $4, $5)
+         RETURNING seq",
     )
-    .bind(new_event_id())
+    .bind(&event_id)
     .bind(event_type.as_str())
     .bind(consent_id)
     .bind(data.to_string())
     .bind(to_ms(now))
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    // The outbox fans out in the same transaction: no event is told to one endpoint and lost
+    // for another.
+    super::notify::fan_out(conn, seq, &event_id, event_type, now).await?;
     Ok(())
 }
 

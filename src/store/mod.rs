@@ -9,6 +9,7 @@ pub mod group_commit;
 mod housekeeping;
 mod jobs;
 mod ledger;
+mod notify;
 mod pulls;
 mod rows;
 mod schedule;
@@ -22,6 +23,7 @@ pub use events::{EventFilter, EventStore};
 pub use housekeeping::HousekeepingStore;
 pub use jobs::JobStore;
 pub use ledger::LedgerStore;
+pub use notify::{AttemptRecord, Delivery, DeliveryAttempt, NotifyStore};
 pub use pulls::PullStore;
 pub use schedule::ScheduleStore;
 pub use sessions::SessionStore;
@@ -30,8 +32,8 @@ pub use webhooks::WebhookStore;
 /// Every part of the store, for `use crate::store::prelude::*` where the store is called.
 pub mod prelude {
     pub use super::{
-        ConsentStore, DataStore, EventStore, HousekeepingStore, JobStore, LedgerStore, PullStore,
-        ScheduleStore, SessionStore, Store, WebhookStore,
+        ConsentStore, DataStore, EventStore, HousekeepingStore, JobStore, LedgerStore, NotifyStore,
+        PullStore, ScheduleStore, SessionStore, Store, WebhookStore,
     };
 }
 
@@ -288,6 +290,7 @@ pub trait Store:
     + LedgerStore
     + DataStore
     + EventStore
+    + NotifyStore
     + ScheduleStore
     + WebhookStore
     + JobStore

@@ -11,6 +11,7 @@ mod fair_use_property;
 mod hostile_input;
 mod input_property;
 mod job_queue;
+mod notify;
 mod pull_endings;
 mod pulls;
 mod sandbox;
