@@ -309,3 +309,91 @@ async fn after_rotation_both_secrets_sign_and_bad_input_is_refused() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A receiver that hangs for `hang` before answering, or answers `big` bytes.
+async fn misbehaving(hang: Duration, big: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(hang).await;
+            (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(big))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_hanging_or_flooding_receiver_costs_one_bounded_attempt_and_delays_no_other() {
+    let app = TestApp::builder()
+        .env(&[("NOTIFY_RETRY_SCHEDULE", "1h")])
+        .start()
+        .await;
+    let hangs = misbehaving(Duration::from_secs(30), 0).await;
+    let floods = misbehaving(Duration::ZERO, 10 * 1024 * 1024).await;
+    endpoint(&app, &hangs, json!(["consent.paused"])).await;
+    endpoint(&app, &floods, json!(["consent.paused"])).await;
+    let r = Arc::new(Receiver::default());
+    let healthy = receiver_on(0, r.clone()).await;
+    endpoint(&app, &healthy, json!(["consent.paused"])).await;
+    let consent = app.approved_consent("cust-notify-slow", json!({})).await;
+    let started = std::time::Instant::now();
+    app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
+        .await;
+    // The healthy endpoint hears at once, whatever the others do.
+    let got = delivered(&r, 1).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let event_id = got[0].1["id"].as_str().unwrap().to_string();
+    // The others: one attempt each, bounded by the 10 s timeout and 1 KiB kept.
+    let deliveries = app
+        .eventually(&format!("/api/v1/events/{event_id}/deliveries"), 20, |d| {
+            d["items"].as_array().unwrap().len() == 3
+        })
+        .await;
+    for a in deliveries["items"].as_array().unwrap() {
+        if a["http_status"] == 200 {
+            continue;
+        }
+        assert!(a["latency_ms"].as_i64().unwrap() < 12_000, "{a}");
+        assert!(
+            a["response"].as_str().map_or(0, str::len) <= 1024,
+            "at most 1 KiB of an answer is kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_event_committed_before_a_crash_is_delivered_after_the_restart() {
+    let retry = [("NOTIFY_RETRY_SCHEDULE", "1s,1s,1s,1s,1s")];
+    let mut app = TestApp::builder().env(&retry).start().await;
+    // Nothing listens yet: the delivery's job is waiting to try again when the service dies.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    endpoint(
+        &app,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        json!(["consent.paused"]),
+    )
+    .await;
+    let consent = app.approved_consent("cust-notify-crash", json!({})).await;
+    app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.app.take().unwrap().abort();
+
+    // Up again, with the receiver listening: the durable job delivers the event by itself.
+    let r = Arc::new(Receiver::default());
+    receiver_on(port, r.clone()).await;
+    let app = TestApp::builder()
+        .database(app.db_url.clone(), app.dir.clone())
+        .env(&retry)
+        .start()
+        .await;
+    let got = delivered(&r, 1).await;
+    let (_, feed) = app.get("/api/v1/events?type=consent.paused").await;
+    assert_eq!(got[0].1["id"], feed["items"][0]["id"]);
+}
