@@ -3,7 +3,9 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -26,6 +28,13 @@ pub struct Metrics {
     pub webhook_rejections: Family<ReasonLabel, Counter>,
     /// Attempts to deliver an event to a lender endpoint, by outcome.
     pub notifications: Family<OutcomeLabel, Counter>,
+    /// How long the oldest undelivered event of each endpoint has waited, set at each scrape.
+    pub undelivered_age: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint_id: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,12 +80,19 @@ impl Default for Metrics {
                 outcome: outcome.to_string(),
             });
         }
+        let undelivered_age = Family::<EndpointLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "notifications_oldest_undelivered_age_seconds",
+            "How long the oldest undelivered event of each endpoint has waited",
+            undelivered_age.clone(),
+        );
         Self {
             registry,
             webhooks,
             jobs,
             webhook_rejections,
             notifications,
+            undelivered_age,
         }
     }
 }
@@ -113,6 +129,24 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Sets the undelivered-age gauges from `(endpoint, oldest pending since)`; endpoints with
+    /// nothing pending drop out.
+    pub fn set_undelivered(
+        &self,
+        oldest: &[(String, chrono::DateTime<chrono::Utc>)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.undelivered_age.clear();
+        for (endpoint_id, since) in oldest {
+            let age = (now - *since).num_milliseconds().max(0) as f64 / 1000.0;
+            self.undelivered_age
+                .get_or_create(&EndpointLabel {
+                    endpoint_id: endpoint_id.clone(),
+                })
+                .set(age);
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -29,6 +29,8 @@ CREATE TABLE deliveries (
     UNIQUE (event_id, endpoint_id)
 );
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, status, event_seq);
+-- The metric of the oldest undelivered event per endpoint reads only pending rows.
+CREATE INDEX deliveries_pending ON deliveries (endpoint_id, created_at) WHERE status = 'pending';
 
 -- Every attempt, for GET /api/v1/events/{id}/deliveries.
 CREATE TABLE delivery_attempts (

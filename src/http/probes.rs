@@ -37,8 +37,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. The gauges are read at the scrape, through indexes.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.oldest_pending().await {
+        Ok(oldest) => state.metrics.set_undelivered(&oldest, state.clock.now()),
+        Err(e) => tracing::warn!(error = %e, "reading undelivered events for /metrics failed"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

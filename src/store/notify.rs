@@ -90,6 +90,8 @@ pub trait NotifyStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
     async fn delivery_attempts(&self, event_id: &str) -> StoreResult<Vec<DeliveryAttempt>>;
+    /// For each endpoint with a pending delivery, when its oldest one was made.
+    async fn oldest_pending(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
     /// Sends the event again to every enabled endpoint that wants it. Returns how many.
     async fn redeliver(
         &self,
@@ -420,6 +422,17 @@ impl NotifyStore for SqlStore {
                     delivery_status: r.try_get("status")?,
                 })
             })
+            .collect()
+    }
+
+    async fn oldest_pending(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT endpoint_id, MIN(created_at) FROM deliveries WHERE status = 'pending' GROUP BY endpoint_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(e, at)| Ok((e, from_ms(at)?)))
             .collect()
     }
 

@@ -178,7 +178,7 @@ async fn a_receiver_that_answers_503_or_is_down_gets_it_on_a_later_attempt() {
         l.local_addr().unwrap().port()
     };
     let down = Arc::new(Receiver::default());
-    endpoint(
+    let (down_id, _) = endpoint(
         &app,
         &format!("http://127.0.0.1:{port}/hooks"),
         json!(["consent.paused"]),
@@ -187,6 +187,22 @@ async fn a_receiver_that_answers_503_or_is_down_gets_it_on_a_later_attempt() {
     app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
         .await;
     tokio::time::sleep(Duration::from_millis(250)).await;
+    // Meanwhile the wait shows, per endpoint.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "aa_recurring_notifications_oldest_undelivered_age_seconds{{endpoint_id=\"{down_id}\"}}"
+        )),
+        "{metrics}"
+    );
     receiver_on(port, down.clone()).await;
     let got = delivered(&down, 1).await;
     assert_eq!(got[0].1["type"], "consent.paused");
@@ -396,4 +412,55 @@ async fn an_event_committed_before_a_crash_is_delivered_after_the_restart() {
     let got = delivered(&r, 1).await;
     let (_, feed) = app.get("/api/v1/events?type=consent.paused").await;
     assert_eq!(got[0].1["id"], feed["items"][0]["id"]);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_fails_every_delivery_for_five_days_is_disabled() {
+    let (app, clock) = clocked(&[("NOTIFY_RETRY_SCHEDULE", "1s")]).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (endpoint_id, _) = endpoint(
+        &app,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        json!(["consent.paused", "consent.resumed"]),
+    )
+    .await;
+    let consent = app.approved_consent("cust-notify-dead", json!({})).await;
+    app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
+        .await;
+    let (_, feed) = app.get("/api/v1/events?type=consent.paused").await;
+    let first = feed["items"][0]["id"].as_str().unwrap().to_string();
+    // Its one retry fails too: the delivery is given up, the endpoint still enabled.
+    for _ in 0..50 {
+        clock.advance(chrono::Duration::seconds(2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, d) = app.get(&format!("/api/v1/events/{first}/deliveries")).await;
+        if d["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+    }
+    let (_, d) = app.get(&format!("/api/v1/events/{first}/deliveries")).await;
+    assert_eq!(d["items"][1]["delivery_status"], "failed", "{d}");
+    let (_, ep) = app
+        .get(&format!("/api/v1/webhook-endpoints/{endpoint_id}"))
+        .await;
+    assert_eq!(ep["status"], "enabled");
+
+    // Five days later, still failing: the next failure disables it.
+    clock.advance(chrono::Duration::days(5));
+    app.post(&format!("/api/v1/consents/{consent}/resume"), &json!({}))
+        .await;
+    let ep = app
+        .eventually(
+            &format!("/api/v1/webhook-endpoints/{endpoint_id}"),
+            10,
+            |e| e["status"] == "disabled",
+        )
+        .await;
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("5 days"),
+        "{ep}"
+    );
 }
