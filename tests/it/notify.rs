@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 #[derive(Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     /// Statuses to answer, in turn; 200 once they run out.
-    answers: Mutex<VecDeque<u16>>,
+    pub(crate) answers: Mutex<VecDeque<u16>>,
     /// Every delivery: its headers and body.
-    got: Mutex<Vec<(HeaderMap, Bytes)>>,
+    pub(crate) got: Mutex<Vec<(HeaderMap, Bytes)>>,
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -30,7 +30,7 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
 }
 
 /// A receiver on `port` (0: any); returns its URL.
-async fn receiver_on(port: u16, r: Arc<Receiver>) -> String {
+pub(crate) async fn receiver_on(port: u16, r: Arc<Receiver>) -> String {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();

@@ -143,6 +143,17 @@ async fn three_instances_lose_one_and_still_complete_every_pull_exactly_once() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
+    // The lender's endpoint: every completed pull must reach it, whichever instance did it.
+    let receiver = std::sync::Arc::new(crate::notify::Receiver::default());
+    let receiver_url = crate::notify::receiver_on(0, receiver.clone()).await;
+    let (status, ep) = json(
+        http.post(format!("{}/api/v1/webhook-endpoints", bases[0]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": receiver_url, "event_types": ["pull.completed"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ep}");
+
     // A burst of consents, spread across the instances.
     let mut consents = vec![];
     for i in 0..12 {
@@ -277,5 +288,26 @@ async fn three_instances_lose_one_and_still_complete_every_pull_exactly_once() {
             .await
             .unwrap();
     assert!(settled, "jobs left unfinished: {rows:?}");
+
+    // Every pull.completed event reached the endpoint; a repeat (after the crash) is the same
+    // event with the same webhook-id.
+    let (_, feed) = json(
+        http.get(format!("{a}/api/v1/events?type=pull.completed&limit=200"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    let events = feed["items"].as_array().unwrap();
+    assert_eq!(events.len(), pull_ids.len());
+    let got = receiver.got.lock().unwrap().clone();
+    let mut repeated = 0;
+    for e in events {
+        let id = e["id"].as_str().unwrap();
+        let copies: Vec<_> = got.iter().filter(|(h, _)| h["webhook-id"] == id).collect();
+        assert!(!copies.is_empty(), "event {id} never reached the endpoint");
+        assert!(copies.iter().all(|(_, b)| b == &copies[0].1));
+        repeated += copies.len() - 1;
+    }
+    // Only deliveries the killed instance had in flight may repeat: at most its worker pool.
+    assert!(repeated <= 16, "{repeated} repeated deliveries");
     drop(instances);
 }
