@@ -114,6 +114,8 @@ pub async fn run(state: &AppState, delivery_seq: i64) -> Result<(), JobError> {
         .record_attempt(&d, &record, now)
         .await
         .map_err(store_retry)?;
+    // The endpoint's next delivery was made due by that record.
+    state.jobs_wakeup.notify_one();
     match retry_after {
         Some(after) => Err(JobError::Retry {
             message: record.error.unwrap_or_default(),

@@ -387,6 +387,26 @@ impl NotifyStore for SqlStore {
         .bind(&d.endpoint.endpoint_id)
         .execute(&mut *tx)
         .await?;
+        // The next delivery to this endpoint waits on this one: once this one is settled, it
+        // runs at once rather than at its next look.
+        if a.delivery_status != "pending" {
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'
+                 ORDER BY event_seq LIMIT 1",
+            )
+            .bind(&d.endpoint.endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(delivery_seq) = next {
+                sqlx::query(
+                    "UPDATE jobs SET run_at = $1 WHERE dedupe_key = $2 AND status = 'queued'",
+                )
+                .bind(to_ms(now))
+                .bind(Task::DeliverEvent { delivery_seq }.dedupe_key())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         if let Some(reason) = &a.disable {
             sqlx::query(
                 "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = $1, updated_at = $2 WHERE endpoint_id = $3",

@@ -464,3 +464,50 @@ async fn an_endpoint_that_fails_every_delivery_for_five_days_is_disabled() {
         "{ep}"
     );
 }
+
+#[tokio::test]
+async fn two_instances_on_one_database_deliver_each_event_once() {
+    let a = TestApp::builder().start().await;
+    let b = TestApp::builder()
+        .database(a.db_url.clone(), a.dir.clone())
+        .start()
+        .await;
+    let r = Arc::new(Receiver::default());
+    let url = receiver_on(0, r.clone()).await;
+    endpoint(&a, &url, json!(["consent.paused", "consent.resumed"])).await;
+    let consent = a.approved_consent("cust-notify-two", json!({})).await;
+    // Twenty events, made through either instance; both run workers.
+    for i in 0..10 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        for action in ["pause", "resume"] {
+            let (status, body) = app
+                .post(&format!("/api/v1/consents/{consent}/{action}"), &json!({}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let got = delivered(&r, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_now = r.got.lock().unwrap().len();
+    assert_eq!(got_now, 20, "no event was delivered twice");
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|(h, _, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    let in_order = ids.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "each event once");
+    // And in event order: the feed's order for this consent.
+    let (_, feed) = a
+        .get(&format!("/api/v1/events?consent_id={consent}&limit=200"))
+        .await;
+    let feed_ids: Vec<&str> = feed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] != "consent.active")
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(in_order, feed_ids);
+}
