@@ -139,6 +139,18 @@ fn types_column(e: &Endpoint) -> Option<String> {
     })
 }
 
+/// Serialises the fan-out and the settling of one endpoint's deliveries, so that a new
+/// delivery and the settling of the one before it always see each other (else, on Postgres,
+/// each could miss the other and leave the new one without a job). A no-op update takes the
+/// row lock on Postgres; on SQLite the write transaction already holds the only lock.
+async fn lock_endpoint(conn: &mut AnyConnection, endpoint_id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE webhook_endpoints SET updated_at = updated_at WHERE endpoint_id = $1")
+        .bind(endpoint_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Fans an event out: a pending delivery and its job for every enabled endpoint that wants it.
 pub(super) async fn fan_out(
     conn: &mut AnyConnection,
@@ -148,7 +160,7 @@ pub(super) async fn fan_out(
     now: DateTime<Utc>,
 ) -> StoreResult<u64> {
     let rows = sqlx::query(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE status = 'enabled'"
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE status = 'enabled' ORDER BY seq"
     ))
     .fetch_all(&mut *conn)
     .await?;
@@ -171,12 +183,24 @@ pub(super) async fn fan_out(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(delivery_seq) = seq {
-            insert_job(
-                conn,
-                &NewJob::new(Task::DeliverEvent { delivery_seq }, now),
-                now,
+            // Only the endpoint's oldest pending delivery has a job; settling it gives the next
+            // one its job (see `record_attempt`), so one endpoint's events go out in order.
+            lock_endpoint(conn, &endpoint.endpoint_id).await?;
+            let earlier: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'pending' AND event_seq < $2",
             )
+            .bind(&endpoint.endpoint_id)
+            .bind(event_seq)
+            .fetch_one(&mut *conn)
             .await?;
+            if earlier == 0 {
+                insert_job(
+                    conn,
+                    &NewJob::new(Task::DeliverEvent { delivery_seq }, now),
+                    now,
+                )
+                .await?;
+            }
             n += 1;
         }
     }
@@ -387,9 +411,10 @@ impl NotifyStore for SqlStore {
         .bind(&d.endpoint.endpoint_id)
         .execute(&mut *tx)
         .await?;
-        // The next delivery to this endpoint waits on this one: once this one is settled, it
-        // runs at once rather than at its next look.
+        // The next delivery to this endpoint waited on this one: once this one is settled, it
+        // gets its job, due at once (or, if it has one, that job runs now).
         if a.delivery_status != "pending" {
+            lock_endpoint(&mut tx, &d.endpoint.endpoint_id).await?;
             let next: Option<i64> = sqlx::query_scalar(
                 "SELECT seq FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'
                  ORDER BY event_seq LIMIT 1",
@@ -398,11 +423,13 @@ impl NotifyStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(delivery_seq) = next {
+                let job = NewJob::new(Task::DeliverEvent { delivery_seq }, now);
+                insert_job(&mut tx, &job, now).await?;
                 sqlx::query(
                     "UPDATE jobs SET run_at = $1 WHERE dedupe_key = $2 AND status = 'queued'",
                 )
                 .bind(to_ms(now))
-                .bind(Task::DeliverEvent { delivery_seq }.dedupe_key())
+                .bind(job.task.dedupe_key())
                 .execute(&mut *tx)
                 .await?;
             }

@@ -468,14 +468,16 @@ async fn an_endpoint_that_fails_every_delivery_for_five_days_is_disabled() {
 #[tokio::test]
 async fn two_instances_on_one_database_deliver_each_event_once() {
     let a = TestApp::builder().start().await;
+    let r = Arc::new(Receiver::default());
+    let url = receiver_on(0, r.clone()).await;
+    endpoint(&a, &url, json!(["consent.paused", "consent.resumed"])).await;
+    // Approved before the second instance starts: each in-process sandbox knows only its own
+    // journeys, and the capture must run where the journey began.
+    let consent = a.approved_consent("cust-notify-two", json!({})).await;
     let b = TestApp::builder()
         .database(a.db_url.clone(), a.dir.clone())
         .start()
         .await;
-    let r = Arc::new(Receiver::default());
-    let url = receiver_on(0, r.clone()).await;
-    endpoint(&a, &url, json!(["consent.paused", "consent.resumed"])).await;
-    let consent = a.approved_consent("cust-notify-two", json!({})).await;
     // Twenty events, made through either instance; both run workers.
     for i in 0..10 {
         let app = if i % 2 == 0 { &a } else { &b };
