@@ -35,6 +35,17 @@ pub enum ApiError {
     /// The request is valid but the resource's state does not allow it now (409).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The consent's fair-use budget is spent (409), until `next_pull_allowed_at`.
+    #[error(
+        "the consent's fair-use budget for this window is spent; the next pull is allowed at {}",
+        next_pull_allowed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )]
+    FairUseLimit {
+        next_pull_allowed_at: chrono::DateTime<chrono::Utc>,
+        retry_after: Duration,
+    },
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// A webhook whose authenticity could not be established.
     #[error("webhook refused: {0}")]
     BadSignature(#[from] crate::webhook_auth::VerifyError),
@@ -74,6 +85,10 @@ impl ApiError {
             ),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, (*code).into()),
+            ApiError::FairUseLimit { .. } => (StatusCode::CONFLICT, "FAIR_USE_LIMIT".into()),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED".into())
+            }
             ApiError::BadSignature(_) => (StatusCode::UNAUTHORIZED, "INVALID_SIGNATURE".into()),
             ApiError::Upstream(e) => match e.class() {
                 ErrorClass::Transient => (
@@ -127,15 +142,20 @@ impl IntoResponse for ApiError {
             tracing::warn!(%status, %code, %message, "request failed");
         }
         let retry_after = match &self {
-            ApiError::Unavailable { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::FairUseLimit { retry_after, .. } => Some(retry_after.as_secs().max(1)),
             ApiError::Store(e) if e.is_unavailable() => Some(1),
             _ => None,
         };
-        let mut response = (
-            status,
-            axum::Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
+        let mut error = json!({"code": code, "message": message});
+        if let ApiError::FairUseLimit {
+            next_pull_allowed_at,
+            ..
+        } = &self
+        {
+            error["next_pull_allowed_at"] = json!(next_pull_allowed_at);
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

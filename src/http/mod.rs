@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
                 what: "route",
             }
         })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Load shedding: past the limit a request is refused at once with 503 and
         // Retry-After, never queued; one that runs too long is cut off the same way. A stored
         // payload streams after its headers are sent, so streaming is not cut off.

@@ -66,7 +66,11 @@ pub async fn create(
         .await?
         .ok_or_else(ConsentId::not_found)?;
     let now = state.clock.now();
-    consent.pullable(now)?;
+    // The consent's state, not the request, is at fault: 409, as for pause and resume.
+    consent.pullable(now).map_err(|e| ApiError::Conflict {
+        code: e.code,
+        message: e.message,
+    })?;
     let kind = match req.kind.as_deref() {
         None => PullKind::default_for(consent.use_case),
         Some(k) => k.parse().map_err(|_| {
@@ -90,7 +94,7 @@ pub async fn create(
     )?;
 
     if let Some(until) = consent.pull_blocked_until.filter(|u| *u > now) {
-        return Err(fair_use_refusal(until));
+        return Err(fair_use_refusal(until, now));
     }
     let request_hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&req).expect("serialises"),
@@ -126,18 +130,18 @@ pub async fn create(
             } else {
                 usage.window_resets_at
             };
-            Err(fair_use_refusal(next))
+            Err(fair_use_refusal(next, now))
         }
     }
 }
 
-fn fair_use_refusal(next: chrono::DateTime<chrono::Utc>) -> ApiError {
-    ApiError::Conflict {
-        code: "FAIR_USE_LIMIT",
-        message: format!(
-            "the consent's fair-use budget for this window is spent; the next pull is allowed at {}",
-            next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ),
+fn fair_use_refusal(
+    next: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ApiError {
+    ApiError::FairUseLimit {
+        next_pull_allowed_at: next,
+        retry_after: (next - now).to_std().unwrap_or_default(),
     }
 }
 

@@ -373,3 +373,64 @@ async fn redirects_from_the_upstream_are_not_followed() {
         .unwrap();
     assert_eq!(calls["calls"]["session"], Value::Null, "{calls}");
 }
+
+#[tokio::test]
+async fn errors_keep_one_shape_and_a_fair_use_refusal_says_when_to_come_back() {
+    let app = TestApp::builder().start().await;
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/api/v1/consents"),
+        (reqwest::Method::POST, "/healthz"),
+    ] {
+        let r = app
+            .http
+            .request(method.clone(), app.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = decode(r).await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {body}"
+        );
+        assert_eq!(code(&body), "METHOD_NOT_ALLOWED");
+    }
+    let consent = app
+        .approved_consent(
+            "cust-errors",
+            json!({"use_case": "collections", "frequency_unit": "day", "frequency_value": 1}),
+        )
+        .await;
+    app.pull(&consent).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/api/v1/consents/{consent}/pulls")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = decode(r).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "FAIR_USE_LIMIT");
+    let next = chrono::DateTime::parse_from_rfc3339(
+        body["error"]["next_pull_allowed_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    let wait = (next.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+    assert!(
+        retry_after >= 1 && (retry_after as i64 - wait).abs() <= 2,
+        "Retry-After {retry_after} against {wait}"
+    );
+    // A consent that cannot be pulled is a conflict, as for pause and resume.
+    app.post(&format!("/api/v1/consents/{consent}/pause"), &json!({}))
+        .await;
+    let (status, body) = app.start_pull(&consent, None, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "CONSENT_NOT_ACTIVE");
+}

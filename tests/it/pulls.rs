@@ -236,7 +236,7 @@ async fn each_upstream_error_code_is_handled_as_documented() {
     assert_eq!(c["status"], "revoked");
     let calls = app.upstream_calls("fetch_recurring_aa_data").await;
     let (status, body) = app.start_pull(&consent, None, None).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(code(&body), "CONSENT_NOT_ACTIVE");
     assert_eq!(
         app.upstream_calls("fetch_recurring_aa_data").await,

@@ -164,7 +164,7 @@ async fn pause_stops_the_schedule_and_resume_does_not_burst() {
     run_days(&app, &clock, 5).await;
     assert_eq!(pulls(&app, &consent).await.len(), 2);
     let (status, body) = app.start_pull(&consent, None, None).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(code(&body), "CONSENT_NOT_ACTIVE");
 
     let (status, c) = app
