@@ -114,11 +114,26 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .timeout(config.request_timeout),
         )
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// Every log line of a request carries its `request_id` (set or kept by `SetRequestIdLayer`,
+/// which runs first) and its route template, never the raw path.
+fn request_span(req: &axum::extract::Request) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    tracing::info_span!("request", method = %req.method(), route, request_id)
 }
 
 /// The answer for a request the service would not or could not finish in time.

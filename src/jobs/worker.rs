@@ -7,6 +7,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use super::{JobError, capture_consents, deliver, fetch_data, poll, process_webhook, submit_pull};
 use crate::queue::{Job, JobOutcome, Task, retry_delay};
@@ -49,13 +50,17 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
             {
                 Ok(jobs) => {
                     for job in jobs {
-                        running.spawn(run_one(
-                            state.clone(),
-                            settings.clone(),
-                            owner.clone(),
-                            job,
-                            shutdown.clone(),
-                        ));
+                        let span = job_span(&job);
+                        running.spawn(
+                            run_one(
+                                state.clone(),
+                                settings.clone(),
+                                owner.clone(),
+                                job,
+                                shutdown.clone(),
+                            )
+                            .instrument(span),
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
@@ -70,6 +75,25 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
     }
     // Each running job finishes or releases itself within the grace period.
     while running.join_next().await.is_some() {}
+}
+
+/// Every log line of a job carries its id, kind and what it is about.
+fn job_span(job: &Job) -> tracing::Span {
+    let (pull_id, session_id, inbox_id) = match &job.task {
+        Ok(Task::CaptureConsents { session_id }) => (None, Some(session_id.as_str()), None),
+        Ok(Task::ProcessWebhook { inbox_id }) => (None, None, Some(*inbox_id)),
+        Ok(task) => (task.pull_id(), None, None),
+        Err(_) => (None, None, None),
+    };
+    tracing::info_span!(
+        "job",
+        job_id = job.id,
+        kind = %job.kind,
+        attempt = job.attempts,
+        pull_id,
+        session_id,
+        inbox_id
+    )
 }
 
 async fn run_one(
