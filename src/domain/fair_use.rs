@@ -8,6 +8,10 @@ use serde::Serialize;
 use super::consent::{FrequencyUnit, UseCase};
 use super::ist;
 
+/// The error code of a pull refused because the consent's fair-use budget is spent, by the
+/// API (409) or when a queued pull could only be sent after its deadline.
+pub const FAIR_USE_LIMIT: &str = "FAIR_USE_LIMIT";
+
 /// One fair-use rule: at most `max` pulls in any calendar `unit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {

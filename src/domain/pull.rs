@@ -102,22 +102,6 @@ impl Pull {
             next_attempt_at: Some(now),
         }
     }
-
-    /// Whether the pull has reached `completed`, `failed` or `expired`.
-    pub fn is_open(&self) -> bool {
-        self.status.is_open()
-    }
-}
-
-impl PullStatus {
-    /// Open pulls hold a slot of their consent's schedule; every one of them ends (see
-    /// docs/architecture.md, "Every pull ends").
-    pub fn is_open(self) -> bool {
-        matches!(
-            self,
-            PullStatus::Queued | PullStatus::Submitted | PullStatus::Fetching
-        )
-    }
 }
 
 /// The error code of a pull given up at its deadline.

@@ -5,7 +5,6 @@ use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::consent::{FrequencyUnit, JourneyMode, MAX_FREQUENCY_VALUE, MAX_TENURE_MONTHS, UseCase};
-pub use super::input::{EARLIEST_API_YEAR, MAX_LINK_ID_CHARS};
 use super::input::{ValidationError, invalid, parse_api_date, validate_link_id};
 
 /// The body of `POST /api/v1/consent-sessions` as received; every field is optional here so

@@ -85,7 +85,10 @@ impl ApiError {
             ),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, (*code).into()),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, (*code).into()),
-            ApiError::FairUseLimit { .. } => (StatusCode::CONFLICT, "FAIR_USE_LIMIT".into()),
+            ApiError::FairUseLimit { .. } => (
+                StatusCode::CONFLICT,
+                crate::domain::fair_use::FAIR_USE_LIMIT.into(),
+            ),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED".into())
             }

@@ -12,9 +12,6 @@ use crate::domain::invalid;
 use crate::state::AppState;
 use crate::store::EventFilter;
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
@@ -39,10 +36,7 @@ pub async fn list(
     if q.consent_id.as_deref().is_some_and(|c| !plausible_id(c)) {
         return Err(invalid("INVALID_CONSENT_ID", "consent_id is not a consent id").into());
     }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(invalid("INVALID_LIMIT", format!("limit must be 1 to {MAX_LIMIT}")).into());
-    }
+    let limit = super::page::page_limit(q.limit)?;
     let after_seq = match q.after.as_deref() {
         None => None,
         Some(id) => {

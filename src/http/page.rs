@@ -61,10 +61,7 @@ impl<P: Position> PageRequest<P> {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<Self, ApiError> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(invalid("INVALID_LIMIT", format!("limit must be 1 to {MAX_LIMIT}")).into());
-        }
+        let limit = page_limit(limit)?;
         let after = cursor
             .map(|c| {
                 decode(scope, c).and_then(|k| P::decode(&k)).ok_or_else(|| {
@@ -98,6 +95,15 @@ impl<P: Position> PageRequest<P> {
             next_cursor,
         }
     }
+}
+
+/// A page's size: 50 unless given, 1 to 200.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(invalid("INVALID_LIMIT", format!("limit must be 1 to {MAX_LIMIT}")).into());
+    }
+    Ok(limit)
 }
 
 /// Parses an optional filter value, naming the allowed ones in the error.

@@ -74,22 +74,13 @@ pub(crate) async fn on_dead(
     job: &Job,
     error: &str,
 ) -> Result<(), crate::store::StoreError> {
-    match &job.task {
-        Ok(Task::CaptureConsents { session_id }) => {
-            if state
-                .store
-                .fail_capture(session_id, JOB_FAILED, error, state.clock.now())
-                .await?
-            {
-                tracing::warn!(%session_id, %error, "consent capture failed: its job died");
-            }
-        }
-        Ok(task) => {
-            if let Some(pull_id) = task.pull_id() {
-                tracing::warn!(%pull_id, kind = %job.kind, %error, "pull failed: its job died");
-            }
-        }
-        Err(_) => {}
+    if let Ok(Task::CaptureConsents { session_id }) = &job.task
+        && state
+            .store
+            .fail_capture(session_id, JOB_FAILED, error, state.clock.now())
+            .await?
+    {
+        tracing::warn!(%session_id, %error, "consent capture failed: its job died");
     }
     Ok(())
 }

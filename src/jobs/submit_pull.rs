@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{JobError, load_pull, pull_step_failed, store_retry};
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::ConsentStatus;
-use crate::domain::fair_use::{budget, check_all, next_period_start};
+use crate::domain::fair_use::{FAIR_USE_LIMIT, budget, check_all, next_period_start};
 use crate::domain::pull::{Pull, PullStatus, deadline};
 use crate::queue::{NewJob, Task};
 use crate::state::AppState;
@@ -201,6 +201,3 @@ async fn wait_until(
         after: Some((until - now).to_std().unwrap_or_default()),
     })
 }
-
-/// The error code of a pull refused because the consent's fair-use budget is spent.
-pub const FAIR_USE_LIMIT: &str = "FAIR_USE_LIMIT";

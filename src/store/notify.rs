@@ -139,6 +139,22 @@ fn types_column(e: &Endpoint) -> Option<String> {
     })
 }
 
+/// Whether a delivery to the endpoint of an event before `event_seq` is still pending.
+async fn pending_before(
+    conn: &mut AnyConnection,
+    endpoint_id: &str,
+    event_seq: i64,
+) -> StoreResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'pending' AND event_seq < $2",
+    )
+    .bind(endpoint_id)
+    .bind(event_seq)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
 /// Serialises the fan-out and the settling of one endpoint's deliveries, so that a new
 /// delivery and the settling of the one before it always see each other (else, on Postgres,
 /// each could miss the other and leave the new one without a job). A no-op update takes the
@@ -186,14 +202,7 @@ pub(super) async fn fan_out(
             // Only the endpoint's oldest pending delivery has a job; settling it gives the next
             // one its job (see `record_attempt`), so one endpoint's events go out in order.
             lock_endpoint(conn, &endpoint.endpoint_id).await?;
-            let earlier: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'pending' AND event_seq < $2",
-            )
-            .bind(&endpoint.endpoint_id)
-            .bind(event_seq)
-            .fetch_one(&mut *conn)
-            .await?;
-            if earlier == 0 {
+            if !pending_before(conn, &endpoint.endpoint_id, event_seq).await? {
                 insert_job(
                     conn,
                     &NewJob::new(Task::DeliverEvent { delivery_seq }, now),
@@ -359,14 +368,8 @@ impl NotifyStore for SqlStore {
     }
 
     async fn earlier_pending(&self, endpoint_id: &str, event_seq: i64) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'pending' AND event_seq < $2",
-        )
-        .bind(endpoint_id)
-        .bind(event_seq)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n > 0)
+        let mut conn = self.pool.acquire().await?;
+        pending_before(&mut conn, endpoint_id, event_seq).await
     }
 
     async fn record_attempt(

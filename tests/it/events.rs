@@ -152,16 +152,7 @@ async fn failed_and_expired_pulls_and_revoked_consents_are_told() {
     app.pull_reaches(&stuck, "expired", 15).await;
     app.clear_faults().await;
 
-    let r = app
-        .http
-        .post(format!(
-            "{}/_control/consents/{consent}/revoke",
-            app.sandbox_base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.revoke_upstream(&consent).await;
     let revoked = app.pull(&consent).await;
     app.pull_reaches(&revoked, "failed", 10).await;
 

@@ -219,16 +219,7 @@ async fn each_upstream_error_code_is_handled_as_documented() {
 
     // CONSENT_REVOKED, for real: the user revokes in the sandbox.
     let consent = app.approved_consent("cust-revoked", json!({})).await;
-    let r = app
-        .http
-        .post(format!(
-            "{}/_control/consents/{consent}/revoke",
-            app.sandbox_base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.revoke_upstream(&consent).await;
     let pull_id = app.pull(&consent).await;
     let pull = app.pull_reaches(&pull_id, "failed", 10).await;
     assert_eq!(pull["error_code"], "CONSENT_REVOKED");

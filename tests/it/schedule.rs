@@ -114,16 +114,7 @@ async fn a_revocation_mid_schedule_stops_it() {
         .await;
     run_days(&app, &clock, 3).await;
     assert_eq!(pulls(&app, &consent).await.len(), 3);
-    let r = app
-        .http
-        .post(format!(
-            "{}/_control/consents/{consent}/revoke",
-            app.sandbox_base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.revoke_upstream(&consent).await;
     run_days(&app, &clock, 4).await;
     let all = pulls(&app, &consent).await;
     assert_eq!(

@@ -310,6 +310,20 @@ impl TestApp {
         .await
     }
 
+    /// The borrower revokes the consent upstream (the sandbox's control endpoint).
+    pub async fn revoke_upstream(&self, consent_id: &str) {
+        let r = self
+            .http
+            .post(format!(
+                "{}/_control/consents/{consent_id}/revoke",
+                self.sandbox_base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+
     /// Replaces the simulator's settings (fields left out take their defaults).
     pub async fn sandbox_settings(&self, settings: SandboxSettings) {
         let r = self
