@@ -1,11 +1,93 @@
-//! Prometheus metrics, served at `/metrics`.
+//! Prometheus metrics, served at `/metrics`. Every family is registered here and present from
+//! the start (families with a closed set of labels carry every series at 0), so an alert can
+//! watch a series before its first event. The families read from the database (`jobs`,
+//! `consents`, `pulls_total`) are set at each scrape through indexes and trigger-kept counts:
+//! they describe the whole deployment, so they read the same on every instance.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+
+use crate::queue::{JOB_KINDS, JobGauges, JobState};
+
+/// Latency buckets for our own routes (seconds): a webhook intake is milliseconds, a data
+/// download may take many seconds.
+const HTTP_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Latency buckets for BankConnect calls (seconds), up to a long Insights download.
+const UPSTREAM_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// Every BankConnect endpoint the client calls, as labelled in `bankconnect_*`.
+pub const UPSTREAM_ENDPOINTS: &[&str] = &[
+    "session",
+    "get_recurring_consent_details",
+    "fetch_recurring_aa_data",
+    "session_status",
+    "insights",
+    "transactions",
+    "update_webhook",
+];
+/// How a BankConnect call ended: `ok`, `not_ready` (`PROCESSING_NOT_COMPLETED`), or the class
+/// of its error.
+pub const UPSTREAM_OUTCOMES: &[&str] =
+    &["ok", "not_ready", "transient", "permanent", "configuration"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub endpoint: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointNameLabel {
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabels {
+    pub kind: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PullOutcomeLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -30,6 +112,30 @@ pub struct Metrics {
     pub notifications: Family<OutcomeLabel, Counter>,
     /// How long the oldest undelivered event of each endpoint has waited, set at each scrape.
     pub undelivered_age: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily<RouteLabels>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: HistogramFamily<EndpointNameLabel>,
+    /// Live and dead jobs, set at each scrape.
+    pub jobs_by_state: Family<JobStateLabels, Gauge>,
+    /// How long the oldest due job of each kind has waited, set at each scrape.
+    pub jobs_oldest_queued_age: Family<KindLabel, Gauge<f64, AtomicU64>>,
+    /// Pulls that ended, by kind and outcome, set at each scrape from the database.
+    pub pulls: Family<PullOutcomeLabels, Counter>,
+    /// Consents by status, set at each scrape from the database.
+    pub consents: Family<StatusLabel, Gauge>,
+    /// Pulls refused or put off because the consent's fair-use budget was spent.
+    pub fair_use_refusals: Counter,
+    /// Pulls the scheduler created.
+    pub scheduler_fired: Counter,
+}
+
+fn http_histogram() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+fn upstream_histogram() -> Histogram {
+    Histogram::new(UPSTREAM_BUCKETS)
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,14 +192,118 @@ impl Default for Metrics {
             "How long the oldest undelivered event of each endpoint has waited",
             undelivered_age.clone(),
         );
-        Self {
+        for outcome in ["accepted", "duplicate", "rejected"] {
+            let _ = webhooks.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            });
+        }
+
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(http_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency until the response starts, by method and route template",
+            http_duration.clone(),
+        );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "bankconnect_requests",
+            "Calls to BankConnect by endpoint and outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration: HistogramFamily<EndpointNameLabel> =
+            Family::new_with_constructor(upstream_histogram);
+        registry.register(
+            "bankconnect_request_duration_seconds",
+            "BankConnect call latency by endpoint (a data download until its last byte)",
+            upstream_duration.clone(),
+        );
+        for endpoint in UPSTREAM_ENDPOINTS {
+            let _ = upstream_duration.get_or_create(&EndpointNameLabel {
+                endpoint: endpoint.to_string(),
+            });
+            for outcome in UPSTREAM_OUTCOMES {
+                let _ = upstream_requests.get_or_create(&UpstreamLabels {
+                    endpoint: endpoint.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        let jobs_by_state = Family::<JobStateLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs by kind and state (queued, running, dead), across the deployment",
+            jobs_by_state.clone(),
+        );
+        let jobs_oldest_queued_age = Family::<KindLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "jobs_oldest_queued_age_seconds",
+            "How long the oldest due job of each kind has waited to run",
+            jobs_oldest_queued_age.clone(),
+        );
+        let pulls = Family::<PullOutcomeLabels, Counter>::default();
+        registry.register(
+            "pulls",
+            "Pulls that ended, by kind and outcome (completed, failed, expired), across the deployment",
+            pulls.clone(),
+        );
+        for kind in crate::domain::pull::PullKind::ALL {
+            for outcome in ["completed", "failed", "expired"] {
+                let _ = pulls.get_or_create(&PullOutcomeLabels {
+                    kind: kind.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        let consents = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "consents",
+            "Consents by status, across the deployment",
+            consents.clone(),
+        );
+        for status in crate::domain::consent::ConsentStatus::ALL {
+            let _ = consents.get_or_create(&StatusLabel {
+                status: status.to_string(),
+            });
+        }
+        let fair_use_refusals = Counter::default();
+        registry.register(
+            "fair_use_refusals",
+            "Pulls refused (API) or put off (scheduler, sending) because the fair-use budget was spent",
+            fair_use_refusals.clone(),
+        );
+        let scheduler_fired = Counter::default();
+        registry.register(
+            "scheduler_fired",
+            "Scheduled pulls the scheduler created",
+            scheduler_fired.clone(),
+        );
+        let metrics = Self {
             registry,
             webhooks,
             jobs,
             webhook_rejections,
             notifications,
             undelivered_age,
-        }
+            http_requests,
+            http_duration,
+            upstream_requests,
+            upstream_duration,
+            jobs_by_state,
+            jobs_oldest_queued_age,
+            pulls,
+            consents,
+            fair_use_refusals,
+            scheduler_fired,
+        };
+        metrics.set_jobs(&JobGauges::default(), chrono::Utc::now());
+        metrics
     }
 }
 
@@ -146,6 +356,93 @@ impl Metrics {
                     endpoint_id: endpoint_id.clone(),
                 })
                 .set(age);
+        }
+    }
+
+    /// One HTTP request, by its route template (never the raw path).
+    pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One BankConnect call.
+    pub fn upstream_call(&self, endpoint: &str, outcome: &str, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                endpoint: endpoint.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&EndpointNameLabel {
+                endpoint: endpoint.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the job gauges: every kind and state is present, at 0 when it has no job.
+    pub fn set_jobs(&self, gauges: &JobGauges, now: chrono::DateTime<chrono::Utc>) {
+        for kind in JOB_KINDS {
+            for state in [JobState::Queued, JobState::Running, JobState::Dead] {
+                let n = gauges
+                    .counts
+                    .iter()
+                    .find(|(k, s, _)| k == kind && *s == state)
+                    .map_or(0, |(_, _, n)| *n);
+                self.jobs_by_state
+                    .get_or_create(&JobStateLabels {
+                        kind: kind.to_string(),
+                        state: state.to_string(),
+                    })
+                    .set(n);
+            }
+            let age = gauges
+                .oldest_due
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0.0, |(_, since)| {
+                    (now - *since).num_milliseconds().max(0) as f64 / 1000.0
+                });
+            self.jobs_oldest_queued_age
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .set(age);
+        }
+    }
+
+    /// Sets consents by status from the database's counts.
+    pub fn set_consents(&self, counts: &[(String, i64)]) {
+        for (status, n) in counts {
+            self.consents
+                .get_or_create(&StatusLabel {
+                    status: status.clone(),
+                })
+                .set(*n);
+        }
+    }
+
+    /// Sets the ended-pull counters from the database's counts (monotonic: they only grow).
+    pub fn set_pulls(&self, counts: &[(String, String, i64)]) {
+        for (kind, outcome, n) in counts {
+            self.pulls
+                .get_or_create(&PullOutcomeLabels {
+                    kind: kind.clone(),
+                    outcome: outcome.clone(),
+                })
+                .inner()
+                .store((*n).max(0) as u64, Ordering::Relaxed);
         }
     }
 

@@ -111,6 +111,83 @@ impl NewJob {
     }
 }
 
+/// Where a job stands. `queued` and `running` are live; `done`, `cancelled` (its work was
+/// overtaken, e.g. the webhook beat the fallback poll) and `dead` (out of attempts, or a fatal
+/// error) are ended. Only a dead or waiting job can be retried by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Cancelled,
+    Dead,
+}
+
+crate::domain::string_enum!(JobState {
+    Queued => "queued",
+    Running => "running",
+    Done => "done",
+    Cancelled => "cancelled",
+    Dead => "dead",
+});
+
+/// Every job kind, for filters, metrics and the spec.
+pub const JOB_KINDS: &[&str] = &[
+    "capture_consents",
+    "submit_pull",
+    "poll_pull",
+    "process_webhook",
+    "fetch_pull_data",
+    "deliver_event",
+];
+
+/// A job as operators see it (`GET /api/v1/jobs`, `aa-recurring jobs`). The payload holds
+/// ids only, never bank data or secrets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub job_id: i64,
+    pub kind: String,
+    pub state: JobState,
+    pub payload: serde_json::Value,
+    /// The pull the job works on, if any.
+    pub pull_id: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// When a queued job runs next.
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What an operator's retry did.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    /// Queued to run now, with its attempts counted afresh when it was dead.
+    Retried(JobRecord),
+    NotFound,
+    /// Running, done or cancelled: nothing to retry.
+    NotRetryable(JobRecord),
+    /// Its pull has ended (a dead job fails its pull): a new pull covers the window again.
+    PullEnded {
+        job: JobRecord,
+        pull_status: String,
+    },
+    /// Another live job already does the same work (same dedupe key).
+    Duplicate(JobRecord),
+}
+
+/// Live and dead jobs by kind and state, and how long the oldest due job has waited, for
+/// `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct JobGauges {
+    pub counts: Vec<(String, JobState, i64)>,
+    /// `(kind, run_at)` of the oldest queued job that is due, per kind.
+    pub oldest_due: Vec<(String, DateTime<Utc>)>,
+}
+
 /// A claimed job, leased to this worker until its lease expires.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -123,6 +123,11 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             break;
         }
     }
+    state.metrics.scheduler_fired.inc_by(u64::from(total.fired));
+    state
+        .metrics
+        .fair_use_refusals
+        .inc_by(u64::from(total.deferred));
     if total.fired > 0 {
         state.jobs_wakeup.notify_one();
     }

@@ -79,7 +79,7 @@ impl App {
             router = router.nest("/sandbox", guest);
         }
 
-        let shutdown = CancellationToken::new();
+        let shutdown = state.shutdown.clone();
         let server = tokio::spawn(crate::http::server::serve(
             listener,
             router,
@@ -141,6 +141,12 @@ impl App {
         self.scheduler.abort();
         self.housekeeping.abort();
         self.server.abort();
+    }
+
+    /// Stops the scheduler as a crash of its supervisor would, leaving the rest running: for
+    /// tests that readiness tells.
+    pub fn abort_scheduler(&self) {
+        self.scheduler.abort();
     }
 
     /// Stops the service and waits until it has drained.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::bankconnect::BankConnectClient;
 use crate::clock::Clock;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub tasks: Arc<TaskHealth>,
     /// Delivers events to the lender's endpoints: 10 s in all, no redirects.
     pub notify_http: reqwest::Client,
+    /// Cancelled when the service starts to drain; `/readyz` is 503 from then on.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
         upstream: &str,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
         let bankconnect = BankConnectClient::new(
             upstream,
             config.api_key.clone(),
@@ -50,6 +54,7 @@ impl AppState {
                 call: config.upstream_timeout,
                 download: config.upstream_download_timeout,
             },
+            metrics.clone(),
         )?;
         Ok(AppState {
             config: Arc::new(config),
@@ -58,13 +63,14 @@ impl AppState {
             bankconnect,
             clock,
             jobs_wakeup: Arc::new(Notify::new()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             tasks: Arc::new(TaskHealth::default()),
             notify_http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("aa-recurring/", env!("CARGO_PKG_VERSION")))
                 .build()?,
+            shutdown: CancellationToken::new(),
         })
     }
 }

@@ -51,6 +51,13 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
+        // Should this supervisor itself stop (aborted, or its runtime gone) other than at
+        // shutdown, the task shows as down instead of silently missing.
+        let _watch = DownWhenDropped {
+            task,
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+        };
         let mut delay = FIRST_RESTART_DELAY;
         loop {
             health.set(task, true);
@@ -76,6 +83,21 @@ where
             delay = (delay * 2).min(MAX_RESTART_DELAY);
         }
     })
+}
+
+/// Marks its task down when dropped, unless the service is shutting down.
+struct DownWhenDropped {
+    task: &'static str,
+    health: Arc<TaskHealth>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for DownWhenDropped {
+    fn drop(&mut self) {
+        if !self.shutdown.is_cancelled() {
+            self.health.set(self.task, false);
+        }
+    }
 }
 
 /// The text a panic was raised with, when it has one.
@@ -126,6 +148,30 @@ mod tests {
         shutdown.cancel();
         handle.await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 2, "not restarted on shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_that_stops_leaves_its_task_down_but_not_at_shutdown() {
+        let health = Arc::new(TaskHealth::default());
+        let shutdown = CancellationToken::new();
+        let handle = supervise("scheduler", health.clone(), shutdown.clone(), || {
+            std::future::pending::<()>()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(health.down().is_empty());
+        handle.abort();
+        let _ = handle.await;
+        assert_eq!(health.down(), vec!["scheduler"]);
+
+        let health = Arc::new(TaskHealth::default());
+        let handle = supervise("workers", health.clone(), shutdown.clone(), || {
+            std::future::pending::<()>()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shutdown.cancel();
+        handle.abort();
+        let _ = handle.await;
+        assert!(health.down().is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 pub mod error;
 pub mod wire;
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
@@ -18,6 +20,7 @@ use flate2::write::GzEncoder;
 
 use crate::domain::pull::PullKind;
 use crate::domain::session::NewSession;
+use crate::metrics::Metrics;
 pub use error::{BankConnectError, ConsentVerdict, ErrorClass};
 use wire::{
     ConsentDetail, ConsentDetailsResponse, FetchRecurringBody, SessionBody, SessionCreated,
@@ -46,6 +49,13 @@ pub struct Timeouts {
     pub download: Duration,
 }
 
+tokio::task_local! {
+    /// The correlation id sent as `x-request-id` with every call made inside its scope: the
+    /// API request's own id (set by the HTTP layer), or `job-{id}-{attempt}` for a job, so
+    /// that one id finds a call in our logs and in FinBox's.
+    pub static REQUEST_ID: String;
+}
+
 /// A client for one BankConnect base URL (production, UAT or the sandbox).
 #[derive(Clone)]
 pub struct BankConnectClient {
@@ -54,6 +64,7 @@ pub struct BankConnectClient {
     api_key: SecretString,
     server_hash: SecretString,
     timeouts: Timeouts,
+    metrics: Arc<Metrics>,
 }
 
 impl BankConnectClient {
@@ -63,6 +74,7 @@ impl BankConnectClient {
         api_key: SecretString,
         server_hash: SecretString,
         timeouts: Timeouts,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
@@ -78,7 +90,31 @@ impl BankConnectClient {
             api_key,
             server_hash,
             timeouts,
+            metrics,
         })
+    }
+
+    /// Runs one call and counts it in `bankconnect_requests_total{endpoint,outcome}` and
+    /// `bankconnect_request_duration_seconds{endpoint}`.
+    async fn observed<T>(
+        &self,
+        endpoint: &'static str,
+        call: impl Future<Output = Result<T, BankConnectError>>,
+    ) -> Result<T, BankConnectError> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_not_ready() => "not_ready",
+            Err(e) => match e.class() {
+                ErrorClass::Transient => "transient",
+                ErrorClass::Permanent => "permanent",
+                ErrorClass::Configuration => "configuration",
+            },
+        };
+        self.metrics
+            .upstream_call(endpoint, outcome, started.elapsed());
+        result
     }
 
     fn url(&self, path: &str) -> String {
@@ -90,6 +126,10 @@ impl BankConnectClient {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BankConnectError> {
+        let req = match REQUEST_ID.try_with(Clone::clone) {
+            Ok(id) => req.header("x-request-id", id),
+            Err(_) => req,
+        };
         let res = req
             .header("x-api-key", self.api_key.expose_secret())
             .header("server-hash", self.server_hash.expose_secret())
@@ -142,14 +182,15 @@ impl BankConnectClient {
             date_time_range_from: to_wire_date(from),
             date_time_range_to: to_wire_date(to),
         };
-        let r: SessionIdResponse = self
-            .send(
-                self.http
-                    .post(self.url("account_aggregator/fetch_recurring_aa_data/"))
-                    .json(&body),
-            )
-            .await?;
-        Ok(r.session_id)
+        let call = self.send::<SessionIdResponse>(
+            self.http
+                .post(self.url("account_aggregator/fetch_recurring_aa_data/"))
+                .json(&body),
+        );
+        Ok(self
+            .observed("fetch_recurring_aa_data", call)
+            .await?
+            .session_id)
     }
 
     /// `session_status`: `None` while processing is under way (the upstream's 400
@@ -159,7 +200,8 @@ impl BankConnectClient {
         session_id: &str,
     ) -> Result<Option<SessionStatusAnswer>, BankConnectError> {
         let path = format!("session_data/{}/session_status/", path_segment(session_id));
-        match self.send(self.http.get(self.url(&path))).await {
+        let call = self.send(self.http.get(self.url(&path)));
+        match self.observed("session_status", call).await {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.is_not_ready() => Ok(None),
             Err(e) => Err(e),
@@ -168,6 +210,19 @@ impl BankConnectClient {
 
     /// Insights or Transactions of a finished session, streamed into gzip.
     pub async fn fetch_data(
+        &self,
+        session_id: &str,
+        kind: PullKind,
+    ) -> Result<FetchedData, BankConnectError> {
+        let endpoint = match kind {
+            PullKind::Insights => "insights",
+            PullKind::Transactions => "transactions",
+        };
+        self.observed(endpoint, self.download(session_id, kind))
+            .await
+    }
+
+    async fn download(
         &self,
         session_id: &str,
         kind: PullKind,
@@ -219,8 +274,8 @@ impl BankConnectClient {
             aa_recurring_frequency_unit: s.frequency_unit.as_str(),
             aa_recurring_frequency_value: s.frequency_value,
         };
-        self.send(self.http.post(self.url("session/")).json(&body))
-            .await
+        let call = self.send(self.http.post(self.url("session/")).json(&body));
+        self.observed("session", call).await
     }
 
     /// Get Recurring Consent Details: one entry per consented account. Read-only upstream, so
@@ -233,8 +288,26 @@ impl BankConnectClient {
             .http
             .post(self.url("account_aggregator/get_recurring_consent_details/"))
             .query(&[("session_id", session_id)]);
-        let r: ConsentDetailsResponse = self.send(req).await?;
-        Ok(r.consent_details)
+        let call = self.send::<ConsentDetailsResponse>(req);
+        Ok(self
+            .observed("get_recurring_consent_details", call)
+            .await?
+            .consent_details)
+    }
+
+    /// `update_webhook`: tells BankConnect where to send its webhooks (once per account;
+    /// `aa-recurring bankconnect register-webhook`).
+    pub async fn update_webhook(&self, webhook_url: &str) -> Result<(), BankConnectError> {
+        let body = wire::UpdateWebhookBody {
+            webhook_url,
+            webhook_mode: 1,
+        };
+        let call = self.send::<serde_json::Value>(
+            self.http
+                .post(self.url("session_data/update_webhook/"))
+                .json(&body),
+        );
+        self.observed("update_webhook", call).await.map(drop)
     }
 }
 

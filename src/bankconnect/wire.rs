@@ -113,6 +113,13 @@ pub struct FetchRecurringBody<'a> {
     pub date_time_range_to: String,
 }
 
+/// `POST /v1/session_data/update_webhook/`; mode 1 is the only one documented.
+#[derive(Debug, Serialize)]
+pub struct UpdateWebhookBody<'a> {
+    pub webhook_url: &'a str,
+    pub webhook_mode: u8,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SessionIdResponse {
     pub session_id: String,

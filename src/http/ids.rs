@@ -52,6 +52,22 @@ path_id!(PullId, "PULL_NOT_FOUND", "pull");
 path_id!(SessionId, "SESSION_NOT_FOUND", "consent session");
 path_id!(EventId, "EVENT_NOT_FOUND", "event");
 path_id!(EndpointId, "ENDPOINT_NOT_FOUND", "webhook endpoint");
+path_id!(JobPath, "JOB_NOT_FOUND", "job");
+
+/// A job's id in the path: a positive integer, else the job's 404.
+pub struct JobId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let JobPath(id) = JobPath::from_request_parts(parts, state).await?;
+        match id.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(JobId(n)),
+            _ => Err(JobPath::not_found()),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

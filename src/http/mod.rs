@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod jobs;
 pub mod page;
 pub mod probes;
 pub mod pulls;
@@ -73,6 +74,9 @@ pub fn router(state: AppState) -> Router {
             "/webhook-endpoints/{endpoint_id}/rotate-secret",
             post(endpoints::rotate_secret),
         )
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{job_id}", get(jobs::get))
+        .route("/jobs/{job_id}/retry", post(jobs::retry))
         .route("/pulls", get(pulls::list))
         .route("/pulls/{pull_id}", get(pulls::get))
         .route("/pulls/{pull_id}/insights", get(pulls::insights))
@@ -114,6 +118,7 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .timeout(config.request_timeout),
         )
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -134,6 +139,39 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |p| p.as_str());
     tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+/// Counts the request by its route template (`http_requests_total`, its latency in
+/// `http_request_duration_seconds`) and runs it with its request id in scope, so that every
+/// BankConnect call it makes carries the same `x-request-id`.
+async fn observe(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let response = crate::bankconnect::REQUEST_ID
+        .scope(request_id, next.run(req))
+        .await;
+    state.metrics.http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// The answer for a request the service would not or could not finish in time.

@@ -13,35 +13,62 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready only while the database answers and every background task (workers, scheduler,
-/// housekeeping) runs, so a load balancer stops sending traffic to an instance that cannot
-/// commit anything or would let its work pile up.
+/// Ready only while the database answers and has every migration this build needs, every
+/// background task (workers, scheduler, housekeeping) runs, and the service is not draining,
+/// so a load balancer stops sending traffic to an instance that cannot commit anything, would
+/// let its work pile up, or is going away.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let problem = match state.store.ping().await {
+    match not_ready(&state).await {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(message) => {
+            tracing::warn!(%message, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": {"code": "NOT_READY", "message": message}})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Why the service is not ready, if it is not.
+async fn not_ready(state: &AppState) -> Option<String> {
+    if state.shutdown.is_cancelled() {
+        return Some("the service is draining".into());
+    }
+    match state.store.pending_migrations().await {
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Some("the database does not answer".to_string())
+            return Some("the database does not answer".into());
         }
-        Ok(()) => {
-            let down = state.tasks.down();
-            (!down.is_empty()).then(|| format!("background tasks down: {}", down.join(", ")))
+        Ok(pending) if !pending.is_empty() => {
+            return Some(format!("migrations pending: {pending:?}"));
         }
-    };
-    match problem {
-        None => Json(json!({"status": "ready"})).into_response(),
-        Some(message) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "NOT_READY", "message": message}})),
-        )
-            .into_response(),
+        Ok(_) => {}
     }
+    let down = state.tasks.down();
+    (!down.is_empty()).then(|| format!("background tasks down: {}", down.join(", ")))
 }
 
 /// Prometheus text exposition. The gauges are read at the scrape, through indexes.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    match state.store.oldest_pending().await {
-        Ok(oldest) => state.metrics.set_undelivered(&oldest, state.clock.now()),
+    let now = state.clock.now();
+    let store = &state.store;
+    match store.oldest_pending().await {
+        Ok(oldest) => state.metrics.set_undelivered(&oldest, now),
         Err(e) => tracing::warn!(error = %e, "reading undelivered events for /metrics failed"),
+    }
+    match store.job_gauges(now).await {
+        Ok(gauges) => state.metrics.set_jobs(&gauges, now),
+        Err(e) => tracing::warn!(error = %e, "reading job gauges for /metrics failed"),
+    }
+    match store.consent_status_counts().await {
+        Ok(counts) => state.metrics.set_consents(&counts),
+        Err(e) => tracing::warn!(error = %e, "reading consent counts for /metrics failed"),
+    }
+    match store.pull_outcome_counts().await {
+        Ok(counts) => state.metrics.set_pulls(&counts),
+        Err(e) => tracing::warn!(error = %e, "reading pull counts for /metrics failed"),
     }
     (
         [(

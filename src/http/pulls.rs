@@ -94,7 +94,7 @@ pub async fn create(
     )?;
 
     if let Some(until) = consent.pull_blocked_until.filter(|u| *u > now) {
-        return Err(fair_use_refusal(until, now));
+        return Err(fair_use_refusal(&state, until, now));
     }
     let request_hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&req).expect("serialises"),
@@ -130,15 +130,17 @@ pub async fn create(
             } else {
                 usage.window_resets_at
             };
-            Err(fair_use_refusal(next, now))
+            Err(fair_use_refusal(&state, next, now))
         }
     }
 }
 
 fn fair_use_refusal(
+    state: &AppState,
     next: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ApiError {
+    state.metrics.fair_use_refusals.inc();
     ApiError::FairUseLimit {
         next_pull_allowed_at: next,
         retry_after: (next - now).to_std().unwrap_or_default(),

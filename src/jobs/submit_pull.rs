@@ -180,6 +180,7 @@ async fn wait_until(
     now: chrono::DateTime<chrono::Utc>,
     why: &str,
 ) -> Result<(), JobError> {
+    state.metrics.fair_use_refusals.inc();
     let message = format!("{why}; next pull allowed at {until}");
     if until >= deadline(pull.created_at, state.config.pull_deadline) {
         state

@@ -110,7 +110,10 @@ async fn run_one(
         }
     } else {
         // A panic in a handler is one failed attempt, not a lost job or a dead worker.
-        let work = std::panic::AssertUnwindSafe(dispatch(&state, &job))
+        let correlation = format!("job-{}-{}", job.id, job.attempts);
+        let work = std::panic::AssertUnwindSafe(
+            crate::bankconnect::REQUEST_ID.scope(correlation, dispatch(&state, &job)),
+        )
             .catch_unwind()
             .map(|r| {
                 r.unwrap_or_else(|panic| {

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::{Fault, FaultRequest, Sandbox, Settings};
 
 pub(super) async fn calls(State(sb): State<Sandbox>) -> Json<Value> {
-    Json(json!({"calls": sb.lock().calls}))
+    let st = sb.lock();
+    Json(json!({"calls": st.calls, "request_ids": st.request_ids}))
 }
 
 pub(super) async fn set_fault(

@@ -17,6 +17,13 @@ impl Sandbox {
         let (latency, fault, error_rate) = {
             let mut st = self.lock();
             *st.calls.entry(endpoint.to_string()).or_default() += 1;
+            if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+                let ids = st.request_ids.entry(endpoint.to_string()).or_default();
+                if ids.len() == super::KEPT_REQUEST_IDS {
+                    ids.pop_front();
+                }
+                ids.push_back(id.to_string());
+            }
             let fault = st
                 .faults
                 .get_mut(endpoint)

@@ -67,8 +67,14 @@ struct SimState {
     webhook_turn: usize,
     settings: Settings,
     calls: BTreeMap<String, u64>,
+    /// The last `x-request-id`s each endpoint received (at most [`KEPT_REQUEST_IDS`]), so
+    /// tests can see the service's correlation ids arrive.
+    request_ids: BTreeMap<String, std::collections::VecDeque<String>>,
     faults: HashMap<String, Fault>,
 }
+
+/// How many `x-request-id`s the simulator keeps per endpoint.
+const KEPT_REQUEST_IDS: usize = 100;
 
 /// Behaviour that tests and load runs tune through `/_control/settings`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use sqlx::Row;
+
 use super::db::*;
 use super::events::record_consent_event;
 use super::rows::*;
@@ -49,6 +51,8 @@ pub trait ConsentStore: Send + Sync {
         next_pull_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Consent>>;
+    /// Consents by status, from the counts the triggers keep (no scan of the consents).
+    async fn consent_status_counts(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 #[async_trait]
@@ -206,6 +210,14 @@ impl ConsentStore for SqlStore {
         .execute(&self.pool)
         .await?;
         self.get_consent(consent_id).await
+    }
+    async fn consent_status_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, n FROM consent_status_counts ORDER BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
     }
 }
 

@@ -7,7 +7,9 @@ use super::db::*;
 use super::events::record_pull_event;
 use super::*;
 use crate::domain::event::EventType;
-use crate::queue::{JOB_FAILED, Job, JobOutcome, NewJob, Task};
+use crate::queue::{
+    JOB_FAILED, Job, JobGauges, JobOutcome, JobRecord, JobState, NewJob, RetryOutcome, Task,
+};
 
 /// The durable job queue's rows: enqueue, claim with a lease, heartbeat, finish.
 #[async_trait]
@@ -40,6 +42,50 @@ pub trait JobStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Counts jobs by status, for tests and operators.
     async fn job_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Jobs oldest first, by state and kind, after `after_id`.
+    async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>>;
+    async fn get_job(&self, job_id: i64) -> StoreResult<Option<JobRecord>>;
+    /// An operator's retry: a dead or waiting job runs now (a dead one with its attempts
+    /// counted afresh). A capture whose session failed because this job died reopens the
+    /// session, so the borrower's approval is not lost.
+    async fn retry_job(&self, job_id: i64, now: DateTime<Utc>) -> StoreResult<RetryOutcome>;
+    /// Live and dead jobs by kind and state, read through `jobs_by_state` (finished jobs,
+    /// the bulk of the table, are not counted).
+    async fn job_gauges(&self, now: DateTime<Utc>) -> StoreResult<JobGauges>;
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}
+
+const JOB_COLUMNS: &str = "id, kind, payload, status, pull_id, attempts, max_attempts, run_at, last_error, \
+     lease_expires_at, dedupe_key, created_at, updated_at";
+
+fn job_record(r: &sqlx::any::AnyRow) -> StoreResult<JobRecord> {
+    let payload: String = r.try_get("payload")?;
+    let status: String = r.try_get("status")?;
+    Ok(JobRecord {
+        job_id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        state: parse_enum("job status", &status)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        pull_id: r.try_get("pull_id")?,
+        attempts: r.try_get::<i64, _>("attempts")? as i32,
+        max_attempts: r.try_get::<i64, _>("max_attempts")? as i32,
+        run_at: from_ms(r.try_get("run_at")?)?,
+        last_error: r.try_get("last_error")?,
+        lease_expires_at: r
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(from_ms)
+            .transpose()?,
+        created_at: from_ms(r.try_get("created_at")?)?,
+        updated_at: from_ms(r.try_get("updated_at")?)?,
+    })
 }
 
 #[async_trait]
@@ -204,5 +250,135 @@ impl JobStore for SqlStore {
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) AND id > $3
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.kind.as_deref())
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_record).collect()
+    }
+
+    async fn get_job(&self, job_id: i64) -> StoreResult<Option<JobRecord>> {
+        sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_record)
+            .transpose()
+    }
+
+    async fn retry_job(&self, job_id: i64, now: DateTime<Utc>) -> StoreResult<RetryOutcome> {
+        let mut tx = self.write_tx().await?;
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(RetryOutcome::NotFound);
+        };
+        let job = job_record(&row)?;
+        let dedupe_key: Option<String> = row.try_get("dedupe_key")?;
+        match job.state {
+            JobState::Queued => {}
+            JobState::Dead => {
+                if let Some(pull_id) = &job.pull_id {
+                    let pull_status: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM pulls WHERE pull_id = $1")
+                            .bind(pull_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if let Some(pull_status) = pull_status
+                        && !matches!(pull_status.as_str(), "queued" | "submitted" | "fetching")
+                    {
+                        return Ok(RetryOutcome::PullEnded { job, pull_status });
+                    }
+                }
+                if let Some(key) = &dedupe_key {
+                    let live: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM jobs WHERE dedupe_key = $1 AND status IN ('queued', 'running')",
+                    )
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if live > 0 {
+                        return Ok(RetryOutcome::Duplicate(job));
+                    }
+                }
+                if let Ok(Task::CaptureConsents { session_id }) =
+                    Task::from_row(&job.kind, &job.payload.to_string())
+                {
+                    sqlx::query(
+                        "UPDATE sessions SET status = 'capturing', error_code = NULL, error_message = NULL, updated_at = $1
+                         WHERE session_id = $2 AND status = 'failed' AND error_code = $3",
+                    )
+                    .bind(to_ms(now))
+                    .bind(&session_id)
+                    .bind(JOB_FAILED)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            JobState::Running | JobState::Done | JobState::Cancelled => {
+                return Ok(RetryOutcome::NotRetryable(job));
+            }
+        }
+        let attempts_reset = i64::from(job.state == JobState::Dead);
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'queued', run_at = $1, updated_at = $1,
+                    attempts = CASE WHEN $2 = 1 THEN 0 ELSE attempts END
+             WHERE id = $3 RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(to_ms(now))
+        .bind(attempts_reset)
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Retried(job_record(&row)?))
+    }
+
+    async fn job_gauges(&self, now: DateTime<Utc>) -> StoreResult<JobGauges> {
+        let rows = sqlx::query(
+            "SELECT kind, status, COUNT(*) AS n FROM jobs
+             WHERE status IN ('queued', 'running', 'dead') GROUP BY kind, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let counts = rows
+            .iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok((
+                    r.try_get("kind")?,
+                    parse_enum("job status", &status)?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT kind, MIN(run_at) AS oldest FROM jobs
+             WHERE status = 'queued' AND run_at <= $1 GROUP BY kind",
+        )
+        .bind(to_ms(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest_due = rows
+            .iter()
+            .map(|r| Ok((r.try_get("kind")?, from_ms(r.try_get("oldest")?)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(JobGauges { counts, oldest_due })
     }
 }

@@ -21,7 +21,7 @@ pub use data::DataStore;
 pub use db::{Dialect, SqlStore};
 pub use events::{EventFilter, EventStore};
 pub use housekeeping::HousekeepingStore;
-pub use jobs::JobStore;
+pub use jobs::{JobFilter, JobStore};
 pub use ledger::LedgerStore;
 pub use notify::{AttemptRecord, Delivery, DeliveryAttempt, NotifyStore};
 pub use pulls::PullStore;
@@ -303,6 +303,9 @@ pub trait Store:
     async fn migrate(&self) -> StoreResult<()>;
     /// Answers only when the database does.
     async fn ping(&self) -> StoreResult<()>;
+    /// The versions of this build's migrations that the database has not applied (all of
+    /// them on a database never migrated).
+    async fn pending_migrations(&self) -> StoreResult<Vec<i64>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -72,6 +72,9 @@ pub trait PullStore: Send + Sync {
         limit: u32,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<String>>;
+    /// Pulls that ended since the database began, by kind and outcome, from the counts the
+    /// triggers keep.
+    async fn pull_outcome_counts(&self) -> StoreResult<Vec<(String, String, i64)>>;
 }
 
 #[async_trait]
@@ -331,5 +334,14 @@ impl PullStore for SqlStore {
         }
         tx.commit().await?;
         Ok(expired)
+    }
+    async fn pull_outcome_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT kind, outcome, n FROM pull_outcome_counts ORDER BY kind, outcome")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kind")?, r.try_get("outcome")?, r.try_get("n")?)))
+            .collect()
     }
 }

@@ -12,6 +12,7 @@ mod hostile_input;
 mod input_property;
 mod job_queue;
 mod notify;
+mod operations;
 mod pull_endings;
 mod pulls;
 mod sandbox;

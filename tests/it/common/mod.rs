@@ -3,8 +3,10 @@
 
 mod clocked;
 mod fixtures;
+mod logs;
 pub use clocked::*;
 pub use fixtures::*;
+pub use logs::*;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -220,6 +222,19 @@ impl TestApp {
         )
         .await;
         body["calls"][endpoint].as_u64().unwrap_or(0)
+    }
+
+    /// The last `x-request-id`s the simulator received on an endpoint.
+    pub async fn upstream_request_ids(&self, endpoint: &str) -> Vec<String> {
+        let (_, body) = decode(
+            self.http
+                .get(format!("{}/_control/calls", self.sandbox_base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        serde_json::from_value(body["request_ids"][endpoint].clone()).unwrap_or_default()
     }
 
     pub async fn inject_fault(&self, endpoint: &str, status: u16, count: u32) {
