@@ -31,6 +31,8 @@ enum Command {
     Serve(Box<Settings>),
     /// Apply pending database migrations and exit.
     Migrate(Box<Settings>),
+    /// Print the OpenAPI 3.1 description of the HTTP API (what `/openapi.json` serves).
+    Openapi,
     /// Run the BankConnect simulator alone (for load tests and separate-process setups).
     #[cfg(feature = "sandbox")]
     Sandbox(SandboxArgs),
@@ -111,6 +113,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = aa_recurring::store::connect(&config.database_url, &config.pool).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", aa_recurring::http::spec().to_pretty_json()?);
             Ok(())
         }
         #[cfg(feature = "sandbox")]

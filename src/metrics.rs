@@ -359,6 +359,22 @@ impl Metrics {
         }
     }
 
+    /// Shows every route's request counter (at its success status) and latency at 0 from the
+    /// start: `(METHOD, route template, status)`.
+    pub fn known_routes(&self, routes: &[(String, String, u16)]) {
+        for (method, route, status) in routes {
+            let _ = self.http_requests.get_or_create(&HttpLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status: *status,
+            });
+            let _ = self.http_duration.get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            });
+        }
+    }
+
     /// One HTTP request, by its route template (never the raw path).
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         self.http_requests

@@ -114,7 +114,7 @@ impl NewJob {
 /// Where a job stands. `queued` and `running` are live; `done`, `cancelled` (its work was
 /// overtaken, e.g. the webhook beat the fallback poll) and `dead` (out of attempts, or a fatal
 /// error) are ended. Only a dead or waiting job can be retried by an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -144,7 +144,7 @@ pub const JOB_KINDS: &[&str] = &[
 
 /// A job as operators see it (`GET /api/v1/jobs`, `aa-recurring jobs`). The payload holds
 /// ids only, never bank data or secrets.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub job_id: i64,
     pub kind: String,

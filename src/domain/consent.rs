@@ -8,14 +8,14 @@ use super::schedule::pull_interval;
 use super::{ist, string_enum};
 
 /// Why the lender holds the consent; it decides the Sahamati limits and which data is fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UseCase {
     Monitoring,
     Collections,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JourneyMode {
     OnlyRecurring,
@@ -23,7 +23,7 @@ pub enum JourneyMode {
 }
 
 /// The calendar unit in which a consent's `frequency_value` pulls are allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FrequencyUnit {
     Hour,
@@ -32,7 +32,7 @@ pub enum FrequencyUnit {
     Year,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentStatus {
     Active,
@@ -54,7 +54,7 @@ string_enum!(ConsentStatus {
 });
 
 /// A stored recurring consent: one consented bank account of one borrower.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Consent {
     pub consent_id: String,
     pub session_id: String,
@@ -114,7 +114,7 @@ impl Consent {
 }
 
 /// A consent as the API (and its events) show it: the stored fields plus its fair-use usage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConsentView {
     #[serde(flatten)]
     pub consent: Consent,

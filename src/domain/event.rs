@@ -9,25 +9,30 @@ use super::string_enum;
 
 /// What happened. Named as `string_enum!` lists them (one list for the API, the database and
 /// the outbound webhooks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum EventType {
+    #[serde(rename = "consent_session.completed")]
     SessionCompleted,
+    #[serde(rename = "consent_session.failed")]
     SessionFailed,
+    #[serde(rename = "consent.active")]
     ConsentActive,
+    #[serde(rename = "consent.paused")]
     ConsentPaused,
+    #[serde(rename = "consent.resumed")]
     ConsentResumed,
+    #[serde(rename = "consent.revoked")]
     ConsentRevoked,
+    #[serde(rename = "consent.expired")]
     ConsentExpired,
+    #[serde(rename = "consent.invalid")]
     ConsentInvalid,
+    #[serde(rename = "pull.completed")]
     PullCompleted,
+    #[serde(rename = "pull.failed")]
     PullFailed,
+    #[serde(rename = "pull.expired")]
     PullExpired,
-}
-
-impl Serialize for EventType {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 string_enum!(EventType {
@@ -45,7 +50,7 @@ string_enum!(EventType {
 });
 
 /// One event, as the feed and the outbound webhooks show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: String,
     #[serde(rename = "type")]

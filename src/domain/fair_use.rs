@@ -120,7 +120,7 @@ pub fn check(
 }
 
 /// A consent's fair-use position, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub window: FrequencyUnit,
     pub pulls_allowed: u32,

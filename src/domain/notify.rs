@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::event::EventType;
 use super::string_enum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointStatus {
     Enabled,
@@ -19,7 +19,7 @@ pub enum EndpointStatus {
 string_enum!(EndpointStatus { Enabled => "enabled", Disabled => "disabled" });
 
 /// A lender's webhook endpoint. The secrets are never shown (but on creation and rotation).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Endpoint {
     pub endpoint_id: String,
     pub url: String,

@@ -8,7 +8,7 @@ use super::input::{ValidationError, invalid, parse_api_date};
 use super::string_enum;
 
 /// Which enriched data a pull fetches when the upstream has finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PullKind {
     Insights,
@@ -28,7 +28,7 @@ impl PullKind {
 }
 
 /// `queued` → `submitted` → `fetching` → `completed`; or `failed` / `expired`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PullStatus {
     Queued,
@@ -48,7 +48,7 @@ string_enum!(PullStatus {
     Expired => "expired",
 });
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Pull {
     pub pull_id: String,
     pub consent_id: String,
@@ -125,7 +125,7 @@ pub fn deadline(created_at: DateTime<Utc>, pull_deadline: std::time::Duration) -
 }
 
 /// The body of `POST /api/v1/consents/{id}/pulls` as received.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     pub from: Option<String>,

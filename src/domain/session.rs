@@ -9,7 +9,7 @@ use super::input::{ValidationError, invalid, parse_api_date, validate_link_id};
 
 /// The body of `POST /api/v1/consent-sessions` as received; every field is optional here so
 /// that a missing one gets its own error code rather than a generic parse error.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     pub link_id: Option<String>,
@@ -41,7 +41,7 @@ pub struct NewSession {
 
 /// Where a journey stands. `capturing`: the browser came back approved and the consent
 /// details are being fetched (a durable job finishes this if the upstream is down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Pending,
@@ -60,7 +60,7 @@ super::string_enum!(SessionStatus {
 });
 
 /// A journey we started; only these may come back through the callback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub session_id: String,
     pub link_id: String,

@@ -22,7 +22,8 @@ use crate::state::AppState;
 /// How long the callback waits for the capture's first attempt before answering `capturing`.
 const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     session_id: Option<String>,
     success: Option<String>,
@@ -36,6 +37,17 @@ struct CallbackView {
     consents: Vec<ConsentView>,
 }
 
+#[utoipa::path(
+    get, path = "/bankconnect/callback", tag = "bankconnect",
+    params(CallbackQuery),
+    responses(
+        (status = 200, description = "With `Accept: application/json`, the journey as `GET /api/v1/consent-sessions/{id}` shows it; else a small result page", content((Object = "application/json"), (String = "text/html"))),
+        (status = 303, description = "Sent on to FRONTEND_RETURN_URL with `?session_id=…&status=…`"),
+        (status = 400, description = "INVALID_QUERY", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "UNKNOWN_SESSION", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "OVERLOADED, REQUEST_TIMEOUT, DATABASE_UNAVAILABLE", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn handle(
     State(state): State<AppState>,
     headers: HeaderMap,

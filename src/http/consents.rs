@@ -28,7 +28,8 @@ pub async fn consent_view(state: &AppState, consent: Consent) -> Result<ConsentV
     Ok(ConsentView::new(consent, &used, now))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     link_id: Option<String>,
@@ -38,6 +39,14 @@ pub struct ListQuery {
     updated_after: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/consents", tag = "consents", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Consents, oldest first", body = Page<ConsentView>),
+        (status = 422, description = "INVALID_STATUS, INVALID_LINK_ID, INVALID_LIMIT, INVALID_INSTANT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -71,6 +80,15 @@ pub async fn list(
     Ok(axum::Json(page.page(views, |v| v)))
 }
 
+#[utoipa::path(
+    get, path = "/consents/{consent_id}", tag = "consents", security(("bearer" = [])),
+    params(("consent_id" = String, Path)),
+    responses(
+        (status = 200, description = "The consent with its schedule and usage", body = ConsentView),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
@@ -96,6 +114,16 @@ fn wrong_state(consent: &Consent, action: &str) -> ApiError {
 
 /// `POST /api/v1/consents/{id}/pause`: stop the schedule (Sahamati: monitor only while the
 /// loan is active). Pausing a paused consent is a no-op.
+#[utoipa::path(
+    post, path = "/consents/{consent_id}/pause", tag = "consents", security(("bearer" = [])),
+    params(("consent_id" = String, Path)),
+    responses(
+        (status = 200, description = "Paused (pausing a paused consent changes nothing)", body = ConsentView),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "CONSENT_NOT_ACTIVE", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
@@ -115,6 +143,16 @@ pub async fn pause(
 /// `POST /api/v1/consents/{id}/resume`: restart the schedule. Missed slots are not made up
 /// in a burst: the next pull comes at its old time, or now if that has passed, and covers
 /// the data since the last pull.
+#[utoipa::path(
+    post, path = "/consents/{consent_id}/resume", tag = "consents", security(("bearer" = [])),
+    params(("consent_id" = String, Path)),
+    responses(
+        (status = 200, description = "Active again; one pull covers the time missed", body = ConsentView),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "CONSENT_NOT_ACTIVE, CONSENT_EXPIRED", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
@@ -143,7 +181,7 @@ pub async fn resume(
     Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentPatch {
     /// Seconds, or a duration such as `"36h"` or `"7days"`; `null` goes back to the default.
@@ -155,6 +193,18 @@ const MAX_PULL_INTERVAL_SECS: i64 = 366 * 86_400;
 
 /// `PATCH /api/v1/consents/{id}` `{pull_interval}`: make this consent's pulls less frequent.
 /// Nothing can make them more frequent than the consent and Sahamati allow.
+#[utoipa::path(
+    patch, path = "/consents/{consent_id}", tag = "consents", security(("bearer" = [])),
+    params(("consent_id" = String, Path)), request_body = ConsentPatch,
+    responses(
+        (status = 200, description = "The consent with its new spacing", body = ConsentView),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "INVALID_BODY, INVALID_PULL_INTERVAL, PULL_INTERVAL_TOO_SHORT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn patch(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
@@ -242,7 +292,8 @@ pub async fn patch(
     Ok(axum::Json(consent_view(&state, consent).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineQuery {
     from: Option<String>,
@@ -253,6 +304,16 @@ pub struct TimelineQuery {
 
 /// `GET /api/v1/consents/{id}/transactions?from=&to=`: one timeline across all the
 /// consent's pulls, each transaction once (by the upstream's `hash`), oldest first.
+#[utoipa::path(
+    get, path = "/consents/{consent_id}/transactions", tag = "consents", security(("bearer" = [])),
+    params(("consent_id" = String, Path), TimelineQuery),
+    responses(
+        (status = 200, description = "The merged timeline, each transaction once, oldest first", body = Page<serde_json::Value>),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "INVALID_DATE_FORMAT, INVALID_WINDOW, INVALID_LIMIT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn transactions(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,

@@ -14,7 +14,7 @@ use crate::domain::invalid;
 use crate::domain::notify::{Endpoint, EndpointStatus, OLD_SECRET_OVERLAP, new_secret};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
     url: Option<String>,
@@ -23,7 +23,7 @@ pub struct EndpointRequest {
 }
 
 /// An endpoint with its secret: the answer to creation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     endpoint: Endpoint,
@@ -79,6 +79,17 @@ fn checked_description(d: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post, path = "/webhook-endpoints", tag = "webhook endpoints", security(("bearer" = [])),
+    request_body = EndpointRequest,
+    responses(
+        (status = 201, description = "Created; the `secret` is shown here and on rotation only", body = CreatedEndpoint),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "INVALID_BODY, INVALID_URL, INVALID_EVENT_TYPE, INVALID_DESCRIPTION", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<EndpointRequest>,
@@ -109,13 +120,22 @@ pub async fn create(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/webhook-endpoints", tag = "webhook endpoints", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Your endpoints, oldest first", body = Page<Endpoint>),
+        (status = 422, description = "INVALID_LIMIT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -136,6 +156,15 @@ async fn load(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
         .ok_or_else(EndpointId::not_found)
 }
 
+#[utoipa::path(
+    get, path = "/webhook-endpoints/{endpoint_id}", tag = "webhook endpoints", security(("bearer" = [])),
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "The endpoint", body = Endpoint),
+        (status = 404, description = "ENDPOINT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,
@@ -143,6 +172,18 @@ pub async fn get(
     Ok(axum::Json(load(&state, &id).await?))
 }
 
+#[utoipa::path(
+    patch, path = "/webhook-endpoints/{endpoint_id}", tag = "webhook endpoints", security(("bearer" = [])),
+    params(("endpoint_id" = String, Path)), request_body = EndpointRequest,
+    responses(
+        (status = 200, description = "The endpoint as changed", body = Endpoint),
+        (status = 404, description = "ENDPOINT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "INVALID_BODY, INVALID_URL, INVALID_EVENT_TYPE, INVALID_DESCRIPTION", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn patch(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,
@@ -165,6 +206,15 @@ pub async fn patch(
     Ok(axum::Json(load(&state, &id).await?))
 }
 
+#[utoipa::path(
+    delete, path = "/webhook-endpoints/{endpoint_id}", tag = "webhook endpoints", security(("bearer" = [])),
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "ENDPOINT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,
@@ -177,6 +227,15 @@ pub async fn delete(
 }
 
 /// `POST …/enable`: an endpoint disabled (by a 410, or by failing for 5 days) receives again.
+#[utoipa::path(
+    post, path = "/webhook-endpoints/{endpoint_id}/enable", tag = "webhook endpoints", security(("bearer" = [])),
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "Enabled again", body = Endpoint),
+        (status = 404, description = "ENDPOINT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn enable(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,
@@ -191,12 +250,21 @@ pub async fn enable(
     Ok(axum::Json(load(&state, &id).await?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NewSecret {
     secret: String,
 }
 
 /// `POST …/rotate-secret`: a new secret; the old one still signs, beside it, for 24 hours.
+#[utoipa::path(
+    post, path = "/webhook-endpoints/{endpoint_id}/rotate-secret", tag = "webhook endpoints", security(("bearer" = [])),
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "The new secret; the old one still signs, beside it, for 24 hours", body = NewSecret),
+        (status = 404, description = "ENDPOINT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,

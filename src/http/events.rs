@@ -12,7 +12,8 @@ use crate::domain::invalid;
 use crate::state::AppState;
 use crate::store::EventFilter;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// An event id: the page starts after it. `next_cursor` is the id to pass next.
@@ -23,6 +24,14 @@ pub struct FeedQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get, path = "/events", tag = "events", security(("bearer" = [])), params(FeedQuery),
+    responses(
+        (status = 200, description = "Events, oldest first; pass `next_cursor` back as `after`", body = Page<Event>),
+        (status = 422, description = "INVALID_EVENT_TYPE, INVALID_CONSENT_ID, INVALID_LIMIT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
@@ -68,6 +77,15 @@ pub async fn list(
     Ok(axum::Json(Page { items, next_cursor }))
 }
 
+#[utoipa::path(
+    get, path = "/events/{event_id}", tag = "events", security(("bearer" = [])),
+    params(("event_id" = String, Path)),
+    responses(
+        (status = 200, description = "The event", body = Event),
+        (status = 404, description = "EVENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     EventId(event_id): EventId,
@@ -81,23 +99,53 @@ pub async fn get(
 }
 
 /// `GET /api/v1/events/{event_id}/deliveries`: every attempt to deliver the event, oldest first.
+#[utoipa::path(
+    get, path = "/events/{event_id}/deliveries", tag = "events", security(("bearer" = [])),
+    params(("event_id" = String, Path)),
+    responses(
+        (status = 200, description = "Every attempt to deliver the event, oldest first", body = Attempts),
+        (status = 404, description = "EVENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     EventId(event_id): EventId,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Attempts>, ApiError> {
     if state.store.get_event(&event_id).await?.is_none() {
         return Err(EventId::not_found());
     }
     let items = state.store.delivery_attempts(&event_id).await?;
-    Ok(axum::Json(serde_json::json!({ "items": items })))
+    Ok(axum::Json(Attempts { items }))
+}
+
+/// The attempts to deliver one event.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Attempts {
+    pub items: Vec<crate::store::DeliveryAttempt>,
+}
+
+/// How many deliveries a redeliver queued.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Redelivered {
+    pub deliveries: u64,
 }
 
 /// `POST /api/v1/events/{event_id}/redeliver`: send the event again to every enabled endpoint
 /// that wants it (202).
+#[utoipa::path(
+    post, path = "/events/{event_id}/redeliver", tag = "events", security(("bearer" = [])),
+    params(("event_id" = String, Path)),
+    responses(
+        (status = 202, description = "Queued again for every enabled endpoint that wants it", body = Redelivered),
+        (status = 404, description = "EVENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn redeliver(
     State(state): State<AppState>,
     EventId(event_id): EventId,
-) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, axum::Json<Redelivered>), ApiError> {
     let (seq, event) = state
         .store
         .get_event(&event_id)
@@ -110,6 +158,6 @@ pub async fn redeliver(
     state.jobs_wakeup.notify_one();
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "deliveries": n })),
+        axum::Json(Redelivered { deliveries: n }),
     ))
 }

@@ -12,7 +12,8 @@ use crate::queue::{JOB_KINDS, JobRecord, JobState, RetryOutcome};
 use crate::state::AppState;
 use crate::store::JobFilter;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
@@ -21,6 +22,14 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/jobs", tag = "jobs", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Jobs, oldest first", body = Page<JobRecord>),
+        (status = 422, description = "INVALID_STATE, INVALID_KIND, INVALID_LIMIT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -49,6 +58,15 @@ pub async fn list(
     )))
 }
 
+#[utoipa::path(
+    get, path = "/jobs/{job_id}", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = i64, Path)),
+    responses(
+        (status = 200, description = "The job", body = JobRecord),
+        (status = 404, description = "JOB_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     JobId(job_id): JobId,
@@ -63,6 +81,16 @@ pub async fn get(
 
 /// Runs a dead or waiting job now. A dead job's attempts start afresh; a job whose pull has
 /// ended is refused, since a new pull covers the window again.
+#[utoipa::path(
+    post, path = "/jobs/{job_id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = i64, Path)),
+    responses(
+        (status = 200, description = "Queued to run now", body = JobRecord),
+        (status = 404, description = "JOB_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "JOB_NOT_RETRYABLE, PULL_ENDED, JOB_ALREADY_LIVE", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     JobId(job_id): JobId,

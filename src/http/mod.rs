@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod jobs;
+pub mod openapi;
 pub mod page;
 pub mod probes;
 pub mod pulls;
@@ -23,12 +24,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 use error::ApiError;
@@ -37,68 +40,23 @@ use error::ApiError;
 pub const API_BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/consent-sessions", post(consent_sessions::create))
-        .route("/consent-sessions/{session_id}", get(consent_sessions::get))
-        .route("/consents", get(consents::list))
-        .route(
-            "/consents/{consent_id}",
-            get(consents::get).patch(consents::patch),
-        )
-        .route("/consents/{consent_id}/pause", post(consents::pause))
-        .route("/consents/{consent_id}/resume", post(consents::resume))
-        .route(
-            "/consents/{consent_id}/transactions",
-            get(consents::transactions),
-        )
-        .route("/consents/{consent_id}/pulls", post(pulls::create))
-        .route("/events", get(events::list))
-        .route("/events/{event_id}", get(events::get))
-        .route("/events/{event_id}/deliveries", get(events::deliveries))
-        .route("/events/{event_id}/redeliver", post(events::redeliver))
-        .route(
-            "/webhook-endpoints",
-            get(endpoints::list).post(endpoints::create),
-        )
-        .route(
-            "/webhook-endpoints/{endpoint_id}",
-            get(endpoints::get)
-                .patch(endpoints::patch)
-                .delete(endpoints::delete),
-        )
-        .route(
-            "/webhook-endpoints/{endpoint_id}/enable",
-            post(endpoints::enable),
-        )
-        .route(
-            "/webhook-endpoints/{endpoint_id}/rotate-secret",
-            post(endpoints::rotate_secret),
-        )
-        .route("/jobs", get(jobs::list))
-        .route("/jobs/{job_id}", get(jobs::get))
-        .route("/jobs/{job_id}/retry", post(jobs::retry))
-        .route("/pulls", get(pulls::list))
-        .route("/pulls/{pull_id}", get(pulls::get))
-        .route("/pulls/{pull_id}/insights", get(pulls::insights))
-        .route("/pulls/{pull_id}/transactions", get(pulls::transactions))
+    let config = &state.config;
+    let api = api_routes()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT_BYTES));
-
-    let config = &state.config;
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    // Only the webhook route takes a body at the edge.
+    let edge = edge_routes().layer(DefaultBodyLimit::max(config.webhook_body_limit));
+    let (routes, spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api)
-        .route(crate::config::CALLBACK_PATH, get(callback::handle))
-        .route(
-            "/webhooks/bankconnect",
-            post(webhooks::receive).layer(DefaultBodyLimit::max(config.webhook_body_limit)),
-        )
-        .route("/metrics", get(probes::metrics))
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
+        .merge(edge)
+        .split_for_parts();
+    state.metrics.known_routes(&openapi::operations(&spec));
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async {
             ApiError::NotFound {
                 code: "NOT_FOUND",
@@ -124,6 +82,54 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// The published contract, as `router` serves it (`aa-recurring openapi` prints it).
+pub fn spec() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", api_routes())
+        .merge(edge_routes())
+        .into_openapi()
+}
+
+/// `/api/v1`, for the lender's systems (bearer tokens). Registering a handler through
+/// `routes!` puts it in the spec, so the spec cannot miss a route (`tests/it/contract.rs`
+/// checks that nothing is registered any other way).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(consent_sessions::create))
+        .routes(routes!(consent_sessions::get))
+        .routes(routes!(consents::list))
+        .routes(routes!(consents::get, consents::patch))
+        .routes(routes!(consents::pause))
+        .routes(routes!(consents::resume))
+        .routes(routes!(consents::transactions))
+        .routes(routes!(pulls::create))
+        .routes(routes!(pulls::list))
+        .routes(routes!(pulls::get))
+        .routes(routes!(pulls::insights))
+        .routes(routes!(pulls::transactions))
+        .routes(routes!(events::list))
+        .routes(routes!(events::get))
+        .routes(routes!(events::deliveries))
+        .routes(routes!(events::redeliver))
+        .routes(routes!(endpoints::list, endpoints::create))
+        .routes(routes!(endpoints::get, endpoints::patch, endpoints::delete))
+        .routes(routes!(endpoints::enable))
+        .routes(routes!(endpoints::rotate_secret))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::retry))
+}
+
+/// What BankConnect, the borrower's browser and operators call.
+fn edge_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(callback::handle))
+        .routes(routes!(webhooks::receive))
+        .routes(routes!(probes::metrics))
+        .routes(routes!(probes::healthz))
+        .routes(routes!(probes::readyz))
 }
 
 /// Every log line of a request carries its `request_id` (set or kept by `SetRequestIdLayer`,

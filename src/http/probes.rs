@@ -9,6 +9,10 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// The process is up; says nothing about its dependencies.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Object, example = json!({"status": "ok"})))
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -17,6 +21,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// background task (workers, scheduler, housekeeping) runs, and the service is not draining,
 /// so a load balancer stops sending traffic to an instance that cannot commit anything, would
 /// let its work pile up, or is going away.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "NOT_READY: the database does not answer, a migration is pending, a background task is down, or the service is draining", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match not_ready(&state).await {
         None => Json(json!({"status": "ready"})).into_response(),
@@ -51,6 +62,10 @@ async fn not_ready(state: &AppState) -> Option<String> {
 }
 
 /// Prometheus text exposition. The gauges are read at the scrape, through indexes.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus (OpenMetrics) text; every family is present from the start", content_type = "application/openmetrics-text", body = String))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let now = state.clock.now();
     let store = &state.store;

@@ -27,6 +27,23 @@ fn not_found() -> ApiError {
 }
 
 /// `POST /api/v1/consents/{consent_id}/pulls`. The body may be empty: every field has a default.
+#[utoipa::path(
+    post, path = "/consents/{consent_id}/pulls", tag = "pulls", security(("bearer" = [])),
+    params(
+        ("consent_id" = String, Path),
+        ("idempotency-key" = Option<String>, Header, description = "The same key with the same body answers the same pull"),
+    ),
+    request_body(content = Option<PullRequest>, description = "Optional: the window defaults to since the last pull, up to today"),
+    responses(
+        (status = 202, description = "Accepted: the pull is queued", body = Pull),
+        (status = 404, description = "CONSENT_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "CONSENT_NOT_ACTIVE, CONSENT_EXPIRED, or FAIR_USE_LIMIT (with `Retry-After` and `error.next_pull_allowed_at`)", body = crate::http::openapi::ErrorBody, headers(("retry-after" = u64, description = "seconds, with FAIR_USE_LIMIT"))),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "INVALID_BODY, INVALID_DATE_FORMAT, INVALID_WINDOW, WINDOW_TOO_LONG, INVALID_KIND, IDEMPOTENCY_KEY_REUSED", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ConsentId(consent_id): ConsentId,
@@ -147,7 +164,8 @@ fn fair_use_refusal(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     consent_id: Option<String>,
@@ -157,6 +175,14 @@ pub struct ListQuery {
     updated_after: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/pulls", tag = "pulls", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Pulls, oldest first", body = Page<Pull>),
+        (status = 422, description = "INVALID_STATUS, INVALID_CONSENT_ID, INVALID_LIMIT, INVALID_INSTANT", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -186,6 +212,15 @@ pub async fn list(
     Ok(axum::Json(page.page(rows, |p| p)))
 }
 
+#[utoipa::path(
+    get, path = "/pulls/{pull_id}", tag = "pulls", security(("bearer" = [])),
+    params(("pull_id" = String, Path)),
+    responses(
+        (status = 200, description = "The pull with its progress", body = Pull),
+        (status = 404, description = "PULL_NOT_FOUND", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     PullId(pull_id): PullId,
@@ -198,6 +233,16 @@ pub async fn get(
         .ok_or_else(not_found)
 }
 
+#[utoipa::path(
+    get, path = "/pulls/{pull_id}/insights", tag = "pulls", security(("bearer" = [])),
+    params(("pull_id" = String, Path)),
+    responses(
+        (status = 200, description = "The Insights JSON as BankConnect sent it (gzip as stored with `Accept-Encoding: gzip`)", body = Object),
+        (status = 404, description = "PULL_NOT_FOUND, DATA_NOT_FOUND, DATA_PURGED", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "PULL_NOT_COMPLETED", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn insights(
     state: State<AppState>,
     path: PullId,
@@ -206,6 +251,16 @@ pub async fn insights(
     data(state, path, headers, PullKind::Insights).await
 }
 
+#[utoipa::path(
+    get, path = "/pulls/{pull_id}/transactions", tag = "pulls", security(("bearer" = [])),
+    params(("pull_id" = String, Path)),
+    responses(
+        (status = 200, description = "The Transactions JSON as BankConnect sent it (gzip as stored with `Accept-Encoding: gzip`)", body = Object),
+        (status = 404, description = "PULL_NOT_FOUND, DATA_NOT_FOUND, DATA_PURGED", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "PULL_NOT_COMPLETED", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::ApiErrors,
+    )
+)]
 pub async fn transactions(
     state: State<AppState>,
     path: PullId,

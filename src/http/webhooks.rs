@@ -15,6 +15,24 @@ use crate::state::AppState;
 use crate::store::NewWebhook;
 use crate::webhook_auth;
 
+#[utoipa::path(
+    post, path = "/webhooks/bankconnect", tag = "bankconnect",
+    request_body(content = Object, description = "BankConnect's event, verified over the raw bytes (WEBHOOK_VERIFY)"),
+    params(
+        ("x-secret-key" = Option<String>, Header, description = "secret-key scheme"),
+        ("x-webhook-timestamp" = Option<String>, Header, description = "hmac-sha256 scheme"),
+        ("x-webhook-signature" = Option<String>, Header, description = "hmac-sha256 scheme: sha256=<hex>"),
+        ("webhook-id" = Option<String>, Header, description = "standard-webhooks scheme"),
+        ("webhook-timestamp" = Option<String>, Header, description = "standard-webhooks scheme"),
+        ("webhook-signature" = Option<String>, Header, description = "standard-webhooks scheme"),
+    ),
+    responses(
+        (status = 200, description = "Stored with its processing job (or a duplicate, processed once)", body = Object),
+        (status = 401, description = "INVALID_SIGNATURE", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "OVERLOADED, REQUEST_TIMEOUT, DATABASE_UNAVAILABLE", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

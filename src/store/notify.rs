@@ -28,7 +28,7 @@ pub struct Delivery {
 }
 
 /// One attempt to deliver an event, as `GET /api/v1/events/{id}/deliveries` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryAttempt {
     pub endpoint_id: String,
     pub attempted_at: DateTime<Utc>,

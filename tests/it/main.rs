@@ -5,6 +5,7 @@
 mod common;
 
 mod consent_journey;
+mod contract;
 mod db_outage;
 mod events;
 mod fair_use_property;
