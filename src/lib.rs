@@ -8,6 +8,7 @@ pub mod housekeeping;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod operator;
 pub mod pulls;
 pub mod queue;
 #[cfg(feature = "sandbox")]

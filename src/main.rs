@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use aa_recurring::config::{Config, LogFormat, Settings};
+use aa_recurring::operator::{self, Answer, Operator};
 use aa_recurring::startup::{App, RunOptions};
+use axum::http::Method;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +33,17 @@ enum Command {
     Serve(Box<Settings>),
     /// Apply pending database migrations and exit.
     Migrate(Box<Settings>),
+    /// Consents: list, show, pause, resume (the same rules as the API).
+    Consents(ConsentsArgs),
+    /// Pulls: list, show, start (fair use and idempotency as in the API).
+    Pulls(PullsArgs),
+    /// The job queue: list, show, retry.
+    Jobs(JobsArgs),
+    /// BankConnect account settings.
+    Bankconnect(BankConnectArgs),
+    /// Check a deployment: configuration, database, migrations, upstream credentials,
+    /// webhook scheme and public URL, one line each. Exit code 1 when any check fails.
+    Doctor(DoctorArgs),
     /// Print the OpenAPI 3.1 description of the HTTP API (what `/openapi.json` serves).
     Openapi,
     /// Run the BankConnect simulator alone (for load tests and separate-process setups).
@@ -75,6 +88,146 @@ struct SandboxArgs {
     log_format: String,
 }
 
+/// Output for every operator command.
+#[derive(clap::Args)]
+struct Output {
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ConsentsArgs {
+    #[command(subcommand)]
+    action: ConsentsAction,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    settings: Box<Settings>,
+}
+
+#[derive(Subcommand)]
+enum ConsentsAction {
+    /// Consents, oldest first.
+    List {
+        #[arg(long)]
+        link_id: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One consent with its schedule and usage.
+    Show { consent_id: String },
+    /// Stop the consent's schedule.
+    Pause { consent_id: String },
+    /// Restart the consent's schedule.
+    Resume { consent_id: String },
+}
+
+#[derive(clap::Args)]
+struct PullsArgs {
+    #[command(subcommand)]
+    action: PullsAction,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    settings: Box<Settings>,
+}
+
+#[derive(Subcommand)]
+enum PullsAction {
+    /// Pulls, oldest first.
+    List {
+        #[arg(long)]
+        consent_id: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One pull with its progress.
+    Show { pull_id: String },
+    /// Start a pull (queued; a running `serve` sends it).
+    Start {
+        consent_id: String,
+        /// YYYY-MM-DD; default: where the last pull ended.
+        #[arg(long)]
+        from: Option<String>,
+        /// YYYY-MM-DD; default: today.
+        #[arg(long)]
+        to: Option<String>,
+        /// insights or transactions; default: from the use case.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The same key with the same window returns the same pull.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct JobsArgs {
+    #[command(subcommand)]
+    action: JobsAction,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    settings: Box<Settings>,
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Jobs, oldest first.
+    List {
+        /// queued, running, done, cancelled or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job with its last error.
+    Show { job_id: String },
+    /// Run a dead or waiting job now.
+    Retry { job_id: String },
+}
+
+#[derive(clap::Args)]
+struct BankConnectArgs {
+    #[command(subcommand)]
+    action: BankConnectAction,
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    settings: Box<Settings>,
+}
+
+#[derive(Subcommand)]
+enum BankConnectAction {
+    /// Tell BankConnect where to send its webhooks (the documented `update_webhook` call).
+    RegisterWebhook {
+        /// Default: PUBLIC_BASE_URL/webhooks/bankconnect.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    output: Output,
+    #[command(flatten)]
+    settings: Box<Settings>,
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info,sqlx=warn"));
@@ -114,6 +267,205 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             tracing::info!("migrations applied");
             Ok(())
+        }
+        Command::Consents(args) => {
+            let op = Operator::open(Config::from_settings(&args.settings)?).await?;
+            let (method, path) = match &args.action {
+                ConsentsAction::List {
+                    link_id,
+                    status,
+                    limit,
+                    cursor,
+                } => (
+                    Method::GET,
+                    format!(
+                        "/api/v1/consents{}",
+                        operator::query(&[
+                            ("link_id", link_id.as_deref()),
+                            ("status", status.as_deref()),
+                            ("limit", limit.map(|l| l.to_string()).as_deref()),
+                            ("cursor", cursor.as_deref()),
+                        ])
+                    ),
+                ),
+                ConsentsAction::Show { consent_id } => (
+                    Method::GET,
+                    format!("/api/v1/consents/{}", segment(consent_id)),
+                ),
+                ConsentsAction::Pause { consent_id } => (
+                    Method::POST,
+                    format!("/api/v1/consents/{}/pause", segment(consent_id)),
+                ),
+                ConsentsAction::Resume { consent_id } => (
+                    Method::POST,
+                    format!("/api/v1/consents/{}/resume", segment(consent_id)),
+                ),
+            };
+            let answer = op.call(method, &path, None, &[]).await?;
+            print_answer(
+                &answer,
+                args.output.json,
+                &[
+                    "consent_id",
+                    "link_id",
+                    "status",
+                    "use_case",
+                    "frequency_unit",
+                    "usage/pulls_used",
+                    "usage/pulls_allowed",
+                    "next_pull_at",
+                ],
+            )
+        }
+        Command::Pulls(args) => {
+            let op = Operator::open(Config::from_settings(&args.settings)?).await?;
+            let answer = match &args.action {
+                PullsAction::List {
+                    consent_id,
+                    status,
+                    limit,
+                    cursor,
+                } => {
+                    let q = operator::query(&[
+                        ("consent_id", consent_id.as_deref()),
+                        ("status", status.as_deref()),
+                        ("limit", limit.map(|l| l.to_string()).as_deref()),
+                        ("cursor", cursor.as_deref()),
+                    ]);
+                    op.call(Method::GET, &format!("/api/v1/pulls{q}"), None, &[])
+                        .await?
+                }
+                PullsAction::Show { pull_id } => {
+                    op.call(
+                        Method::GET,
+                        &format!("/api/v1/pulls/{}", segment(pull_id)),
+                        None,
+                        &[],
+                    )
+                    .await?
+                }
+                PullsAction::Start {
+                    consent_id,
+                    from,
+                    to,
+                    kind,
+                    idempotency_key,
+                } => {
+                    let body = serde_json::json!({"from": from, "to": to, "kind": kind});
+                    let headers: Vec<(&str, String)> = idempotency_key
+                        .iter()
+                        .map(|k| ("idempotency-key", k.clone()))
+                        .collect();
+                    op.call(
+                        Method::POST,
+                        &format!("/api/v1/consents/{}/pulls", segment(consent_id)),
+                        Some(body),
+                        &headers,
+                    )
+                    .await?
+                }
+            };
+            print_answer(
+                &answer,
+                args.output.json,
+                &[
+                    "pull_id",
+                    "consent_id",
+                    "status",
+                    "kind",
+                    "from",
+                    "to",
+                    "attempts",
+                    "error_code",
+                    "updated_at",
+                ],
+            )
+        }
+        Command::Jobs(args) => {
+            let op = Operator::open(Config::from_settings(&args.settings)?).await?;
+            let (method, path) = match &args.action {
+                JobsAction::List {
+                    state,
+                    kind,
+                    limit,
+                    cursor,
+                } => (
+                    Method::GET,
+                    format!(
+                        "/api/v1/jobs{}",
+                        operator::query(&[
+                            ("state", state.as_deref()),
+                            ("kind", kind.as_deref()),
+                            ("limit", limit.map(|l| l.to_string()).as_deref()),
+                            ("cursor", cursor.as_deref()),
+                        ])
+                    ),
+                ),
+                JobsAction::Show { job_id } => {
+                    (Method::GET, format!("/api/v1/jobs/{}", segment(job_id)))
+                }
+                JobsAction::Retry { job_id } => (
+                    Method::POST,
+                    format!("/api/v1/jobs/{}/retry", segment(job_id)),
+                ),
+            };
+            let answer = op.call(method, &path, None, &[]).await?;
+            print_answer(
+                &answer,
+                args.output.json,
+                &[
+                    "job_id",
+                    "kind",
+                    "state",
+                    "attempts",
+                    "run_at",
+                    "pull_id",
+                    "last_error",
+                ],
+            )
+        }
+        Command::Bankconnect(args) => {
+            let config = Config::from_settings(&args.settings)?;
+            let BankConnectAction::RegisterWebhook { url } = &args.action;
+            let url = url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/webhooks/bankconnect",
+                    config.public_base_url.as_str().trim_end_matches('/')
+                )
+            });
+            let op = Operator::open(config).await?;
+            match op.state.bankconnect.update_webhook(&url).await {
+                Ok(()) => {
+                    if args.output.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"webhook_url": url, "registered": true})
+                        );
+                    } else {
+                        println!("BankConnect will send its webhooks to {url}");
+                    }
+                    Ok(())
+                }
+                Err(e) => anyhow::bail!("update_webhook failed: {e}"),
+            }
+        }
+        Command::Doctor(args) => {
+            let checks = operator::doctor(Config::from_settings(&args.settings)).await;
+            if args.output.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &checks {
+                    println!("{}", c.line());
+                }
+            }
+            if checks.iter().all(|c| c.ok) {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} check(s) failed",
+                    checks.iter().filter(|c| !c.ok).count()
+                )
+            }
         }
         Command::Openapi => {
             println!("{}", aa_recurring::http::spec().to_pretty_json()?);
@@ -172,6 +524,33 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     axum::serve(listener, sandbox.router())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    Ok(())
+}
+
+/// An id as one path segment, so that no argument can reach another route.
+fn segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+/// Prints a list as a table, one resource as lines, or the JSON as is; an error answer goes
+/// to stderr and fails the command.
+fn print_answer(answer: &Answer, json: bool, columns: &[&str]) -> anyhow::Result<()> {
+    if !answer.status.is_success() {
+        if json {
+            println!("{}", answer.body);
+        }
+        anyhow::bail!("{}", answer.error_line());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer.body)?);
+    } else if let Some(items) = answer.body["items"].as_array() {
+        println!("{}", operator::table(items, columns));
+        if let Some(next) = answer.body["next_cursor"].as_str() {
+            println!("(more: --cursor {next})");
+        }
+    } else {
+        println!("{}", operator::details(&answer.body));
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (and, in sandbox mode, the simulator), starts the supervised background tasks, and shuts
 //! them down in order.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -57,21 +57,16 @@ impl App {
         let store = store::connect(&config.database_url, &config.pool).await?;
         store.migrate().await?;
 
-        let (base_url, guest) = match &config.upstream {
-            Upstream::Remote(url) => (url.to_string(), None),
-            Upstream::Sandbox => {
-                // The simulator is reached over real HTTP on our own listener, so the client
-                // is exercised exactly as against the real upstream.
-                let loopback = if addr.ip().is_unspecified() {
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-                } else {
-                    addr
-                };
-                (
-                    format!("http://{loopback}/sandbox"),
-                    Some(sandbox_router(&config, loopback, &options)?),
-                )
-            }
+        // In sandbox mode the simulator is reached over real HTTP on our own listener, so
+        // the client is exercised exactly as against the real upstream.
+        let base_url = crate::operator::upstream_base(&config, addr);
+        let guest = match &config.upstream {
+            Upstream::Remote(_) => None,
+            Upstream::Sandbox => Some(sandbox_router(
+                &config,
+                crate::operator::loopback(addr),
+                &options,
+            )?),
         };
         let state = AppState::new(config, store, &base_url, options.clock.clone())?;
         let mut router = crate::http::router(state.clone());

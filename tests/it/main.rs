@@ -4,6 +4,7 @@
 
 mod common;
 
+mod cli;
 mod consent_journey;
 mod contract;
 mod db_outage;
