@@ -63,3 +63,16 @@ pub struct Event {
 pub fn new_event_id() -> String {
     format!("evt_{}", uuid::Uuid::new_v4().simple())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_name_of_every_event_type_is_its_database_name() {
+        for name in EventType::ALL {
+            let t: EventType = name.parse().unwrap();
+            assert_eq!(serde_json::to_value(t).unwrap(), *name);
+        }
+    }
+}
