@@ -278,14 +278,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cursor,
                 } => (
                     Method::GET,
-                    format!(
-                        "/api/v1/consents{}",
-                        operator::query(&[
-                            ("link_id", link_id.as_deref()),
-                            ("status", status.as_deref()),
-                            ("limit", limit.map(|l| l.to_string()).as_deref()),
-                            ("cursor", cursor.as_deref()),
-                        ])
+                    list_path(
+                        "consents",
+                        &[("link_id", link_id), ("status", status)],
+                        *limit,
+                        cursor,
                     ),
                 ),
                 ConsentsAction::Show { consent_id } => (
@@ -326,14 +323,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     limit,
                     cursor,
                 } => {
-                    let q = operator::query(&[
-                        ("consent_id", consent_id.as_deref()),
-                        ("status", status.as_deref()),
-                        ("limit", limit.map(|l| l.to_string()).as_deref()),
-                        ("cursor", cursor.as_deref()),
-                    ]);
-                    op.call(Method::GET, &format!("/api/v1/pulls{q}"), None, &[])
-                        .await?
+                    let path = list_path(
+                        "pulls",
+                        &[("consent_id", consent_id), ("status", status)],
+                        *limit,
+                        cursor,
+                    );
+                    op.call(Method::GET, &path, None, &[]).await?
                 }
                 PullsAction::Show { pull_id } => {
                     op.call(
@@ -391,15 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cursor,
                 } => (
                     Method::GET,
-                    format!(
-                        "/api/v1/jobs{}",
-                        operator::query(&[
-                            ("state", state.as_deref()),
-                            ("kind", kind.as_deref()),
-                            ("limit", limit.map(|l| l.to_string()).as_deref()),
-                            ("cursor", cursor.as_deref()),
-                        ])
-                    ),
+                    list_path("jobs", &[("state", state), ("kind", kind)], *limit, cursor),
                 ),
                 JobsAction::Show { job_id } => {
                     (Method::GET, format!("/api/v1/jobs/{}", segment(job_id)))
@@ -525,6 +513,21 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// `/api/v1/{resource}` with the filters that are set and the page.
+fn list_path(
+    resource: &str,
+    filters: &[(&str, &Option<String>)],
+    limit: Option<u32>,
+    cursor: &Option<String>,
+) -> String {
+    let limit = limit.map(|l| l.to_string());
+    let mut pairs: Vec<(&str, Option<&str>)> =
+        filters.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+    pairs.push(("limit", limit.as_deref()));
+    pairs.push(("cursor", cursor.as_deref()));
+    format!("/api/v1/{resource}{}", operator::query(&pairs))
 }
 
 /// An id as one path segment, so that no argument can reach another route.

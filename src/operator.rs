@@ -311,15 +311,9 @@ async fn upstream_check(config: &Config) -> Check {
             "sandbox mode: BankConnect is simulated in process (no credentials to check)",
         );
     }
-    let client = match crate::bankconnect::BankConnectClient::new(
+    let client = match crate::bankconnect::BankConnectClient::configured(
+        config,
         &upstream_base(config, config.bind_addr),
-        config.api_key.clone(),
-        config.server_hash.clone(),
-        crate::bankconnect::Timeouts {
-            connect: config.upstream_connect_timeout,
-            call: config.upstream_timeout,
-            download: config.upstream_download_timeout,
-        },
         Arc::new(crate::metrics::Metrics::default()),
     ) {
         Ok(c) => c,

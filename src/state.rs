@@ -45,17 +45,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
-        let bankconnect = BankConnectClient::new(
-            upstream,
-            config.api_key.clone(),
-            config.server_hash.clone(),
-            crate::bankconnect::Timeouts {
-                connect: config.upstream_connect_timeout,
-                call: config.upstream_timeout,
-                download: config.upstream_download_timeout,
-            },
-            metrics.clone(),
-        )?;
+        let bankconnect = BankConnectClient::configured(&config, upstream, metrics.clone())?;
         Ok(AppState {
             config: Arc::new(config),
             webhooks: WebhookIntake::start(store.clone()),

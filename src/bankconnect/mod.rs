@@ -117,6 +117,25 @@ impl BankConnectClient {
         result
     }
 
+    /// A client with the configured credentials and timeouts, talking to `base`.
+    pub fn configured(
+        config: &crate::config::Config,
+        base: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
+        Self::new(
+            base,
+            config.api_key.clone(),
+            config.server_hash.clone(),
+            Timeouts {
+                connect: config.upstream_connect_timeout,
+                call: config.upstream_timeout,
+                download: config.upstream_download_timeout,
+            },
+            metrics,
+        )
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v1/{}", self.base, path)
     }

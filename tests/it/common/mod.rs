@@ -211,30 +211,28 @@ impl TestApp {
         decode(r).await
     }
 
+    /// What the simulator has answered: `calls` and `request_ids` per endpoint.
+    async fn upstream_record(&self) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/_control/calls", self.sandbox_base))
+            .send()
+            .await
+            .unwrap();
+        decode(r).await.1
+    }
+
     /// Calls the simulator has answered per endpoint.
     pub async fn upstream_calls(&self, endpoint: &str) -> u64 {
-        let (_, body) = decode(
-            self.http
-                .get(format!("{}/_control/calls", self.sandbox_base))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        body["calls"][endpoint].as_u64().unwrap_or(0)
+        self.upstream_record().await["calls"][endpoint]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// The last `x-request-id`s the simulator received on an endpoint.
     pub async fn upstream_request_ids(&self, endpoint: &str) -> Vec<String> {
-        let (_, body) = decode(
-            self.http
-                .get(format!("{}/_control/calls", self.sandbox_base))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        serde_json::from_value(body["request_ids"][endpoint].clone()).unwrap_or_default()
+        let ids = self.upstream_record().await["request_ids"][endpoint].clone();
+        serde_json::from_value(ids).unwrap_or_default()
     }
 
     pub async fn inject_fault(&self, endpoint: &str, status: u16, count: u32) {
