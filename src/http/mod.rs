@@ -135,16 +135,23 @@ fn edge_routes() -> OpenApiRouter<AppState> {
 /// Every log line of a request carries its `request_id` (set or kept by `SetRequestIdLayer`,
 /// which runs first) and its route template, never the raw path.
 fn request_span(req: &axum::extract::Request) -> tracing::Span {
-    let request_id = req
-        .headers()
+    let (request_id, route) = (request_id(req), route(req));
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+/// The request's id, as `SetRequestIdLayer` set or kept it.
+fn request_id(req: &axum::extract::Request) -> &str {
+    req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let route = req
-        .extensions()
+        .unwrap_or_default()
+}
+
+/// The route template the request matched (never the raw path, which holds ids).
+fn route(req: &axum::extract::Request) -> &str {
+    req.extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str());
-    tracing::info_span!("request", method = %req.method(), route, request_id)
+        .map_or("unmatched", |p| p.as_str())
 }
 
 /// Counts the request by its route template (`http_requests_total`, its latency in
@@ -157,17 +164,8 @@ async fn observe(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let route = route(&req).to_string();
+    let request_id = request_id(&req).to_string();
     let response = crate::bankconnect::REQUEST_ID
         .scope(request_id, next.run(req))
         .await;

@@ -291,6 +291,7 @@ impl JobStore for SqlStore {
         };
         let job = job_record(&row)?;
         let dedupe_key: Option<String> = row.try_get("dedupe_key")?;
+        let payload: String = row.try_get("payload")?;
         match job.state {
             JobState::Queued => {}
             JobState::Dead => {
@@ -318,7 +319,7 @@ impl JobStore for SqlStore {
                     }
                 }
                 if let Ok(Task::CaptureConsents { session_id }) =
-                    Task::from_row(&job.kind, &job.payload.to_string())
+                    Task::from_row(&job.kind, &payload)
                 {
                     sqlx::query(
                         "UPDATE sessions SET status = 'capturing', error_code = NULL, error_message = NULL, updated_at = $1

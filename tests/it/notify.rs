@@ -188,15 +188,7 @@ async fn a_receiver_that_answers_503_or_is_down_gets_it_on_a_later_attempt() {
         .await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Meanwhile the wait shows, per endpoint.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(&format!(
             "aa_recurring_notifications_oldest_undelivered_age_seconds{{endpoint_id=\"{down_id}\"}}"

@@ -26,21 +26,10 @@ const FAMILIES: &[(&str, &str)] = &[
     ("notifications", "counter"),
 ];
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() {
     let (app, clock) = clocked(&[]).await;
-    let text = metrics_text(&app).await;
+    let text = app.metrics_text().await;
     for (family, kind) in FAMILIES {
         assert!(
             text.contains(&format!("# TYPE aa_recurring_{family} {kind}\n")),
@@ -103,7 +92,7 @@ async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() 
         2
     );
     assert!(
-        !metrics_text(&app).await.contains(&consent),
+        !app.metrics_text().await.contains(&consent),
         "a raw path (with its id) became a label"
     );
     assert_eq!(

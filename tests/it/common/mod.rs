@@ -373,18 +373,17 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
     }
 
+    /// The whole `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// A counter from `/metrics`, by its full sample name with labels.
     pub async fn metric(&self, sample: &str) -> u64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
+        self.metrics_text()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(sample)
                     .and_then(|v| v.trim().parse::<f64>().ok())
