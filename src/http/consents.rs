@@ -28,6 +28,24 @@ pub async fn consent_view(state: &AppState, consent: Consent) -> Result<ConsentV
     Ok(ConsentView::new(consent, &used, now))
 }
 
+/// Many consents as the API shows them, their usage counted in one query.
+pub async fn consent_views<P>(
+    state: &AppState,
+    consents: Vec<(P, Consent)>,
+) -> Result<Vec<(P, ConsentView)>, ApiError> {
+    let now = state.clock.now();
+    let budgets: Vec<(&str, Vec<_>)> = consents
+        .iter()
+        .map(|(_, c)| (c.consent_id.as_str(), budget(&c.limits(), now)))
+        .collect();
+    let used = state.store.attempts_since_many(&budgets).await?;
+    Ok(consents
+        .into_iter()
+        .zip(used)
+        .map(|((p, c), used)| (p, ConsentView::new(c, &used, now)))
+        .collect())
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -73,10 +91,7 @@ pub async fn list(
         limit: page.fetch_limit(),
     };
     let rows = state.store.list_consents(&filter).await?;
-    let mut views = Vec::with_capacity(rows.len());
-    for (seq, consent) in rows {
-        views.push((seq, consent_view(&state, consent).await?));
-    }
+    let views = consent_views(&state, rows).await?;
     Ok(axum::Json(page.page(views, |v| v)))
 }
 

@@ -125,10 +125,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status, code and message the API answers with; the console shows the same.
+    pub fn describe(&self) -> (StatusCode, String, String) {
         let (status, code) = self.status_and_code();
-        let message = match &self {
+        let message = match self {
             ApiError::Invalid(e) => e.message.clone(),
             ApiError::Store(e) if e.is_invalid_input() => {
                 tracing::warn!(error = %e, "the database refused a value of the request");
@@ -141,6 +142,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        (status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.describe();
         if status.is_server_error() {
             tracing::warn!(%status, %code, %message, "request failed");
         }

@@ -68,6 +68,7 @@ pub async fn list(
             consent_id: q.consent_id,
             after_seq,
             limit: limit + 1,
+            newest_first: false,
         })
         .await?;
     let more = rows.len() > limit as usize;

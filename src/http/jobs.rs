@@ -50,6 +50,7 @@ pub async fn list(
         kind: q.kind,
         after_id: page.after,
         limit: page.fetch_limit(),
+        ..Default::default()
     };
     let rows = state.store.list_jobs(&filter).await?;
     Ok(axum::Json(page.page(

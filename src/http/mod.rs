@@ -4,6 +4,7 @@ pub mod auth;
 pub mod callback;
 pub mod consent_sessions;
 pub mod consents;
+pub mod console;
 pub mod endpoints;
 pub mod error;
 pub mod events;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     state.metrics.known_routes(&openapi::operations(&spec));
     let request_id = HeaderName::from_static("x-request-id");
     routes
+        .merge(console::routes(state.clone()))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async {
             ApiError::NotFound {

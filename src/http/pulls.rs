@@ -207,6 +207,7 @@ pub async fn list(
             .transpose()?,
         after_seq: page.after,
         limit: page.fetch_limit(),
+        newest_first: false,
     };
     let rows = state.store.list_pulls(&filter).await?;
     Ok(axum::Json(page.page(rows, |p| p)))

@@ -12,7 +12,7 @@ use super::error::{ApiError, RawBody};
 use super::ids::plausible_id;
 use crate::bankconnect::wire::WebhookEvent;
 use crate::state::AppState;
-use crate::store::NewWebhook;
+use crate::store::{NewWebhook, WebhookReceipt};
 use crate::webhook_auth;
 
 #[utoipa::path(
@@ -57,6 +57,14 @@ pub async fn receive(
             state.metrics.webhook("rejected");
             state.metrics.webhook_rejected(e.reason());
             tracing::warn!(reason = e.reason(), error = %e, "webhook refused");
+            state.webhooks.note(receipt(
+                "rejected",
+                Some(e.reason()),
+                None,
+                &headers,
+                body.len(),
+                now,
+            ));
             return Err(e.into());
         }
     };
@@ -79,14 +87,46 @@ pub async fn receive(
         upstream_session_id: event.and_then(|e| e.session_id).filter(|s| plausible_id(s)),
         body: body.to_vec(),
     };
+    let dedupe_key = webhook.dedupe_key.clone();
     let fresh = state.webhooks.record(webhook, now).await?;
     if fresh {
         state.jobs_wakeup.notify_one();
         state.metrics.webhook("accepted");
     } else {
         state.metrics.webhook("duplicate");
+        state.webhooks.note(receipt(
+            "duplicate",
+            None,
+            Some(dedupe_key),
+            &headers,
+            body.len(),
+            now,
+        ));
     }
     Ok(axum::Json(
         json!({"status": if fresh { "accepted" } else { "duplicate" }}),
     ))
+}
+
+/// What the console shows of a delivery that was not stored as new: never its body.
+fn receipt(
+    outcome: &str,
+    reason: Option<&str>,
+    dedupe_key: Option<String>,
+    headers: &HeaderMap,
+    body_bytes: usize,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> WebhookReceipt {
+    WebhookReceipt {
+        id: 0,
+        outcome: outcome.into(),
+        reason: reason.map(Into::into),
+        dedupe_key,
+        body_bytes: body_bytes as i64,
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into),
+        received_at,
+    }
 }

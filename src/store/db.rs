@@ -339,6 +339,29 @@ pub(super) async fn pull_where(
 
 /// `VALUES` placeholders for `rows` rows of `columns` columns, numbered from `$1`. (sqlx's
 /// `QueryBuilder` writes `?` for the `Any` driver, which Postgres does not read.)
+/// Keyset pagination on `column` against placeholder `$param`: the condition, the order, and
+/// the value to bind. Oldest first, rows come after `after`; newest first, before it.
+pub(super) fn keyset(
+    column: &str,
+    param: usize,
+    after: Option<i64>,
+    newest_first: bool,
+) -> (String, String, i64) {
+    if newest_first {
+        (
+            format!("{column} < ${param}"),
+            format!("{column} DESC"),
+            after.unwrap_or(i64::MAX),
+        )
+    } else {
+        (
+            format!("{column} > ${param}"),
+            column.to_string(),
+            after.unwrap_or(0),
+        )
+    }
+}
+
 pub(super) fn values_list(rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|r| {

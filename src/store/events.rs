@@ -18,8 +18,11 @@ use crate::domain::fair_use::budget;
 pub struct EventFilter {
     pub event_type: Option<EventType>,
     pub consent_id: Option<String>,
+    /// The position to continue from: events after it, or before it when `newest_first`.
     pub after_seq: Option<i64>,
     pub limit: u32,
+    /// Newest first (the console) rather than oldest first (the feed).
+    pub newest_first: bool,
 }
 
 /// The outbox, as the feed reads it.
@@ -34,14 +37,15 @@ pub trait EventStore: Send + Sync {
 #[async_trait]
 impl EventStore for SqlStore {
     async fn list_events(&self, f: &EventFilter) -> StoreResult<Vec<(i64, Event)>> {
-        let rows = sqlx::query(
+        let (seek, order, from) = keyset("seq", 3, f.after_seq, f.newest_first);
+        let rows = sqlx::query(&format!(
             "SELECT seq, event_id, type, data, created_at FROM events
-             WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR consent_id = $2) AND seq > $3
-             ORDER BY seq LIMIT $4",
-        )
+             WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR consent_id = $2) AND {seek}
+             ORDER BY {order} LIMIT $4"
+        ))
         .bind(f.event_type.map(|t| t.as_str()))
         .bind(f.consent_id.as_deref())
-        .bind(f.after_seq.unwrap_or(0))
+        .bind(from)
         .bind(f.limit as i64)
         .fetch_all(&self.pool)
         .await?;

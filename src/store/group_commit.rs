@@ -3,15 +3,21 @@
 //! acknowledged only after the commit that holds it. A single writer with one commit per
 //! request tops out at a few thousand a second; batching lifts that by the batch size.
 
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DynStore, NewWebhook, StoreError, StoreResult};
+use super::{DynStore, NewWebhook, StoreError, StoreResult, WebhookReceipt};
 
 /// The most deliveries one transaction commits.
 pub const MAX_BATCH: usize = 64;
 /// Deliveries waiting for a commit; a full queue makes new ones wait (backpressure).
 const QUEUE: usize = 4096;
+/// Duplicate and rejected deliveries recorded for the console, per second and instance.
+const RECEIPTS_PER_SECOND: u32 = 20;
 
 struct Pending {
     webhook: NewWebhook,
@@ -23,14 +29,39 @@ struct Pending {
 #[derive(Clone)]
 pub struct WebhookIntake {
     queue: mpsc::Sender<Pending>,
+    store: DynStore,
+    receipts: Arc<DefaultDirectRateLimiter>,
 }
 
 impl WebhookIntake {
     /// Starts the committing task. It ends when the last handle is dropped.
     pub fn start(store: DynStore) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_loop(store, rx));
-        Self { queue }
+        tokio::spawn(commit_loop(store.clone(), rx));
+        let per_second = NonZeroU32::new(RECEIPTS_PER_SECOND).expect("non-zero");
+        Self {
+            queue,
+            store,
+            receipts: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+        }
+    }
+
+    /// Records a delivery that was not stored as new (a duplicate or a rejection) for the
+    /// console, without making the sender wait. At most [`RECEIPTS_PER_SECOND`] are written
+    /// per instance, so a flood of forged deliveries cannot take the writer from genuine
+    /// ones; the rest are still counted in `webhooks_total` and logged. Returns whether it
+    /// will be written.
+    pub fn note(&self, receipt: WebhookReceipt) -> bool {
+        if self.receipts.check().is_err() {
+            return false;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_webhook_receipt(&receipt).await {
+                tracing::warn!(error = %e, outcome = %receipt.outcome, "webhook receipt not recorded");
+            }
+        });
+        true
     }
 
     /// Stores a delivery with its processing job; true if it was new. Returns once committed.

@@ -100,6 +100,15 @@ impl HousekeepingStore for SqlStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        // Duplicate and rejected deliveries are kept as long as stored ones.
+        report.webhooks += sqlx::query(
+            "DELETE FROM webhook_receipts WHERE id IN (SELECT id FROM webhook_receipts WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(data_before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         report.jobs = sqlx::query(
             "DELETE FROM jobs WHERE id IN (
                 SELECT id FROM jobs WHERE status IN ('done', 'cancelled', 'dead') AND updated_at < $1 LIMIT $2)",
@@ -114,6 +123,16 @@ impl HousekeepingStore for SqlStore {
                 SELECT session_id FROM sessions WHERE status <> 'completed' AND updated_at < $1 LIMIT $2)",
         )
         .bind(to_ms(purge.sessions_before))
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        // Console sign-ins that expired.
+        report.sessions += sqlx::query(
+            "DELETE FROM console_sessions WHERE session_hash IN (
+                SELECT session_hash FROM console_sessions WHERE expires_at <= $1 LIMIT $2)",
+        )
+        .bind(to_ms(now))
         .bind(limit)
         .execute(&self.pool)
         .await?

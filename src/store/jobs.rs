@@ -59,8 +59,13 @@ pub trait JobStore: Send + Sync {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
+    /// Only jobs that have failed at least once (with `state: queued`, those retrying).
+    pub failed_before: bool,
+    /// The position to continue from: ids after it, or before it when `newest_first`.
     pub after_id: Option<i64>,
     pub limit: u32,
+    /// Newest first (the console) rather than oldest first (the API).
+    pub newest_first: bool,
 }
 
 const JOB_COLUMNS: &str = "id, kind, payload, status, pull_id, attempts, max_attempts, run_at, last_error, \
@@ -253,15 +258,18 @@ impl JobStore for SqlStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let (seek, order, from) = keyset("id", 3, filter.after_id, filter.newest_first);
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) AND id > $3
-             ORDER BY id LIMIT $4"
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) AND {seek}
+                AND attempts >= $5
+             ORDER BY {order} LIMIT $4"
         ))
         .bind(filter.state.map(JobState::as_str))
         .bind(filter.kind.as_deref())
-        .bind(filter.after_id.unwrap_or(0))
+        .bind(from)
         .bind(filter.limit as i64)
+        .bind(i32::from(filter.failed_before))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_record).collect()

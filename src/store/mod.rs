@@ -2,6 +2,7 @@
 //! implementations of the same contract. All SQL lives under this module.
 
 mod consents;
+mod console;
 mod data;
 mod db;
 mod events;
@@ -17,13 +18,14 @@ mod sessions;
 mod webhooks;
 
 pub use consents::ConsentStore;
+pub use console::{ConsoleSession, ConsoleStore};
 pub use data::DataStore;
 pub use db::{Dialect, SqlStore};
 pub use events::{EventFilter, EventStore};
 pub use housekeeping::HousekeepingStore;
 pub use jobs::{JobFilter, JobStore};
 pub use ledger::LedgerStore;
-pub use notify::{AttemptRecord, Delivery, DeliveryAttempt, NotifyStore};
+pub use notify::{AttemptRecord, Delivery, DeliveryAttempt, DeliverySummary, NotifyStore};
 pub use pulls::PullStore;
 pub use schedule::ScheduleStore;
 pub use sessions::SessionStore;
@@ -32,8 +34,8 @@ pub use webhooks::WebhookStore;
 /// Every part of the store, for `use crate::store::prelude::*` where the store is called.
 pub mod prelude {
     pub use super::{
-        ConsentStore, DataStore, EventStore, HousekeepingStore, JobStore, LedgerStore, NotifyStore,
-        PullStore, ScheduleStore, SessionStore, Store, WebhookStore,
+        ConsentStore, ConsoleStore, DataStore, EventStore, HousekeepingStore, JobStore,
+        LedgerStore, NotifyStore, PullStore, ScheduleStore, SessionStore, Store, WebhookStore,
     };
 }
 
@@ -133,8 +135,11 @@ pub struct PullFilter {
     pub status: Option<PullStatus>,
     /// Only pulls changed after this instant.
     pub updated_after: Option<DateTime<Utc>>,
+    /// The position to continue from: rows after it, or before it when `newest_first`.
     pub after_seq: Option<i64>,
     pub limit: u32,
+    /// Newest first (the console) rather than oldest first (the API).
+    pub newest_first: bool,
 }
 
 /// A pull to create, with what makes its creation idempotent and budget-checked.
@@ -269,6 +274,32 @@ pub struct NewWebhook {
     pub body: Vec<u8>,
 }
 
+/// A webhook delivery that was not stored as new: a duplicate of one stored before, or one
+/// refused (a rejected delivery's body is never kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReceipt {
+    pub id: i64,
+    /// `duplicate` or `rejected`.
+    pub outcome: String,
+    /// Why it was rejected (`webhook_auth`'s reasons).
+    pub reason: Option<String>,
+    /// The stored delivery it repeated.
+    pub dedupe_key: Option<String>,
+    pub body_bytes: i64,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A stored webhook without its body, for listing.
+#[derive(Debug, Clone)]
+pub struct InboxSummary {
+    pub id: i64,
+    pub event_name: Option<String>,
+    pub upstream_session_id: Option<String>,
+    pub body_bytes: i64,
+    pub received_at: DateTime<Utc>,
+}
+
 /// A webhook as received, verified.
 #[derive(Debug, Clone)]
 pub struct InboxEvent {
@@ -286,6 +317,7 @@ pub struct InboxEvent {
 pub trait Store:
     SessionStore
     + ConsentStore
+    + ConsoleStore
     + PullStore
     + LedgerStore
     + DataStore

@@ -16,6 +16,20 @@ use crate::queue::{NewJob, Task};
 const ENDPOINT_COLUMNS: &str = "seq, endpoint_id, url, description, event_types, status, disabled_reason, \
      secret, old_secret, old_secret_until, failing_since, created_at, updated_at";
 
+/// A delivery as the console lists it.
+#[derive(Debug, Clone)]
+pub struct DeliverySummary {
+    pub seq: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint_id: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// A delivery with everything its job needs.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -92,6 +106,15 @@ pub trait NotifyStore: Send + Sync {
     async fn delivery_attempts(&self, event_id: &str) -> StoreResult<Vec<DeliveryAttempt>>;
     /// For each endpoint with a pending delivery, when its oldest one was made.
     async fn oldest_pending(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
+    /// Deliveries to every endpoint, newest first, before `before_seq`.
+    async fn list_deliveries(
+        &self,
+        status: Option<&str>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliverySummary>>;
+    /// How many deliveries are in `status` (read through `deliveries_by_status`).
+    async fn count_deliveries(&self, status: &str) -> StoreResult<i64>;
     /// Sends the event again to every enabled endpoint that wants it. Returns how many.
     async fn redeliver(
         &self,
@@ -473,6 +496,48 @@ impl NotifyStore for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_deliveries(
+        &self,
+        status: Option<&str>,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliverySummary>> {
+        let rows = sqlx::query(
+            "SELECT d.seq, d.event_id, e.type, d.endpoint_id, d.status, d.attempts, d.last_error, d.updated_at
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE ($1 IS NULL OR d.status = $1) AND d.seq < $2
+             ORDER BY d.seq DESC LIMIT $3",
+        )
+        .bind(status)
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliverySummary {
+                    seq: r.try_get("seq")?,
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("type")?,
+                    endpoint_id: r.try_get("endpoint_id")?,
+                    status: r.try_get("status")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    updated_at: from_ms(r.try_get("updated_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_deliveries(&self, status: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = $1")
+                .bind(status)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn oldest_pending(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {

@@ -75,6 +75,9 @@ pub trait PullStore: Send + Sync {
     /// Pulls that ended since the database began, by kind and outcome, from the counts the
     /// triggers keep.
     async fn pull_outcome_counts(&self) -> StoreResult<Vec<(String, String, i64)>>;
+    /// Pulls ended per hour (milliseconds since the epoch / 3,600,000) by outcome, from the
+    /// hour `since_hour` on: one row per hour and outcome that had any.
+    async fn pull_outcomes_by_hour(&self, since_hour: i64) -> StoreResult<Vec<(i64, String, i64)>>;
 }
 
 #[async_trait]
@@ -125,15 +128,16 @@ impl PullStore for SqlStore {
     }
 
     async fn list_pulls(&self, f: &PullFilter) -> StoreResult<Vec<(i64, Pull)>> {
+        let (seek, order, from) = keyset("seq", 3, f.after_seq, f.newest_first);
         let rows = sqlx::query(&format!(
             "SELECT {PULL_COLUMNS} FROM pulls
-             WHERE ($1 IS NULL OR consent_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
+             WHERE ($1 IS NULL OR consent_id = $1) AND ($2 IS NULL OR status = $2) AND {seek}
                 AND updated_at > $5
-             ORDER BY seq LIMIT $4"
+             ORDER BY {order} LIMIT $4"
         ))
         .bind(f.consent_id.as_deref())
         .bind(f.status.map(|s| s.as_str()))
-        .bind(f.after_seq.unwrap_or(0))
+        .bind(from)
         .bind(f.limit as i64)
         .bind(f.updated_after.map_or(i64::MIN, to_ms))
         .fetch_all(&self.pool)
@@ -343,5 +347,14 @@ impl PullStore for SqlStore {
         rows.iter()
             .map(|r| Ok((r.try_get("kind")?, r.try_get("outcome")?, r.try_get("n")?)))
             .collect()
+    }
+
+    async fn pull_outcomes_by_hour(&self, since_hour: i64) -> StoreResult<Vec<(i64, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT hour, outcome, n FROM pull_outcomes_hourly WHERE hour >= $1 ORDER BY hour, outcome",
+        )
+        .bind(since_hour)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -19,6 +19,24 @@ pub trait WebhookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<bool>>;
     async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
+    /// Stored webhooks, newest first, before `before_id`.
+    async fn list_inbox(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxSummary>>;
+    /// Records a duplicate or rejected delivery (its `id` is ignored).
+    async fn record_webhook_receipt(&self, receipt: &WebhookReceipt) -> StoreResult<()>;
+    /// Duplicates and rejections, newest first, before `before_id`.
+    async fn list_webhook_receipts(
+        &self,
+        outcome: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookReceipt>>;
+    /// How many deliveries with `outcome` were recorded since `since`.
+    async fn count_webhook_receipts(&self, outcome: &str, since: DateTime<Utc>)
+    -> StoreResult<i64>;
 }
 
 #[async_trait]
@@ -100,5 +118,92 @@ impl WebhookStore for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn list_inbox(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<InboxSummary>> {
+        let rows = sqlx::query(
+            "SELECT id, event_name, upstream_session_id, CAST(LENGTH(body) AS BIGINT) AS body_bytes, received_at
+             FROM webhook_inbox WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxSummary {
+                    id: r.try_get("id")?,
+                    event_name: r.try_get("event_name")?,
+                    upstream_session_id: r.try_get("upstream_session_id")?,
+                    body_bytes: r.try_get::<Option<i64>, _>("body_bytes")?.unwrap_or(0),
+                    received_at: from_ms(r.try_get("received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_webhook_receipt(&self, r: &WebhookReceipt) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO webhook_receipts (outcome, reason, dedupe_key, body_bytes, request_id, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.outcome)
+        .bind(r.reason.as_deref())
+        .bind(r.dedupe_key.as_deref())
+        .bind(r.body_bytes)
+        .bind(r.request_id.as_deref())
+        .bind(to_ms(r.received_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_webhook_receipts(
+        &self,
+        outcome: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookReceipt>> {
+        let rows = sqlx::query(
+            "SELECT id, outcome, reason, dedupe_key, body_bytes, request_id, received_at
+             FROM webhook_receipts WHERE ($1 IS NULL OR outcome = $1) AND id < $2
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(outcome)
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WebhookReceipt {
+                    id: r.try_get("id")?,
+                    outcome: r.try_get("outcome")?,
+                    reason: r.try_get("reason")?,
+                    dedupe_key: r.try_get("dedupe_key")?,
+                    body_bytes: r.try_get("body_bytes")?,
+                    request_id: r.try_get("request_id")?,
+                    received_at: from_ms(r.try_get("received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_webhook_receipts(
+        &self,
+        outcome: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_receipts WHERE outcome = $1 AND received_at >= $2",
+        )
+        .bind(outcome)
+        .bind(to_ms(since))
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod consent_journey;
+mod console;
 mod contract;
 mod db_outage;
 mod events;
