@@ -33,22 +33,23 @@ CREATE INDEX webhook_receipts_by_outcome ON webhook_receipts (outcome, received_
 CREATE INDEX webhook_receipts_by_age ON webhook_receipts (received_at);
 
 -- Pulls ended per hour by outcome, kept by a trigger, for the overview and its 30-day chart
--- without scanning the pulls.
+-- without scanning the pulls. Hours are counted on Indian time (UTC+05:30, no daylight
+-- saving), so that they fall into Indian calendar days exactly.
 CREATE TABLE pull_outcomes_hourly (
-    hour    INTEGER NOT NULL, -- milliseconds since the epoch / 3,600,000
+    hour    INTEGER NOT NULL, -- (milliseconds since the epoch + 19,800,000) / 3,600,000
     outcome TEXT NOT NULL,
     n       INTEGER NOT NULL,
     PRIMARY KEY (hour, outcome)
 );
 INSERT INTO pull_outcomes_hourly (hour, outcome, n)
-    SELECT COALESCE(completed_at, updated_at) / 3600000, status, COUNT(*)
+    SELECT (COALESCE(completed_at, updated_at) + 19800000) / 3600000, status, COUNT(*)
     FROM pulls WHERE status IN ('completed', 'failed', 'expired')
     GROUP BY 1, 2;
 CREATE TRIGGER pulls_counted_hourly AFTER UPDATE OF status ON pulls
     WHEN OLD.status IN ('queued', 'submitted', 'fetching')
      AND NEW.status IN ('completed', 'failed', 'expired') BEGIN
     INSERT INTO pull_outcomes_hourly (hour, outcome, n)
-        VALUES (COALESCE(NEW.completed_at, NEW.updated_at) / 3600000, NEW.status, 1)
+        VALUES ((COALESCE(NEW.completed_at, NEW.updated_at) + 19800000) / 3600000, NEW.status, 1)
         ON CONFLICT (hour, outcome) DO UPDATE SET n = n + 1;
 END;
 

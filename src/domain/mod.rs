@@ -9,7 +9,7 @@ pub mod pull;
 pub mod schedule;
 pub mod session;
 
-use chrono::FixedOffset;
+use chrono::{DateTime, FixedOffset, Utc};
 
 pub use input::{ValidationError, invalid};
 
@@ -17,6 +17,13 @@ pub use input::{ValidationError, invalid};
 /// units; IST has had no daylight saving since 1945, so a fixed offset is exact.
 pub fn ist() -> FixedOffset {
     FixedOffset::east_opt(5 * 3600 + 1800).expect("IST offset is in range")
+}
+
+/// The hour that holds `t`, counted from the epoch on Indian time: hour `h` covers the
+/// Indian local time `h * 3600` seconds after 1970-01-01 00:00. (UTC hours would not do:
+/// with IST's half-hour offset, one straddles each Indian midnight.)
+pub fn ist_hour(t: DateTime<Utc>) -> i64 {
+    (t.timestamp() + i64::from(ist().local_minus_utc())).div_euclid(3600)
 }
 
 /// Generates `as_str` and `FromStr` from one list, so the database, the API and the

@@ -75,8 +75,9 @@ pub trait PullStore: Send + Sync {
     /// Pulls that ended since the database began, by kind and outcome, from the counts the
     /// triggers keep.
     async fn pull_outcome_counts(&self) -> StoreResult<Vec<(String, String, i64)>>;
-    /// Pulls ended per hour (milliseconds since the epoch / 3,600,000) by outcome, from the
-    /// hour `since_hour` on: one row per hour and outcome that had any.
+    /// Pulls ended per hour by outcome, from the hour `since_hour` on: one row per hour and
+    /// outcome that had any. Hours are counted from the epoch on Indian time
+    /// ([`crate::domain::ist_hour`]), so they fall into Indian calendar days exactly.
     async fn pull_outcomes_by_hour(&self, since_hour: i64) -> StoreResult<Vec<(i64, String, i64)>>;
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod browser;
 mod cli;
 mod consent_journey;
 mod console;

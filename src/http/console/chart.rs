@@ -4,16 +4,14 @@
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use maud::{Markup, html};
 
-use crate::domain::ist;
-
 /// The outcomes a pull ends with, in the order they are stacked and named.
 pub const OUTCOMES: [&str; 3] = ["completed", "failed", "expired"];
 
 /// One day's pulls ended, by [`OUTCOMES`].
 pub type Day = (NaiveDate, [u64; 3]);
 
-/// Folds hourly counts (`pull_outcomes_hourly`: hour since the epoch, outcome, count) into
-/// the `days` Indian calendar days that end with `today`, oldest first. Days without pulls
+/// Folds hourly counts (`pull_outcomes_hourly`: [`crate::domain::ist_hour`], outcome, count)
+/// into the `days` Indian calendar days that end with `today`, oldest first. Days without pulls
 /// are present with zeros, so the chart's axis is always the same length.
 pub fn by_day(hours: &[(i64, String, i64)], today: NaiveDate, days: u32) -> Vec<Day> {
     let first = today - Duration::days(i64::from(days.saturating_sub(1)));
@@ -21,10 +19,11 @@ pub fn by_day(hours: &[(i64, String, i64)], today: NaiveDate, days: u32) -> Vec<
         .map(|i| (first + Duration::days(i64::from(i)), [0; 3]))
         .collect();
     for (hour, outcome, n) in hours {
-        let Some(at) = DateTime::<Utc>::from_timestamp(hour * 3600, 0) else {
+        // An IST hour counts Indian local time from the epoch.
+        let Some(day) = DateTime::<Utc>::from_timestamp(hour * 3600, 0).map(|t| t.date_naive())
+        else {
             continue;
         };
-        let day = at.with_timezone(&ist()).date_naive();
         let (Some(slot), Some(o)) = (
             usize::try_from((day - first).num_days())
                 .ok()
@@ -38,9 +37,16 @@ pub fn by_day(hours: &[(i64, String, i64)], today: NaiveDate, days: u32) -> Vec<
     out
 }
 
+/// The first hour of the Indian calendar day `day`, as [`crate::domain::ist_hour`] counts.
+pub fn first_hour(day: NaiveDate) -> i64 {
+    day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp() / 3600
+}
+
 const WIDTH: u32 = 720;
 const HEIGHT: u32 = 220;
 const LEFT: u32 = 44;
+/// Room for the last day's label.
+const RIGHT: u32 = 24;
 const BOTTOM: u32 = 24;
 const TOP: u32 = 10;
 
@@ -54,7 +60,7 @@ pub fn pulls_per_day(days: &[Day]) -> Markup {
         .unwrap_or(0);
     let scale_max = nice_ceiling(max);
     let plot_h = f64::from(HEIGHT - BOTTOM - TOP);
-    let slot = f64::from(WIDTH - LEFT) / days.len().max(1) as f64;
+    let slot = f64::from(WIDTH - LEFT - RIGHT) / days.len().max(1) as f64;
     let bar_w = (slot * 0.7).max(1.0);
     let total: u64 = days.iter().flat_map(|(_, c)| c.iter()).sum();
     let label = format!(
@@ -68,7 +74,7 @@ pub fn pulls_per_day(days: &[Day]) -> Markup {
             title { (label) }
             // Gridlines at 0, half and the top of the scale.
             @for v in [0, scale_max / 2, scale_max] {
-                line.grid x1=(LEFT) x2=(WIDTH) y1=(fmt(y(v))) y2=(fmt(y(v))) {}
+                line.grid x1=(LEFT) x2=(WIDTH - RIGHT) y1=(fmt(y(v))) y2=(fmt(y(v))) {}
                 text.axis x=(LEFT - 6) y=(fmt(y(v) + 4.0)) text-anchor="end" { (v) }
             }
             @for (i, (day, counts)) in days.iter().enumerate() {
@@ -145,9 +151,9 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// The hour (since the epoch) that holds an instant given in UTC.
+    /// The hour that holds an instant given in UTC.
     fn hour(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp() / 3600
+        crate::domain::ist_hour(DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc())
     }
 
     #[test]
@@ -173,6 +179,11 @@ mod tests {
         assert_eq!(on("2026-11-29"), [0, 0, 3]);
         let total: u64 = days.iter().flat_map(|(_, c)| c.iter()).sum();
         assert_eq!(total, 10);
+        assert_eq!(hour("2026-11-27T18:30:00Z"), first_hour(date("2026-11-28")));
+        assert_eq!(
+            hour("2026-11-27T18:29:59Z"),
+            first_hour(date("2026-11-28")) - 1
+        );
     }
 
     #[test]

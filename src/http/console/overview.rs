@@ -3,14 +3,14 @@
 
 use axum::Extension;
 use axum::extract::State;
-use chrono::{Duration, TimeZone};
+use chrono::Duration;
 use maud::{Markup, html};
 
 use super::chart::{self, OUTCOMES};
 use super::layout::{self, Section, when};
 use super::session::Operator;
 use super::{Console, ConsoleError};
-use crate::domain::ist;
+use crate::domain::{ist, ist_hour};
 use crate::queue::JobState;
 
 /// Days the chart covers.
@@ -24,14 +24,10 @@ pub(super) async fn page(
     let now = console.app.clock.now();
     let today = now.with_timezone(&ist()).date_naive();
     let first_day = today - Duration::days(i64::from(CHART_DAYS - 1));
-    let chart_start = ist()
-        .from_local_datetime(&first_day.and_hms_opt(0, 0, 0).expect("midnight"))
-        .single()
-        .expect("IST has no gaps");
     let hours = store
-        .pull_outcomes_by_hour(chart_start.timestamp() / 3600)
+        .pull_outcomes_by_hour(chart::first_hour(first_day))
         .await?;
-    let this_hour = now.timestamp() / 3600;
+    let this_hour = ist_hour(now);
     let mut last_day = [0i64; 3];
     for (hour, outcome, n) in &hours {
         if *hour > this_hour - 24
