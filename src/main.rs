@@ -592,6 +592,10 @@ fn banner(config: &Config) -> Option<String> {
             "Development API token (made up for this run): {token}"
         ));
         lines.push(format!("  export TOKEN={token}"));
+        lines.push(format!(
+            "Operator console: {}/console (sign in with the token)",
+            config.public_base_url.as_str().trim_end_matches('/')
+        ));
     }
     if lines.is_empty() {
         return None;
