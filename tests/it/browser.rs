@@ -163,17 +163,7 @@ async fn an_operator_signs_in_finds_a_consent_steers_it_and_signs_out_in_chromiu
     };
     let app = TestApp::builder().start().await;
     let consent_id = app.approved_consent("cust-browser", json!({})).await;
-    // A dead job to retry: a capture whose upstream answers 401.
-    app.inject_fault("get_recurring_consent_details", 401, 1)
-        .await;
-    let (_, redirect_url) = app.start_journey("cust-browser-dead").await;
-    app.decide(&redirect_url, "approve").await;
-    let dead = app
-        .eventually("/api/v1/jobs?state=dead", 10, |p| {
-            !p["items"].as_array().unwrap().is_empty()
-        })
-        .await;
-    let job_id = dead["items"][0]["job_id"].as_i64().unwrap();
+    let job_id = app.dead_capture_job("cust-browser-dead").await;
 
     // Signed out, the console sends the browser to sign in.
     c.goto(&app.url("/console")).await.unwrap();

@@ -398,17 +398,7 @@ async fn every_page_answers_with_what_it_is_for() {
     let consent_id = app.approved_consent("cust-console-pages", json!({})).await;
     let pull_id = app.pull(&consent_id).await;
     let pull = app.pull_reaches(&pull_id, "completed", 20).await;
-    // A dead job: a capture whose upstream answers 401.
-    app.inject_fault("get_recurring_consent_details", 401, 1)
-        .await;
-    let (_, redirect_url) = app.start_journey("cust-console-dead").await;
-    app.decide(&redirect_url, "approve").await;
-    let dead = app
-        .eventually("/api/v1/jobs?state=dead", 10, |p| {
-            !p["items"].as_array().unwrap().is_empty()
-        })
-        .await;
-    let dead_job = dead["items"][0]["job_id"].as_i64().unwrap();
+    let dead_job = app.dead_capture_job("cust-console-dead").await;
     odd_webhooks(&app).await;
 
     let mut v = Visitor::signed_in(&app).await;
@@ -650,16 +640,7 @@ async fn console_actions_are_the_apis() {
     app.pull_reaches(&pull_id, "completed", 20).await;
 
     // A dead job retried from the console is queued again, as the API's retry does.
-    app.inject_fault("get_recurring_consent_details", 401, 1)
-        .await;
-    let (_, redirect_url) = app.start_journey("cust-console-retry").await;
-    app.decide(&redirect_url, "approve").await;
-    let dead = app
-        .eventually("/api/v1/jobs?state=dead", 10, |p| {
-            !p["items"].as_array().unwrap().is_empty()
-        })
-        .await;
-    let job_id = dead["items"][0]["job_id"].as_i64().unwrap();
+    let job_id = app.dead_capture_job("cust-console-retry").await;
     let retried = v.post(&format!("/console/jobs/{job_id}/retry"), &[]).await;
     assert_eq!(retried.status, StatusCode::SEE_OTHER);
     assert_eq!(retried.location(), "/console/jobs?done=retried");

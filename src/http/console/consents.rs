@@ -12,7 +12,7 @@ use super::layout::{
     self, Section, badge, button, csrf, flash, pager, query, usage, when, when_opt,
 };
 use super::session::Operator;
-use super::{Console, ConsoleError, PAGE};
+use super::{Console, ConsoleError, DoneQuery, PAGE};
 use crate::domain::consent::{ConsentStatus, ConsentView};
 use crate::domain::fair_use::budget;
 use crate::domain::input::validate_link_id;
@@ -147,18 +147,12 @@ fn row(v: &ConsentView) -> Markup {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct DetailQuery {
-    #[serde(default)]
-    done: Option<String>,
-}
-
 /// `GET /console/consents/{consent_id}`.
 pub(super) async fn detail(
     State(console): State<Console>,
     Extension(operator): Extension<Operator>,
     ConsentId(consent_id): ConsentId,
-    Query(q): Query<DetailQuery>,
+    Query(q): Query<DoneQuery>,
 ) -> Result<Markup, ConsoleError> {
     let store = &console.app.store;
     let consent = store

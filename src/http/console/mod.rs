@@ -212,5 +212,13 @@ impl ListQuery {
     }
 }
 
+/// The query of a page an action redirects to.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct DoneQuery {
+    /// What an action just did, shown once above the page.
+    #[serde(default)]
+    done: Option<String>,
+}
+
 /// Rows shown per page.
 const PAGE: u32 = 50;

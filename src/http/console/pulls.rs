@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::consents::{consent_href, segment};
 use super::layout::{self, Section, badge, flash, pager, query, when, when_opt};
 use super::session::Operator;
-use super::{Console, ConsoleError, PAGE};
+use super::{Console, ConsoleError, DoneQuery, PAGE};
 use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::http::ids::{PullId, plausible_id};
 use crate::http::page::parse_filter;
@@ -138,19 +138,13 @@ fn after(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Markup {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct DetailQuery {
-    #[serde(default)]
-    done: Option<String>,
-}
-
 /// `GET /console/pulls/{pull_id}`. While the pull runs the page refreshes itself every two
 /// seconds, without JavaScript.
 pub(super) async fn detail(
     State(console): State<Console>,
     Extension(operator): Extension<Operator>,
     PullId(pull_id): PullId,
-    Query(q): Query<DetailQuery>,
+    Query(q): Query<DoneQuery>,
 ) -> Result<Markup, ConsoleError> {
     let p = console
         .app

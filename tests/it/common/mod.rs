@@ -316,6 +316,21 @@ impl TestApp {
     }
 
     /// Waits until the pull reaches `status`; returns it.
+    /// Makes a dead job, a consent capture whose upstream answered 401 (a configuration
+    /// error, never retried), and returns its id.
+    pub async fn dead_capture_job(&self, link_id: &str) -> i64 {
+        self.inject_fault("get_recurring_consent_details", 401, 1)
+            .await;
+        let (_, redirect_url) = self.start_journey(link_id).await;
+        self.decide(&redirect_url, "approve").await;
+        let dead = self
+            .eventually("/api/v1/jobs?state=dead&kind=capture_consents", 10, |p| {
+                !p["items"].as_array().unwrap().is_empty()
+            })
+            .await;
+        dead["items"][0]["job_id"].as_i64().unwrap()
+    }
+
     pub async fn pull_reaches(&self, pull_id: &str, status: &str, secs: u64) -> Value {
         self.eventually(&format!("/api/v1/pulls/{pull_id}"), secs, |p| {
             p["status"] == status
