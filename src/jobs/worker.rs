@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -35,12 +36,69 @@ impl Default for WorkerSettings {
     }
 }
 
+/// The most outcomes one transaction records.
+const FINISH_BATCH: usize = 64;
+
+/// Records the pool's job outcomes in batches: whatever finished together is committed in
+/// one transaction (SQLite's single writer is the bottleneck of a busy service).
+#[derive(Clone)]
+struct Finisher(mpsc::Sender<Finished>);
+
+/// A job's outcome, and where to say whether it was recorded.
+type Finished = (i64, JobOutcome, oneshot::Sender<Result<(), String>>);
+
+impl Finisher {
+    /// Runs until the last handle is dropped.
+    fn start(state: AppState, owner: String) -> Self {
+        let (queue, mut rx) = mpsc::channel::<Finished>(256);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(FINISH_BATCH);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < FINISH_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (outcomes, replies): (Vec<_>, Vec<_>) =
+                    batch.drain(..).map(|(id, o, r)| ((id, o), r)).unzip();
+                let result = state
+                    .store
+                    .finish_jobs(&owner, &outcomes, state.clock.now())
+                    .await
+                    .map_err(|e| e.to_string());
+                for reply in replies {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Finisher(queue)
+    }
+
+    /// Records one outcome; returns once it is committed (or failed with its batch).
+    async fn finish(&self, job_id: i64, outcome: JobOutcome) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send((job_id, outcome, reply))
+            .await
+            .map_err(|_| "the finisher stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the finisher stopped".to_string())?
+    }
+}
+
 pub async fn run(state: AppState, settings: WorkerSettings, shutdown: CancellationToken) {
     let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let finisher = Finisher::start(state.clone(), owner.clone());
     let mut running = JoinSet::new();
+    // Claims take the writer too: while jobs run, claim only once a quarter of the slots
+    // are free, so a busy pool claims in batches rather than one job at a time.
+    let claim_at = (settings.concurrency / 4).max(1);
     loop {
         let free = settings.concurrency.saturating_sub(running.len());
-        if free > 0 {
+        if free > 0 && (running.is_empty() || free >= claim_at) {
             let now = state.clock.now();
             let lease_until = now + settings.lease;
             match state
@@ -56,6 +114,7 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
                                 state.clone(),
                                 settings.clone(),
                                 owner.clone(),
+                                finisher.clone(),
                                 job,
                                 shutdown.clone(),
                             )
@@ -100,6 +159,7 @@ async fn run_one(
     state: AppState,
     settings: WorkerSettings,
     owner: String,
+    finisher: Finisher,
     job: Job,
     shutdown: CancellationToken,
 ) {
@@ -167,11 +227,7 @@ async fn run_one(
             return;
         }
     }
-    if let Err(e) = state
-        .store
-        .finish_job(job.id, &owner, &outcome, state.clock.now())
-        .await
-    {
+    if let Err(e) = finisher.finish(job.id, outcome).await {
         // The lease will expire and another attempt will run: handlers are idempotent.
         tracing::warn!(job_id = job.id, error = %e, "recording the job's outcome failed");
     }

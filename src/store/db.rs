@@ -74,10 +74,72 @@ impl Dialect {
     }
 }
 
+/// How much of the SQLite file each connection reads through a memory map rather than
+/// `read()`: every write invalidates the other connections' page caches, and re-reading pages
+/// by system call was a large share of a busy service's CPU (docs/benchmarks.md).
+const MMAP_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The store: a pool and its dialect.
 pub struct SqlStore {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
+    /// SQLite only: where this process's writers wait their turn.
+    gate: Option<WriteGate>,
+}
+
+/// SQLite has one writer. Writers of this process wait for it here, in order, rather than in
+/// SQLite's busy handler, which sleeps in steps of up to 100 ms and so leaves the lock idle
+/// while waiters sleep. Webhook intake's group commit is `urgent`: it goes before writers
+/// already waiting (each of them gives way once, so none is starved), because every
+/// delivery in its batch is waiting for the commit to be answered.
+#[derive(Default)]
+struct WriteGate {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    urgent: std::sync::atomic::AtomicUsize,
+}
+
+impl WriteGate {
+    async fn enter(&self, urgent: bool) -> tokio::sync::OwnedMutexGuard<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if urgent {
+            self.urgent.fetch_add(1, SeqCst);
+            let turn = self.turn.clone().lock_owned().await;
+            self.urgent.fetch_sub(1, SeqCst);
+            return turn;
+        }
+        let turn = self.turn.clone().lock_owned().await;
+        if self.urgent.load(SeqCst) == 0 {
+            return turn;
+        }
+        // Give way once: back of the queue, behind the urgent writer.
+        drop(turn);
+        self.turn.clone().lock_owned().await
+    }
+}
+
+/// A write transaction, holding this process's turn to write (SQLite) until it ends.
+pub(super) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl SqlStore {
@@ -111,7 +173,8 @@ impl SqlStore {
                         conn.execute(
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;"
+                                 PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON; \
+                                 PRAGMA mmap_size = {MMAP_BYTES};"
                             )
                             .as_str(),
                         )
@@ -124,11 +187,13 @@ impl SqlStore {
             Ok(Self {
                 pool,
                 dialect: Dialect::Sqlite,
+                gate: Some(WriteGate::default()),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self {
                 pool: pool.connect(url).await?,
                 dialect: Dialect::Postgres,
+                gate: None,
             })
         } else {
             Err(StoreError::Unsupported(
@@ -137,12 +202,27 @@ impl SqlStore {
         }
     }
 
-    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]).
-    pub(super) async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(match self.dialect {
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]), after
+    /// this process's turn to write ([`WriteGate`]).
+    pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
+        self.begin_write(false).await
+    }
+
+    /// [`SqlStore::write_tx`] ahead of the writers already waiting: for webhook intake.
+    pub(super) async fn urgent_write_tx(&self) -> StoreResult<WriteTx> {
+        self.begin_write(true).await
+    }
+
+    async fn begin_write(&self, urgent: bool) -> StoreResult<WriteTx> {
+        let turn = match &self.gate {
+            Some(gate) => Some(gate.enter(urgent).await),
+            None => None,
+        };
+        let tx = match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 }
 

@@ -40,6 +40,14 @@ pub trait JobStore: Send + Sync {
         outcome: &JobOutcome,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// [`JobStore::finish_job`] for a batch of this owner's jobs, in one transaction: the
+    /// worker pool records outcomes together, so a busy pool does not spend a commit on each.
+    async fn finish_jobs(
+        &self,
+        owner: &str,
+        batch: &[(i64, JobOutcome)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Counts jobs by status, for tests and operators.
     async fn job_counts(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Jobs oldest first, by state and kind, after `after_id`.
@@ -175,73 +183,19 @@ impl JobStore for SqlStore {
         outcome: &JobOutcome,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let (status, run_at, error, attempts_delta) = match outcome {
-            JobOutcome::Done => ("done", None, None, 0),
-            JobOutcome::Retry { run_at, error } => {
-                ("queued", Some(to_ms(*run_at)), Some(error.as_str()), 0)
-            }
-            JobOutcome::Dead { error } => ("dead", None, Some(error.as_str()), 0),
-            JobOutcome::Release => ("queued", Some(to_ms(now)), None, -1),
-        };
+        self.finish_jobs(owner, &[(job_id, outcome.clone())], now)
+            .await
+    }
+
+    async fn finish_jobs(
+        &self,
+        owner: &str,
+        batch: &[(i64, JobOutcome)],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let finished: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error),
-                    attempts = attempts + $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
-             WHERE id = $6 AND lease_owner = $7 AND status = 'running'
-             RETURNING pull_id",
-        )
-        .bind(status)
-        .bind(run_at)
-        .bind(error)
-        .bind(attempts_delta)
-        .bind(to_ms(now))
-        .bind(job_id)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(Some(pull_id)) = finished {
-            match outcome {
-                JobOutcome::Done => {}
-                // Given back unfinished: that try does not count.
-                JobOutcome::Release => {
-                    sqlx::query("UPDATE pulls SET attempts = attempts - 1 WHERE pull_id = $1")
-                        .bind(&pull_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                JobOutcome::Retry { error, .. } => {
-                    sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
-                        .bind(error)
-                        .bind(&pull_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                // Every pull ends: one whose job died fails, with the job's last error, in the
-                // same transaction that records the job dead.
-                JobOutcome::Dead { error } => {
-                    sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
-                        .bind(error)
-                        .bind(&pull_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let failed = sqlx::query(
-                        "UPDATE pulls SET status = 'failed', error_code = $1, error_message = $2, updated_at = $3
-                         WHERE pull_id = $4 AND status IN ('queued', 'submitted', 'fetching')",
-                    )
-                    .bind(JOB_FAILED)
-                    .bind(error)
-                    .bind(to_ms(now))
-                    .bind(&pull_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if failed {
-                        cancel_pull_jobs(&mut tx, &pull_id, None, now).await?;
-                        record_pull_event(&mut tx, EventType::PullFailed, &pull_id, now).await?;
-                    }
-                }
-            }
+        for (job_id, outcome) in batch {
+            finish_one(&mut tx, *job_id, owner, outcome, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -390,4 +344,82 @@ impl JobStore for SqlStore {
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(JobGauges { counts, oldest_due })
     }
+}
+
+/// Ends one attempt at a job inside the caller's transaction; a no-op if the lease was lost.
+async fn finish_one(
+    tx: &mut sqlx::AnyConnection,
+    job_id: i64,
+    owner: &str,
+    outcome: &JobOutcome,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let (status, run_at, error, attempts_delta) = match outcome {
+        JobOutcome::Done => ("done", None, None, 0),
+        JobOutcome::Retry { run_at, error } => {
+            ("queued", Some(to_ms(*run_at)), Some(error.as_str()), 0)
+        }
+        JobOutcome::Dead { error } => ("dead", None, Some(error.as_str()), 0),
+        JobOutcome::Release => ("queued", Some(to_ms(now)), None, -1),
+    };
+    let finished: Option<Option<String>> = sqlx::query_scalar(
+        "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error),
+                attempts = attempts + $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = $5
+         WHERE id = $6 AND lease_owner = $7 AND status = 'running'
+         RETURNING pull_id",
+    )
+    .bind(status)
+    .bind(run_at)
+    .bind(error)
+    .bind(attempts_delta)
+    .bind(to_ms(now))
+    .bind(job_id)
+    .bind(owner)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(Some(pull_id)) = finished {
+        match outcome {
+            JobOutcome::Done => {}
+            // Given back unfinished: that try does not count.
+            JobOutcome::Release => {
+                sqlx::query("UPDATE pulls SET attempts = attempts - 1 WHERE pull_id = $1")
+                    .bind(&pull_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            JobOutcome::Retry { error, .. } => {
+                sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
+                    .bind(error)
+                    .bind(&pull_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Every pull ends: one whose job died fails, with the job's last error, in the
+            // same transaction that records the job dead.
+            JobOutcome::Dead { error } => {
+                sqlx::query("UPDATE pulls SET last_error = $1 WHERE pull_id = $2")
+                    .bind(error)
+                    .bind(&pull_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let failed = sqlx::query(
+                    "UPDATE pulls SET status = 'failed', error_code = $1, error_message = $2, updated_at = $3
+                     WHERE pull_id = $4 AND status IN ('queued', 'submitted', 'fetching')",
+                )
+                .bind(JOB_FAILED)
+                .bind(error)
+                .bind(to_ms(now))
+                .bind(&pull_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if failed {
+                    cancel_pull_jobs(tx, &pull_id, None, now).await?;
+                    record_pull_event(tx, EventType::PullFailed, &pull_id, now).await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ impl WebhookStore for SqlStore {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.urgent_write_tx().await?;
         // One statement for the inbox rows and one for their jobs, whatever the batch size.
         let sql = format!(
             "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at) VALUES {}

@@ -672,3 +672,68 @@ async fn console_actions_are_the_apis() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The consent list (API and console) counts a page's usage in one query; it must agree with
+/// counting consent by consent, for every consent and every window of its budget.
+#[tokio::test]
+async fn usage_for_a_whole_page_matches_counting_one_by_one() {
+    use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+    use aa_recurring::domain::fair_use::budget;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        aa_recurring::store::connect(&fresh_database(dir.path()).await, &Default::default())
+            .await
+            .unwrap();
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let day = chrono::Duration::days(1);
+    let mut consents = vec![];
+    for (i, (use_case, unit, value)) in [
+        (UseCase::Monitoring, FrequencyUnit::Day, 5),
+        (UseCase::Collections, FrequencyUnit::Hour, 2),
+        (UseCase::Monitoring, FrequencyUnit::Month, 3),
+        (UseCase::Monitoring, FrequencyUnit::Day, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = insert_consent(
+            &store,
+            &format!("c-usage-{i}"),
+            use_case,
+            unit,
+            value,
+            now - day * 40,
+        )
+        .await;
+        consents.push(c);
+    }
+    // Ledger rows at different ages: this hour, yesterday, last month; none for the last.
+    let limits: Vec<_> = consents.iter().map(|c| c.limits()).collect();
+    for (i, c) in consents.iter().take(3).enumerate() {
+        for (n, at) in [now, now - day, now - day * 35].into_iter().enumerate() {
+            for _ in 0..=(i + n) % 3 {
+                let far_budget = budget(&[], at);
+                store
+                    .reserve_attempt(&c.consent_id, &format!("p-{i}-{n}"), &far_budget, at)
+                    .await
+                    .unwrap()
+                    .expect("an empty budget allows");
+            }
+        }
+    }
+    let budgets: Vec<(&str, Vec<_>)> = consents
+        .iter()
+        .zip(&limits)
+        .map(|(c, l)| (c.consent_id.as_str(), budget(l, now)))
+        .collect();
+    let together = store.attempts_since_many(&budgets).await.unwrap();
+    assert_eq!(together.len(), consents.len());
+    for ((consent_id, b), used) in budgets.iter().zip(&together) {
+        let alone = store.attempts_since(consent_id, b).await.unwrap();
+        assert_eq!(&alone, used, "{consent_id}");
+    }
+    assert_eq!(together[3], vec![0, 0], "a consent with no pulls");
+    assert!(together.iter().take(3).any(|u| u[0] > 0), "{together:?}");
+    assert!(store.attempts_since_many(&[]).await.unwrap().is_empty());
+}

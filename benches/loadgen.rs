@@ -1,0 +1,610 @@
+//! The project's load generator. It runs the release service as a child process, so its CPU
+//! time and peak memory can be read from `/proc`, and measures a baseline in the same run:
+//!
+//! ```text
+//! cargo bench --bench loadgen -- intake [--requests N] [--concurrency C] [--rate R]
+//! cargo bench --bench loadgen -- e2e [--consents N] [--concurrency C]
+//! cargo bench --bench loadgen -- smoke        # small runs of both; checks correctness only
+//! ```
+//!
+//! - `intake`: N unique authenticated webhooks (secret-key scheme) at concurrency C (closed
+//!   loop), or at R a second (open loop: latency counts from when each was due). Baseline: a
+//!   bare axum handler (this binary, `bare`), in its own process, under the same load.
+//! - `e2e`: N consents through the real journey against the standalone sandbox, one pull
+//!   each fired at once, until every pull has completed. The sandbox's own CPU time for the
+//!   same pulls is the baseline.
+//!
+//! Every run checks that each acknowledged item is stored: each 2xx webhook is in the inbox,
+//! each accepted pull completed with its data served back. Traffic stays on 127.0.0.1, and
+//! every run is bounded in count and time. Results: docs/benchmarks.md.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const SECRET: &str = "loadgen-secret";
+const TOKEN: &str = "loadgen-token";
+/// No run may take longer than this, whatever it is asked.
+const MAX_RUN: Duration = Duration::from_secs(300);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; it is not ours.
+    let args: Vec<String> = args.into_iter().filter(|a| a != "--bench").collect();
+    let flag = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} takes a number"))
+            })
+            .unwrap_or(default)
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    match args.first().map(String::as_str) {
+        Some("bare") => runtime.block_on(bare(flag("--port", 0) as u16)),
+        Some("intake") => runtime.block_on(async {
+            let load = Load {
+                requests: flag("--requests", 200_000),
+                concurrency: flag("--concurrency", 64),
+                rate: args
+                    .iter()
+                    .any(|a| a == "--rate")
+                    .then(|| flag("--rate", 0)),
+            };
+            intake(&load, true).await;
+        }),
+        Some("e2e") => runtime.block_on(async {
+            e2e(flag("--consents", 1000), flag("--concurrency", 32), true).await;
+        }),
+        Some("smoke") => runtime.block_on(async {
+            let load = Load {
+                requests: 2_000,
+                concurrency: 16,
+                rate: None,
+            };
+            intake(&load, false).await;
+            e2e(40, 8, false).await;
+            println!("smoke: every acknowledged item is stored");
+        }),
+        _ => {
+            eprintln!(
+                "usage: cargo bench --bench loadgen -- intake|e2e|smoke [options] (see benches/loadgen.rs)"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The baseline: a bare axum handler that reads the body and answers as intake does.
+async fn bare(port: u16) {
+    let router = axum::Router::new().route(
+        "/webhooks/bankconnect",
+        axum::routing::post(|body: Bytes| async move {
+            std::hint::black_box(body);
+            axum::Json(json!({"status": "accepted"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    axum::serve(listener, router).await.unwrap();
+}
+
+/// A child process, killed when dropped, whose CPU time and peak RSS are read from `/proc`.
+struct Process {
+    child: Child,
+    name: &'static str,
+}
+
+impl Process {
+    fn start(name: &'static str, mut command: Command) -> Self {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Process { child, name }
+    }
+
+    /// User and system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    /// Peak resident memory in MiB (`VmHWM`).
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.name;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(url: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The release service on `port`, on a fresh SQLite file in `dir`.
+fn service(dir: &std::path::Path, port: u16, upstream: Option<&str>) -> Process {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aa-recurring"));
+    c.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/loadgen.db", dir.display()),
+        )
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env("WEBHOOK_VERIFY", "secret-key")
+        .env("WEBHOOK_SECRETS", SECRET)
+        .env("API_TOKENS", TOKEN)
+        .env("MAX_CONCURRENT_REQUESTS", "4096")
+        .env("RUST_LOG", "warn");
+    if let Some(u) = upstream {
+        c.env("BANKCONNECT_BASE_URL", u)
+            .env("BANKCONNECT_API_KEY", "loadgen")
+            .env("BANKCONNECT_SERVER_HASH", "loadgen");
+    }
+    Process::start("aa-recurring serve", c)
+}
+
+struct Load {
+    requests: u64,
+    concurrency: u64,
+    /// Requests a second (open loop); closed loop at `concurrency` when `None`.
+    rate: Option<u64>,
+}
+
+#[derive(Default)]
+struct Stats {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: u64,
+    /// The indexes of the requests answered 2xx.
+    acknowledged: Vec<u64>,
+}
+
+impl Stats {
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+    fn quantile(&self, q: f64) -> Duration {
+        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
+            self.throughput(),
+            self.quantile(0.5).as_secs_f64() * 1e3,
+            self.quantile(0.99).as_secs_f64() * 1e3,
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+            self.errors
+        )
+    }
+}
+
+fn webhook_body(run: &str, i: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"event_name":"ENRICHMENT_NOTIFICATION","session_id":"lg-{run}-{i}","insights_available":true,"accounts":[]}}"#
+    ))
+}
+
+/// Sends `load.requests` unique webhooks to `url` and times each.
+async fn send_webhooks(url: &str, run: &str, load: &Load) -> Stats {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(load.concurrency as usize * 2)
+        .build_http();
+    let uri: hyper::Uri = url.parse().unwrap();
+    let send = {
+        let (client, uri, run) = (client.clone(), uri.clone(), run.to_string());
+        move |i: u64| {
+            let req = hyper::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .header("x-secret-key", SECRET)
+                .body(Full::new(webhook_body(&run, i)))
+                .unwrap();
+            let client = client.clone();
+            async move {
+                match client.request(req).await {
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let _ = r.into_body().collect().await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    let deadline = started + MAX_RUN;
+    let mut set = tokio::task::JoinSet::new();
+    match load.rate {
+        None => {
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..load.concurrency {
+                let (next, send, total) = (next.clone(), send.clone(), load.requests);
+                set.spawn(async move {
+                    let mut out = vec![];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total || Instant::now() > deadline {
+                            break out;
+                        }
+                        let t = Instant::now();
+                        let ok = send(i).await;
+                        out.push((i, t.elapsed(), ok));
+                    }
+                });
+            }
+        }
+        Some(rate) => {
+            let spacing = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            for i in 0..load.requests {
+                let due = started + spacing * i as u32;
+                if due > deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let send = send.clone();
+                // Open loop: latency from when the request was due, so a stall counts.
+                set.spawn(async move {
+                    let ok = send(i).await;
+                    vec![(i, due.elapsed(), ok)]
+                });
+            }
+        }
+    }
+    let mut stats = Stats::default();
+    while let Some(done) = set.join_next().await {
+        for (i, latency, ok) in done.unwrap() {
+            stats.latencies.push(latency);
+            if ok {
+                stats.acknowledged.push(i);
+            } else {
+                stats.errors += 1;
+            }
+        }
+    }
+    stats.elapsed = started.elapsed();
+    stats.latencies.sort();
+    stats
+}
+
+async fn intake(load: &Load, report: bool) {
+    let how = match load.rate {
+        Some(r) => format!("{} webhooks at {r}/s", load.requests),
+        None => format!(
+            "{} webhooks at concurrency {}",
+            load.requests, load.concurrency
+        ),
+    };
+    println!("== intake: {how}, SQLite synchronous=FULL");
+
+    let port = free_port();
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["bare", "--port", &port.to_string()]);
+    let bare_process = Process::start("bare axum", c);
+    let url = format!("http://127.0.0.1:{port}/webhooks/bankconnect");
+    wait_ready(&url).await;
+    let cpu = bare_process.cpu_seconds();
+    let bare_stats = send_webhooks(&url, "bare", load).await;
+    let bare_cpu = bare_process.cpu_seconds() - cpu;
+    drop(bare_process);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let svc = service(dir.path(), port, None);
+    wait_ready(&format!("http://127.0.0.1:{port}/healthz")).await;
+    let cpu = svc.cpu_seconds();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let stats = send_webhooks(
+        &format!("http://127.0.0.1:{port}/webhooks/bankconnect"),
+        &run,
+        load,
+    )
+    .await;
+    let svc_cpu = svc.cpu_seconds() - cpu;
+    let rss = svc.peak_rss_mib();
+
+    // Every acknowledged delivery is in the inbox.
+    let db = format!("sqlite://{}/loadgen.db?mode=ro", dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let stored: HashSet<String> =
+        sqlx::query_scalar::<_, Option<String>>("SELECT upstream_session_id FROM webhook_inbox")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+    let missing = stats
+        .acknowledged
+        .iter()
+        .filter(|i| !stored.contains(&format!("lg-{run}-{i}")))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged webhooks are not stored",
+        stats.acknowledged.len()
+    );
+    assert!(!stats.acknowledged.is_empty(), "nothing was acknowledged");
+    if report {
+        println!("{}", bare_stats.line("bare axum handler"));
+        println!("{}", stats.line("webhook intake"));
+        println!(
+            "ratio {:.1}% of bare axum; service CPU {:.2} s ({:.1} µs a webhook; bare {:.1} µs); peak RSS {:.1} MiB; {} acknowledged, all stored",
+            100.0 * stats.throughput() / bare_stats.throughput(),
+            svc_cpu,
+            svc_cpu * 1e6 / stats.latencies.len().max(1) as f64,
+            bare_cpu * 1e6 / bare_stats.latencies.len().max(1) as f64,
+            rss,
+            stats.acknowledged.len()
+        );
+    } else {
+        println!(
+            "intake: {} acknowledged ({} errors), all stored",
+            stats.acknowledged.len(),
+            stats.errors
+        );
+    }
+}
+
+async fn e2e(consents: u64, concurrency: u64, report: bool) {
+    println!(
+        "== end to end: {consents} consents through the journey, one pull each, against the standalone sandbox"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (sandbox_port, port) = (free_port(), free_port());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aa-recurring"));
+    c.args([
+        "sandbox",
+        "--bind",
+        &format!("127.0.0.1:{sandbox_port}"),
+        "--webhook-url",
+        &format!("http://127.0.0.1:{port}/webhooks/bankconnect"),
+        "--webhook-verify",
+        "secret-key",
+        "--webhook-secret",
+        SECRET,
+    ])
+    .env("RUST_LOG", "warn");
+    let sandbox = Process::start("sandbox", c);
+    let upstream = format!("http://127.0.0.1:{sandbox_port}");
+    let svc = service(dir.path(), port, Some(&upstream));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/healthz")).await;
+    wait_ready(&upstream).await;
+    let http = reqwest::Client::new();
+
+    // Seed through the real journey, `concurrency` at a time.
+    let seeded = Instant::now();
+    let ids = run_all(consents, concurrency, |i| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { journey(&http, &base, i).await }
+    })
+    .await;
+    println!(
+        "seeded {} consents in {:.1} s",
+        ids.len(),
+        seeded.elapsed().as_secs_f64()
+    );
+
+    let (cpu, sandbox_cpu) = (svc.cpu_seconds(), sandbox.cpu_seconds());
+    let started = Instant::now();
+    let pulls = run_all(ids.len() as u64, concurrency, |i| {
+        let (http, base, consent) = (http.clone(), base.clone(), ids[i as usize].clone());
+        async move {
+            let r = http
+                .post(format!("{base}/api/v1/consents/{consent}/pulls"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            r.json::<Value>().await.unwrap()["pull_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    })
+    .await;
+    // Done when the service says every pull completed.
+    let deadline = Instant::now() + MAX_RUN;
+    loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let completed: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("aa_recurring_pulls_total{") && l.contains("outcome=\"completed\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if completed as usize >= pulls.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{completed} of {} pulls completed in time",
+            pulls.len()
+        );
+        // A scrape reads the job gauges from the database: not so often that it is the load.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let elapsed = started.elapsed();
+    let (ours, theirs) = (svc.cpu_seconds() - cpu, sandbox.cpu_seconds() - sandbox_cpu);
+
+    // Every accepted pull completed and its data is served back.
+    let checked = run_all(pulls.len() as u64, concurrency, |i| {
+        let (http, base, pull) = (http.clone(), base.clone(), pulls[i as usize].clone());
+        async move {
+            let p: Value = http
+                .get(format!("{base}/api/v1/pulls/{pull}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(p["status"], "completed", "{p}");
+            let kind = p["kind"].as_str().unwrap();
+            let data = http
+                .get(format!("{base}/api/v1/pulls/{pull}/{kind}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(data.status(), 200);
+            data.bytes().await.unwrap().len()
+        }
+    })
+    .await;
+    assert_eq!(checked.len(), pulls.len());
+    let n = pulls.len() as f64;
+    if report {
+        println!(
+            "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; peak RSS ours {:.1} MiB, sandbox {:.1} MiB",
+            pulls.len(),
+            elapsed.as_secs_f64(),
+            n / elapsed.as_secs_f64(),
+            ours,
+            ours * 1e3 / n,
+            theirs,
+            theirs * 1e3 / n,
+            ours / theirs.max(0.001),
+            svc.peak_rss_mib(),
+            sandbox.peak_rss_mib()
+        );
+    } else {
+        println!(
+            "end to end: {} pulls completed, each with its data",
+            pulls.len()
+        );
+    }
+}
+
+/// Runs `f(0..n)` with at most `concurrency` at a time; the answers in order.
+async fn run_all<T, F, Fut>(n: u64, concurrency: u64, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let fut = f(i);
+        set.spawn(async move {
+            let out = fut.await;
+            drop(permit);
+            (i, out)
+        });
+    }
+    let mut out: Vec<(u64, T)> = Vec::with_capacity(n as usize);
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// One borrower through the journey: session, the SDK page, approve; the consent's id.
+async fn journey(http: &reqwest::Client, base: &str, i: u64) -> String {
+    let s: Value = http
+        .post(format!("{base}/api/v1/consent-sessions"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"link_id": format!("loadgen-{i}"), "tenure_months": 12,
+                      "frequency_unit": "month", "frequency_value": 5}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page = http
+        .get(s["redirect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let approve = page
+        .split("action=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .find(|a| a.ends_with("/approve"))
+        .expect("an approve form")
+        .to_string();
+    let cb: Value = http
+        .post(approve)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    cb["consents"][0]["consent_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no consent: {cb}"))
+        .to_string()
+}
