@@ -41,17 +41,34 @@ pub fn plan(
 /// Where a consent's next default window starts: the end of its last completed pull, else
 /// the end of the journey's one-time fetch, else the approval date.
 pub async fn window_since(state: &AppState, consent: &Consent) -> Result<NaiveDate, StoreError> {
-    if let Some(to) = state.store.last_completed_to(&consent.consent_id).await? {
-        return Ok(to);
+    Ok(windows_since(state, std::slice::from_ref(consent)).await?[0])
+}
+
+/// [`window_since`] for many consents: one query for their last completed pulls, and a
+/// session read only for a first recurring pull after a one-time pull.
+pub async fn windows_since(
+    state: &AppState,
+    consents: &[Consent],
+) -> Result<Vec<NaiveDate>, StoreError> {
+    let ids: Vec<&str> = consents.iter().map(|c| c.consent_id.as_str()).collect();
+    let last = state.store.last_completed_to_many(&ids).await?;
+    let mut out = Vec::with_capacity(consents.len());
+    for consent in consents {
+        let since = match last.get(&consent.consent_id) {
+            Some(to) => *to,
+            None if consent.journey_mode == JourneyMode::OnceWithRecurring => state
+                .store
+                .get_session(&consent.session_id)
+                .await?
+                .and_then(|s| s.to_date)
+                .unwrap_or_else(|| approved_on(consent)),
+            None => approved_on(consent),
+        };
+        out.push(since);
     }
-    if consent.journey_mode == JourneyMode::OnceWithRecurring
-        && let Some(to) = state
-            .store
-            .get_session(&consent.session_id)
-            .await?
-            .and_then(|s| s.to_date)
-    {
-        return Ok(to);
-    }
-    Ok(consent.approved_at.with_timezone(&ist()).date_naive())
+    Ok(out)
+}
+
+fn approved_on(consent: &Consent) -> NaiveDate {
+    consent.approved_at.with_timezone(&ist()).date_naive()
 }

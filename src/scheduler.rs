@@ -32,7 +32,7 @@ impl Default for SchedulerSettings {
     fn default() -> Self {
         Self {
             tick: Duration::from_secs(1),
-            batch: 500,
+            batch: 1000,
             max_spread: Duration::from_secs(60),
             housekeeping_every: chrono::Duration::minutes(10),
             sweep_every: chrono::Duration::seconds(30),
@@ -72,11 +72,13 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
         let spread = settings
             .max_spread
             .min(Duration::from_millis(20) * n as u32);
-        let mut batch = Vec::with_capacity(n);
+        // Expired consents end here; the rest are planned together: one query for where
+        // their windows start and one for their fair-use counts, whatever the batch size.
+        let mut live = Vec::with_capacity(n);
         for consent in due {
-            let Some(expected) = consent.next_pull_at else {
+            if consent.next_pull_at.is_none() {
                 continue;
-            };
+            }
             if consent.expires_at <= now {
                 state
                     .store
@@ -84,21 +86,30 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
                     .await?;
                 continue;
             }
-            let since = crate::pulls::window_since(state, &consent).await?;
+            live.push(consent);
+        }
+        let since = crate::pulls::windows_since(state, &live).await?;
+        let limits: Vec<_> = live.iter().map(|c| c.limits()).collect();
+        let budgets: Vec<(&str, Vec<_>)> = live
+            .iter()
+            .zip(&limits)
+            .map(|(c, l)| (c.consent_id.as_str(), budget(l, now)))
+            .collect();
+        let used = state.store.attempts_since_many(&budgets).await?;
+        let mut batch = Vec::with_capacity(live.len());
+        for (((consent, since), limits), used) in live.into_iter().zip(since).zip(&limits).zip(used)
+        {
+            let expected = consent
+                .next_pull_at
+                .expect("kept only consents with a slot");
             let window = next_window(since, consent.use_case, today);
             let interval = consent.interval(global_min);
-            let limits = consent.limits();
-            let used = state
-                .store
-                .attempts_since(&consent.consent_id, &budget(&limits, now))
-                .await?;
             // Keep to the consent's slots (no drift from late ticks); after a long stop, start
             // afresh from now rather than firing every missed slot.
             let next_pull_at = Some(expected + interval)
                 .filter(|n| *n > now)
                 .unwrap_or(now + interval);
-            let next_when_over_budget =
-                check_all(&limits, &used, now).err().unwrap_or(next_pull_at);
+            let next_when_over_budget = check_all(limits, &used, now).err().unwrap_or(next_pull_at);
             let kind = PullKind::default_for(consent.use_case);
             let (pull, mut job) =
                 crate::pulls::plan(&consent, kind, window, now, None, String::new());

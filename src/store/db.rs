@@ -77,7 +77,7 @@ impl Dialect {
 /// How much of the SQLite file each connection reads through a memory map rather than
 /// `read()`: every write invalidates the other connections' page caches, and re-reading pages
 /// by system call was a large share of a busy service's CPU (docs/benchmarks.md).
-const MMAP_BYTES: u64 = 256 * 1024 * 1024;
+const MMAP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The store: a pool and its dialect.
 pub struct SqlStore {
@@ -304,6 +304,38 @@ pub(super) async fn insert_job(
     Ok(())
 }
 
+/// [`insert_job`] for many jobs, in one statement.
+pub(super) async fn insert_jobs<'a>(
+    conn: &mut AnyConnection,
+    jobs: impl ExactSizeIterator<Item = &'a NewJob>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if jobs.len() == 0 {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
+         VALUES {} ON CONFLICT DO NOTHING",
+        Dialect::of(conn).values_list(jobs.len(), 10)
+    );
+    let mut insert = sqlx::query(&sql);
+    for job in jobs {
+        insert = insert
+            .bind(job.task.kind())
+            .bind(job.task.payload())
+            .bind("queued")
+            .bind(to_ms(job.run_at))
+            .bind(0i32)
+            .bind(job.task.max_attempts())
+            .bind(job.task.dedupe_key())
+            .bind(job.task.pull_id().map(str::to_string))
+            .bind(to_ms(now))
+            .bind(to_ms(now));
+    }
+    insert.execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Queued jobs of a pull that has moved on no longer run (all of them, or those of `kind`).
 pub(super) async fn cancel_pull_jobs(
     conn: &mut AnyConnection,
@@ -355,6 +387,49 @@ pub(super) async fn sent_since(
     Ok(n as u32)
 }
 
+/// Fetch Recurring AA Data calls sent for each consent in each period of its budget, in one
+/// query whatever the number of consents; the answer is in the order asked.
+pub(super) async fn sent_since_many(
+    conn: &mut AnyConnection,
+    budgets: &[(&str, Vec<Budget>)],
+) -> StoreResult<Vec<Vec<u32>>> {
+    let periods: Vec<(usize, usize, &str, i64)> = budgets
+        .iter()
+        .enumerate()
+        .flat_map(|(c, (consent_id, b))| {
+            b.iter()
+                .enumerate()
+                .map(move |(i, b)| (c, i, *consent_id, to_ms(b.period_start)))
+        })
+        .collect();
+    let mut out: Vec<Vec<u32>> = budgets.iter().map(|(_, b)| vec![0; b.len()]).collect();
+    if periods.is_empty() {
+        return Ok(out);
+    }
+    // One row per (consent, period) asked; each counts the ledger rows since its start.
+    let sql = format!(
+        "WITH asked (c, i, consent_id, since) AS (VALUES {})
+         SELECT asked.c, asked.i, COUNT(a.id) AS n FROM asked
+         LEFT JOIN pull_attempts a ON a.consent_id = asked.consent_id AND a.sent_at >= asked.since
+         GROUP BY asked.c, asked.i",
+        Dialect::of(conn).values_list(periods.len(), 4)
+    );
+    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+    for (c, i, consent_id, since) in &periods {
+        query = query
+            .bind(*c as i64)
+            .bind(*i as i64)
+            .bind(*consent_id)
+            .bind(*since);
+    }
+    for (c, i, n) in query.fetch_all(&mut *conn).await? {
+        if let Some(slot) = out.get_mut(c as usize).and_then(|v| v.get_mut(i as usize)) {
+            *slot = n as u32;
+        }
+    }
+    Ok(out)
+}
+
 /// Whether one more pull fits every period of a consent's budget. With
 /// `count_queued`, pulls accepted but not yet sent count as well, since each will send.
 pub(super) async fn budget_allows(
@@ -403,6 +478,39 @@ pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> Stor
     Ok(())
 }
 
+/// [`insert_pull`] for many pulls, in one statement.
+pub(super) async fn insert_pulls<'a>(
+    conn: &mut AnyConnection,
+    pulls: impl ExactSizeIterator<Item = &'a NewPull>,
+) -> StoreResult<()> {
+    if pulls.len() == 0 {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
+                            created_at, updated_at)
+         VALUES {}",
+        Dialect::of(conn).values_list(pulls.len(), 10)
+    );
+    let mut insert = sqlx::query(&sql);
+    for new in pulls {
+        let p = &new.pull;
+        insert = insert
+            .bind(&p.pull_id)
+            .bind(&p.consent_id)
+            .bind(p.kind.as_str())
+            .bind(p.status.as_str())
+            .bind(p.from.to_string())
+            .bind(p.to.to_string())
+            .bind(new.idempotency_key.as_deref())
+            .bind(&new.request_hash)
+            .bind(to_ms(p.created_at))
+            .bind(to_ms(p.updated_at));
+    }
+    insert.execute(&mut *conn).await?;
+    Ok(())
+}
+
 pub(super) async fn pull_where(
     conn: &mut AnyConnection,
     column: &str,
@@ -417,8 +525,6 @@ pub(super) async fn pull_where(
     row.map(|r| pull_from_row(&r).map(|(_, p)| p)).transpose()
 }
 
-/// `VALUES` placeholders for `rows` rows of `columns` columns, numbered from `$1`. (sqlx's
-/// `QueryBuilder` writes `?` for the `Any` driver, which Postgres does not read.)
 /// Keyset pagination on `column` against placeholder `$param`: the condition, the order, and
 /// the value to bind. Oldest first, rows come after `after`; newest first, before it.
 pub(super) fn keyset(
@@ -442,14 +548,38 @@ pub(super) fn keyset(
     }
 }
 
-pub(super) fn values_list(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let row: Vec<String> = (1..=columns)
-                .map(|c| format!("${}", r * columns + c))
-                .collect();
-            format!("({})", row.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Dialect {
+    /// The dialect of a connection of the store's pool.
+    pub(super) fn of(conn: &AnyConnection) -> Self {
+        if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+
+    /// `VALUES` placeholders for `rows` rows of `columns` columns (one row is an `IN` list).
+    /// (sqlx's `QueryBuilder` writes `?` for `Any`, which Postgres does not take.) Postgres
+    /// numbers them from `$1`. SQLite gets anonymous `?`, bound in the order they appear: sqlx
+    /// binds a numbered parameter by asking SQLite its name, which SQLite finds by a linear
+    /// search, so binding thousands of `$N` took quadratic time (a 500-row insert, 100 ms;
+    /// docs/benchmarks.md). A statement with such a list numbers any later parameter with
+    /// [`Dialect::param`].
+    pub(super) fn values_list(self, rows: usize, columns: usize) -> String {
+        (0..rows)
+            .map(|r| {
+                let row: Vec<String> = (1..=columns).map(|c| self.param(r * columns + c)).collect();
+                format!("({})", row.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The `n`th parameter of a statement built with [`Dialect::values_list`].
+    pub(super) fn param(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => "?".into(),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
 }

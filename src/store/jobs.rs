@@ -148,7 +148,7 @@ impl JobStore for SqlStore {
         if !pulls.is_empty() {
             let sql = format!(
                 "UPDATE pulls SET attempts = attempts + 1 WHERE pull_id IN {}",
-                values_list(1, pulls.len())
+                self.dialect.values_list(1, pulls.len())
             );
             let mut tally = sqlx::query(&sql);
             for pull_id in &pulls {

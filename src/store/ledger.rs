@@ -73,41 +73,8 @@ impl LedgerStore for SqlStore {
         &self,
         budgets: &[(&str, Vec<Budget>)],
     ) -> StoreResult<Vec<Vec<u32>>> {
-        let periods: Vec<(usize, usize, &str, i64)> = budgets
-            .iter()
-            .enumerate()
-            .flat_map(|(c, (consent_id, b))| {
-                b.iter()
-                    .enumerate()
-                    .map(move |(i, b)| (c, i, *consent_id, to_ms(b.period_start)))
-            })
-            .collect();
-        let mut out: Vec<Vec<u32>> = budgets.iter().map(|(_, b)| vec![0; b.len()]).collect();
-        if periods.is_empty() {
-            return Ok(out);
-        }
-        // One row per (consent, period) asked; each counts the ledger rows since its start.
-        let sql = format!(
-            "WITH asked (c, i, consent_id, since) AS (VALUES {})
-             SELECT asked.c, asked.i, COUNT(a.id) AS n FROM asked
-             LEFT JOIN pull_attempts a ON a.consent_id = asked.consent_id AND a.sent_at >= asked.since
-             GROUP BY asked.c, asked.i",
-            values_list(periods.len(), 4)
-        );
-        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
-        for (c, i, consent_id, since) in &periods {
-            query = query
-                .bind(*c as i64)
-                .bind(*i as i64)
-                .bind(*consent_id)
-                .bind(*since);
-        }
-        for (c, i, n) in query.fetch_all(&self.pool).await? {
-            if let Some(slot) = out.get_mut(c as usize).and_then(|v| v.get_mut(i as usize)) {
-                *slot = n as u32;
-            }
-        }
-        Ok(out)
+        let mut conn = self.pool.acquire().await?;
+        sent_since_many(&mut conn, budgets).await
     }
 
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()> {

@@ -25,6 +25,12 @@ pub trait PullStore: Send + Sync {
     async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
     /// The end of the newest completed pull's window: where the next default window starts.
     async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
+    /// [`PullStore::last_completed_to`] for many consents in one query (the scheduler plans a
+    /// batch of due consents at once); consents without a completed pull are absent.
+    async fn last_completed_to_many(
+        &self,
+        consent_ids: &[&str],
+    ) -> StoreResult<std::collections::HashMap<String, chrono::NaiveDate>>;
     /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
     /// webhook for that session that arrived first is queued for processing again.
     async fn mark_submitted(
@@ -154,6 +160,31 @@ impl PullStore for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         opt_date(v.flatten())
+    }
+
+    async fn last_completed_to_many(
+        &self,
+        consent_ids: &[&str],
+    ) -> StoreResult<std::collections::HashMap<String, NaiveDate>> {
+        if consent_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT consent_id, MAX(to_date) FROM pulls
+             WHERE consent_id IN {} AND status = 'completed' GROUP BY consent_id",
+            self.dialect.values_list(1, consent_ids.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql);
+        for id in consent_ids {
+            query = query.bind(*id);
+        }
+        let mut out = std::collections::HashMap::new();
+        for (consent_id, to) in query.fetch_all(&self.pool).await? {
+            if let Some(to) = opt_date(to)? {
+                out.insert(consent_id, to);
+            }
+        }
+        Ok(out)
     }
 
     async fn mark_submitted(

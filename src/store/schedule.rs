@@ -42,47 +42,105 @@ impl ScheduleStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<FireReport> {
         let mut report = FireReport::default();
+        if batch.is_empty() {
+            return Ok(report);
+        }
+        let ids: Vec<&str> = batch.iter().map(|i| i.consent_id.as_str()).collect();
         let mut tx = self.write_tx().await?;
-        for item in batch {
-            lock_consent(self.dialect, &mut tx, &item.consent_id).await?;
-            let in_flight: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pulls WHERE consent_id = $1 AND status IN ('queued', 'submitted', 'fetching')",
-            )
-            .bind(&item.consent_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let in_flight = in_flight > 0;
-            let over = !in_flight
-                && !budget_allows(&mut tx, &item.consent_id, &item.pull.budget, true).await?;
-            let next = if over {
+        // The whole batch is decided with a few statements, whatever its size: a catch-up
+        // after an outage fires thousands of consents in one tick.
+        if self.dialect == Dialect::Postgres {
+            // Locked in one order, so two instances firing overlapping batches cannot deadlock.
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            let sql = format!(
+                "SELECT consent_id FROM consents WHERE consent_id IN {} ORDER BY consent_id FOR UPDATE",
+                self.dialect.values_list(1, sorted.len())
+            );
+            let mut lock = sqlx::query(&sql);
+            for id in &sorted {
+                lock = lock.bind(*id);
+            }
+            lock.execute(&mut *tx).await?;
+        }
+        let sql = format!(
+            "SELECT DISTINCT consent_id FROM pulls
+             WHERE consent_id IN {} AND status IN ('queued', 'submitted', 'fetching')",
+            self.dialect.values_list(1, ids.len())
+        );
+        let mut open = sqlx::query_scalar::<_, String>(&sql);
+        for id in &ids {
+            open = open.bind(*id);
+        }
+        let in_flight: std::collections::HashSet<String> =
+            open.fetch_all(&mut *tx).await?.into_iter().collect();
+        // With no pull under way none is queued either, so the budget is what was sent.
+        let budgets: Vec<(&str, Vec<_>)> = batch
+            .iter()
+            .map(|i| (i.consent_id.as_str(), i.pull.budget.clone()))
+            .collect();
+        let sent = sent_since_many(&mut tx, &budgets).await?;
+        let plans: Vec<(bool, bool)> = batch
+            .iter()
+            .zip(&sent)
+            .map(|(item, sent)| {
+                let busy = in_flight.contains(&item.consent_id);
+                let over = !busy
+                    && item
+                        .pull
+                        .budget
+                        .iter()
+                        .zip(sent)
+                        .any(|(b, used)| *used >= b.max);
+                (busy, over)
+            })
+            .collect();
+
+        // Move every slot that is still the one the plan saw (compare and set).
+        let sql = format!(
+            "WITH planned (consent_id, next_pull_at, expected) AS (VALUES {})
+             UPDATE consents SET next_pull_at = planned.next_pull_at, updated_at = {}
+             FROM planned
+             WHERE consents.consent_id = planned.consent_id
+               AND consents.next_pull_at = planned.expected AND consents.status = 'active'
+             RETURNING consents.consent_id",
+            self.dialect.values_list(batch.len(), 3),
+            self.dialect.param(batch.len() * 3 + 1)
+        );
+        let mut moved = sqlx::query_scalar::<_, String>(&sql);
+        for (item, (_, over)) in batch.iter().zip(&plans) {
+            let next = if *over {
                 item.next_when_over_budget
             } else {
                 item.next_pull_at
             };
-            let moved = sqlx::query(
-                "UPDATE consents SET next_pull_at = $1, updated_at = $2
-                 WHERE consent_id = $3 AND next_pull_at = $4 AND status = 'active'",
-            )
-            .bind(to_ms(next))
+            moved = moved
+                .bind(&item.consent_id)
+                .bind(to_ms(next))
+                .bind(to_ms(item.expected));
+        }
+        let moved: std::collections::HashSet<String> = moved
             .bind(to_ms(now))
-            .bind(&item.consent_id)
-            .bind(to_ms(item.expected))
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?
-            .rows_affected()
-                == 1;
-            if !moved {
+            .into_iter()
+            .collect();
+
+        let mut fire = Vec::new();
+        for (item, (busy, over)) in batch.iter().zip(plans) {
+            if !moved.contains(&item.consent_id) {
                 report.lost += 1;
-            } else if in_flight {
+            } else if busy {
                 report.in_flight += 1;
             } else if over {
                 report.deferred += 1;
             } else {
-                insert_pull(&mut tx, &item.pull).await?;
-                insert_job(&mut tx, &item.job, now).await?;
+                fire.push(item);
                 report.fired += 1;
             }
         }
+        insert_pulls(&mut tx, fire.iter().map(|i| &i.pull)).await?;
+        insert_jobs(&mut tx, fire.iter().map(|i| &i.job), now).await?;
         tx.commit().await?;
         Ok(report)
     }

@@ -54,7 +54,7 @@ impl WebhookStore for SqlStore {
         let sql = format!(
             "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at) VALUES {}
              ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key",
-            values_list(batch.len(), 5)
+            self.dialect.values_list(batch.len(), 5)
         );
         let mut inbox = sqlx::query_as::<_, (i64, String)>(&sql);
         for w in batch {
@@ -70,7 +70,7 @@ impl WebhookStore for SqlStore {
             let sql = format!(
                 "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, updated_at)
                  VALUES {}",
-                values_list(stored.len(), 9)
+                self.dialect.values_list(stored.len(), 9)
             );
             let mut insert = sqlx::query(&sql);
             for (inbox_id, _) in &stored {
