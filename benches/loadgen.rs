@@ -30,6 +30,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+#[path = "support/journey.rs"]
+mod journey;
+use journey::journey;
+
 const SECRET: &str = "loadgen-secret";
 const TOKEN: &str = "loadgen-token";
 /// No run may take longer than this, whatever it is asked.
@@ -428,7 +432,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
     let seeded = Instant::now();
     let ids = run_all(consents, concurrency, |i| {
         let (http, base) = (http.clone(), base.clone());
-        async move { journey(&http, &base, i).await }
+        async move { journey(&http, &base, TOKEN, &format!("loadgen-{i}")).await }
     })
     .await;
     println!(
@@ -562,49 +566,4 @@ where
     }
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, t)| t).collect()
-}
-
-/// One borrower through the journey: session, the SDK page, approve; the consent's id.
-async fn journey(http: &reqwest::Client, base: &str, i: u64) -> String {
-    let s: Value = http
-        .post(format!("{base}/api/v1/consent-sessions"))
-        .bearer_auth(TOKEN)
-        .json(
-            &json!({"link_id": format!("loadgen-{i}"), "tenure_months": 12,
-                      "frequency_unit": "month", "frequency_value": 5}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let page = http
-        .get(s["redirect_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let approve = page
-        .split("action=\"")
-        .skip(1)
-        .map(|rest| rest.split('"').next().unwrap())
-        .find(|a| a.ends_with("/approve"))
-        .expect("an approve form")
-        .to_string();
-    let cb: Value = http
-        .post(approve)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    cb["consents"][0]["consent_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no consent: {cb}"))
-        .to_string()
 }

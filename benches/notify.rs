@@ -16,6 +16,10 @@ use aa_recurring::config::Config;
 use aa_recurring::startup::{App, RunOptions};
 use serde_json::{Value, json};
 
+#[path = "support/journey.rs"]
+mod journey;
+use journey::journey;
+
 const TOKEN: &str = "bench-token";
 
 #[tokio::main]
@@ -73,49 +77,7 @@ async fn main() {
     // N consents through the real journey.
     let mut consents = Vec::with_capacity(n);
     for i in 0..n {
-        let s: Value = http
-            .post(api("/consent-sessions"))
-            .bearer_auth(TOKEN)
-            .json(
-                &json!({"link_id": format!("bench-{i}"), "tenure_months": 12,
-                          "frequency_unit": "month", "frequency_value": 5}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let page = http
-            .get(s["redirect_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let approve = page
-            .split("action=\"")
-            .skip(1)
-            .map(|rest| rest.split('"').next().unwrap())
-            .find(|a| a.ends_with("/approve"))
-            .unwrap()
-            .to_string();
-        let cb: Value = http
-            .post(approve)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        consents.push(
-            cb["consents"][0]["consent_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        consents.push(journey(&http, &base, TOKEN, &format!("bench-{i}")).await);
     }
 
     // One pull each, all at once.

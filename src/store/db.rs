@@ -287,21 +287,7 @@ pub(super) async fn insert_job(
     job: &NewJob,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
-         VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(job.task.kind())
-    .bind(job.task.payload())
-    .bind(to_ms(job.run_at))
-    .bind(job.task.max_attempts())
-    .bind(job.task.dedupe_key())
-    .bind(job.task.pull_id())
-    .bind(to_ms(now))
-    .bind(to_ms(now))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    insert_jobs(conn, std::iter::once(job), now).await
 }
 
 /// [`insert_job`] for many jobs, in one statement.
@@ -457,25 +443,7 @@ pub(super) async fn budget_allows(
 }
 
 pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> StoreResult<()> {
-    let p = &new.pull;
-    sqlx::query(
-        "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
-                            created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&p.pull_id)
-    .bind(&p.consent_id)
-    .bind(p.kind.as_str())
-    .bind(p.status.as_str())
-    .bind(p.from.to_string())
-    .bind(p.to.to_string())
-    .bind(new.idempotency_key.as_deref())
-    .bind(&new.request_hash)
-    .bind(to_ms(p.created_at))
-    .bind(to_ms(p.updated_at))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    insert_pulls(conn, std::iter::once(new)).await
 }
 
 /// [`insert_pull`] for many pulls, in one statement.
