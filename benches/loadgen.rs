@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench loadgen -- intake [--requests N] [--concurrency C] [--rate R]
 //! cargo bench --bench loadgen -- e2e [--consents N] [--concurrency C]
+//! cargo bench --bench loadgen -- payload [--mib M]   # one pull of an M MiB document
 //! cargo bench --bench loadgen -- smoke        # small runs of both; checks correctness only
 //! ```
 //!
@@ -13,6 +14,9 @@
 //! - `e2e`: N consents through the real journey against the standalone sandbox, one pull
 //!   each fired at once, until every pull has completed. The sandbox's own CPU time for the
 //!   same pulls is the baseline.
+//! - `payload`: one pull whose Insights document the sandbox pads to M MiB, fetched, stored and
+//!   served back in full (uncompressed); reports how far the service's peak RSS rose above its
+//!   RSS before the pull.
 //!
 //! Every run checks that each acknowledged item is stored: each 2xx webhook is in the inbox,
 //! each accepted pull completed with its data served back. Traffic stays on 127.0.0.1, and
@@ -70,6 +74,7 @@ fn main() {
         Some("e2e") => runtime.block_on(async {
             e2e(flag("--consents", 1000), flag("--concurrency", 32), true).await;
         }),
+        Some("payload") => runtime.block_on(payload(flag("--mib", 50))),
         Some("smoke") => runtime.block_on(async {
             let load = Load {
                 requests: 2_000,
@@ -131,10 +136,19 @@ impl Process {
 
     /// Peak resident memory in MiB (`VmHWM`).
     fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// Resident memory now, in MiB (`VmRSS`).
+    fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kib: f64 = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
@@ -406,26 +420,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
         "== end to end: {consents} consents through the journey, one pull each, against the standalone sandbox"
     );
     let dir = tempfile::tempdir().unwrap();
-    let (sandbox_port, port) = (free_port(), free_port());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_aa-recurring"));
-    c.args([
-        "sandbox",
-        "--bind",
-        &format!("127.0.0.1:{sandbox_port}"),
-        "--webhook-url",
-        &format!("http://127.0.0.1:{port}/webhooks/bankconnect"),
-        "--webhook-verify",
-        "secret-key",
-        "--webhook-secret",
-        SECRET,
-    ])
-    .env("RUST_LOG", "warn");
-    let sandbox = Process::start("sandbox", c);
-    let upstream = format!("http://127.0.0.1:{sandbox_port}");
-    let svc = service(dir.path(), port, Some(&upstream));
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{base}/healthz")).await;
-    wait_ready(&upstream).await;
+    let (sandbox, svc, base, _) = sandbox_and_service(dir.path()).await;
     let http = reqwest::Client::new();
 
     // Seed through the real journey, `concurrency` at a time.
@@ -540,6 +535,97 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
             pulls.len()
         );
     }
+}
+
+/// The sandbox and the service on fresh ports, the service on a SQLite file in `dir`.
+async fn sandbox_and_service(dir: &std::path::Path) -> (Process, Process, String, String) {
+    let (sandbox_port, port) = (free_port(), free_port());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aa-recurring"));
+    c.args([
+        "sandbox",
+        "--bind",
+        &format!("127.0.0.1:{sandbox_port}"),
+        "--webhook-url",
+        &format!("http://127.0.0.1:{port}/webhooks/bankconnect"),
+        "--webhook-verify",
+        "secret-key",
+        "--webhook-secret",
+        SECRET,
+    ])
+    .env("RUST_LOG", "warn");
+    let sandbox = Process::start("sandbox", c);
+    let upstream = format!("http://127.0.0.1:{sandbox_port}");
+    let svc = service(dir, port, Some(&upstream));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/healthz")).await;
+    wait_ready(&upstream).await;
+    (sandbox, svc, base, upstream)
+}
+
+async fn payload(mib: u64) {
+    println!("== payload: one pull of an Insights document padded to {mib} MiB");
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, svc, base, upstream) = sandbox_and_service(dir.path()).await;
+    let http = reqwest::Client::builder().no_gzip().build().unwrap();
+    let consent = journey(&http, &base, TOKEN, "loadgen-payload").await;
+    let r = http
+        .post(format!("{upstream}/_control/settings"))
+        .json(&json!({"data_padding_bytes": mib * 1024 * 1024}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let before = svc.rss_mib();
+    let pull: Value = http
+        .post(format!("{base}/api/v1/consents/{consent}/pulls"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"kind": "insights"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pull_id = pull["pull_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + MAX_RUN;
+    loop {
+        let p: Value = http
+            .get(format!("{base}/api/v1/pulls/{pull_id}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p["status"] == "completed" {
+            break;
+        }
+        assert!(p["status"] != "failed" && Instant::now() < deadline, "{p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fetched = svc.peak_rss_mib();
+    // Served back whole and uncompressed, read as it streams.
+    let mut data = http
+        .get(format!("{base}/api/v1/pulls/{pull_id}/insights"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(data.status(), 200);
+    let mut served = 0usize;
+    while let Some(chunk) = data.chunk().await.unwrap() {
+        served += chunk.len();
+    }
+    assert!(served as u64 >= mib * 1024 * 1024, "{served} bytes served");
+    println!(
+        "{:.1} MiB served; service RSS {:.1} MiB before the pull, peak {:.1} MiB after fetching and storing, {:.1} MiB after serving: growth {:.1} MiB",
+        served as f64 / 1048576.0,
+        before,
+        fetched,
+        svc.peak_rss_mib(),
+        svc.peak_rss_mib() - before
+    );
 }
 
 /// Runs `f(0..n)` with at most `concurrency` at a time; the answers in order.
