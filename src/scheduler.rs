@@ -99,9 +99,9 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
         let mut batch = Vec::with_capacity(live.len());
         for (((consent, since), limits), used) in live.into_iter().zip(since).zip(&limits).zip(used)
         {
-            let expected = consent
-                .next_pull_at
-                .expect("kept only consents with a slot");
+            let Some(expected) = consent.next_pull_at else {
+                continue;
+            };
             let window = next_window(since, consent.use_case, today);
             let interval = consent.interval(global_min);
             // Keep to the consent's slots (no drift from late ticks); after a long stop, start

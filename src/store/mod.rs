@@ -183,8 +183,9 @@ pub struct FireReport {
 #[derive(Debug, Clone)]
 pub struct Purge {
     /// Stored data and timeline entries fetched before this, and those of consents that
-    /// ended before it (the data life); also webhooks received and jobs finished (done,
-    /// cancelled or dead) before it.
+    /// ended before it (the data life); also webhooks received (stored, duplicate or
+    /// rejected) and jobs finished (done, cancelled or dead) before it. Expired console
+    /// sign-ins go on every run.
     pub data_before: DateTime<Utc>,
     /// Sessions never completed, untouched since before this.
     pub sessions_before: DateTime<Utc>,
