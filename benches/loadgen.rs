@@ -491,15 +491,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
     let checked = run_all(pulls.len() as u64, concurrency, |i| {
         let (http, base, pull) = (http.clone(), base.clone(), pulls[i as usize].clone());
         async move {
-            let p: Value = http
-                .get(format!("{base}/api/v1/pulls/{pull}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let p = api_get(&http, &format!("{base}/api/v1/pulls/{pull}")).await;
             assert_eq!(p["status"], "completed", "{p}");
             let kind = p["kind"].as_str().unwrap();
             let data = http
@@ -589,15 +581,7 @@ async fn payload(mib: u64) {
     let pull_id = pull["pull_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + MAX_RUN;
     loop {
-        let p: Value = http
-            .get(format!("{base}/api/v1/pulls/{pull_id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = api_get(&http, &format!("{base}/api/v1/pulls/{pull_id}")).await;
         if p["status"] == "completed" {
             break;
         }
@@ -626,6 +610,18 @@ async fn payload(mib: u64) {
         svc.peak_rss_mib(),
         svc.peak_rss_mib() - before
     );
+}
+
+/// The service's JSON answer to an authenticated GET.
+async fn api_get(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Runs `f(0..n)` with at most `concurrency` at a time; the answers in order.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::layout::{
     self, Section, badge, button, csrf, flash, pager, query, usage, when, when_opt,
 };
-use super::session::Operator;
+use super::session::SignedIn;
 use super::{Console, ConsoleError, DoneQuery, PAGE};
 use crate::domain::consent::{ConsentStatus, ConsentView};
 use crate::domain::fair_use::budget;
@@ -52,7 +52,7 @@ pub(super) struct ListQuery {
 /// whole page is counted in one query.
 pub(super) async fn list(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     Query(q): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
     let link_id = q.link_id.clone().filter(|l| !l.trim().is_empty());
@@ -150,7 +150,7 @@ fn row(v: &ConsentView) -> Markup {
 /// `GET /console/consents/{consent_id}`.
 pub(super) async fn detail(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     ConsentId(consent_id): ConsentId,
     Query(q): Query<DoneQuery>,
 ) -> Result<Markup, ConsoleError> {

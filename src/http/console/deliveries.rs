@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::consents::segment;
 use super::layout::{self, Section, badge, button, flash, pager, query, when};
-use super::session::Operator;
+use super::session::SignedIn;
 use super::{Console, ConsoleError, ListQuery, PAGE};
 use crate::http::ids::EventId;
 
@@ -31,7 +31,7 @@ const OUTCOMES: [&str; 2] = ["duplicate", "rejected"];
 /// delivery's body was never kept, so it cannot be shown.
 pub(super) async fn webhooks(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     Query(q): Query<WebhooksQuery>,
 ) -> Result<Markup, ConsoleError> {
     let outcome = q.outcome.clone().filter(|o| !o.is_empty());
@@ -141,7 +141,7 @@ const DELIVERY_STATUSES: [&str; 3] = ["pending", "delivered", "failed"];
 /// `GET /console/notifications`: the lender's endpoints and the deliveries to them.
 pub(super) async fn notifications(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     Query(q): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
     let status = q.status().map(str::to_string);

@@ -7,7 +7,7 @@ use maud::{Markup, html};
 
 use super::layout::{self, Section, badge, button, flash, pager, query, when};
 use super::pulls::pull_href;
-use super::session::Operator;
+use super::session::SignedIn;
 use super::{Console, ConsoleError, ListQuery, PAGE};
 use crate::http::ids::JobId;
 use crate::queue::JobState;
@@ -19,7 +19,7 @@ const VIEWS: [(&str, &str); 2] = [("dead", "Dead"), ("retrying", "Retrying")];
 /// `GET /console/jobs?status=dead|retrying`, newest first.
 pub(super) async fn list(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     Query(q): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
     let view = match q.status() {

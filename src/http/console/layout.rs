@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use super::session::Operator;
+use super::session::SignedIn;
 use crate::domain::ist;
 
 const STYLESHEET: &str = include_str!("style.css");
@@ -63,7 +63,7 @@ fn head(title: &str, refresh: Option<u32>) -> Markup {
 pub(super) fn page(
     title: &str,
     section: Section,
-    operator: &Operator,
+    operator: &SignedIn,
     refresh: Option<u32>,
     content: Markup,
 ) -> Markup {
@@ -109,12 +109,12 @@ pub(super) fn bare(title: &str, content: Markup) -> Markup {
 }
 
 /// The hidden field every form carries.
-pub(super) fn csrf(operator: &Operator) -> Markup {
+pub(super) fn csrf(operator: &SignedIn) -> Markup {
     html! { input type="hidden" name="csrf" value=(operator.csrf); }
 }
 
 /// A one-button form that posts to `action`.
-pub(super) fn button(operator: &Operator, action: &str, label: &str, class: &str) -> Markup {
+pub(super) fn button(operator: &SignedIn, action: &str, label: &str, class: &str) -> Markup {
     html! {
         form.inline method="post" action=(action) {
             (csrf(operator))

@@ -8,7 +8,7 @@ use maud::{Markup, html};
 
 use super::chart::{self, OUTCOMES};
 use super::layout::{self, Section, when};
-use super::session::Operator;
+use super::session::SignedIn;
 use super::{Console, ConsoleError};
 use crate::domain::{ist, ist_hour};
 use crate::queue::JobState;
@@ -18,7 +18,7 @@ const CHART_DAYS: u32 = 30;
 
 pub(super) async fn page(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
 ) -> Result<Markup, ConsoleError> {
     let store = &console.app.store;
     let now = console.app.clock.now();

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::consents::{consent_href, segment};
 use super::layout::{self, Section, badge, flash, pager, query, when, when_opt};
-use super::session::Operator;
+use super::session::SignedIn;
 use super::{Console, ConsoleError, DoneQuery, PAGE};
 use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::http::ids::{PullId, plausible_id};
@@ -34,7 +34,7 @@ pub(super) struct ListQuery {
 /// `GET /console/pulls`.
 pub(super) async fn list(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     Query(q): Query<ListQuery>,
 ) -> Result<Markup, ConsoleError> {
     let status_text = q.status.clone().filter(|s| !s.is_empty());
@@ -142,7 +142,7 @@ fn after(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Markup {
 /// seconds, without JavaScript.
 pub(super) async fn detail(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     PullId(pull_id): PullId,
     Query(q): Query<DoneQuery>,
 ) -> Result<Markup, ConsoleError> {

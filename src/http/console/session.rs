@@ -39,7 +39,7 @@ const LIMITER_ADDRESSES: usize = 10_000;
 
 /// The signed-in operator, as handlers see it.
 #[derive(Debug, Clone)]
-pub struct Operator {
+pub struct SignedIn {
     pub csrf: String,
     session_hash: String,
 }
@@ -119,7 +119,7 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-/// Lets a signed-in operator through, with [`Operator`] in the request. Anyone else is sent
+/// Lets a signed-in operator through, with [`SignedIn`] in the request. Anyone else is sent
 /// to sign in; a form without the session's CSRF token is refused.
 pub(super) async fn require(
     State(console): State<Console>,
@@ -158,7 +158,7 @@ pub(super) async fn require(
         };
         return Ok(Redirect::to(&to).into_response());
     };
-    let operator = Operator {
+    let operator = SignedIn {
         csrf: session.csrf_token,
         session_hash: session.session_hash,
     };
@@ -314,7 +314,7 @@ pub(super) async fn sign_in(
 /// `POST /console/logout`: the session row is deleted, so the cookie is dead everywhere.
 pub(super) async fn sign_out(
     State(console): State<Console>,
-    Extension(operator): Extension<Operator>,
+    Extension(operator): Extension<SignedIn>,
     headers: HeaderMap,
 ) -> Result<Response, ConsoleError> {
     console
