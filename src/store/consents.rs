@@ -141,7 +141,7 @@ impl ConsentStore for SqlStore {
         .bind(to_ms(until))
         .bind(to_ms(now))
         .bind(consent_id)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -207,7 +207,7 @@ impl ConsentStore for SqlStore {
         .bind(to_ms(next_pull_at))
         .bind(to_ms(now))
         .bind(consent_id)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         self.get_consent(consent_id).await
     }

@@ -42,7 +42,7 @@ impl ConsoleStore for SqlStore {
             "INSERT INTO console_keys (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
         )
         .bind(candidate)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(
             sqlx::query_scalar("SELECT key FROM console_keys WHERE id = 1")
@@ -61,7 +61,7 @@ impl ConsoleStore for SqlStore {
         .bind(&s.csrf_token)
         .bind(to_ms(s.created_at))
         .bind(to_ms(s.expires_at))
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -94,7 +94,7 @@ impl ConsoleStore for SqlStore {
     async fn end_console_session(&self, session_hash: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM console_sessions WHERE session_hash = $1")
             .bind(session_hash)
-            .execute(&self.pool)
+            .execute(&mut *self.write_conn().await?)
             .await?;
         Ok(())
     }

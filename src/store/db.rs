@@ -83,62 +83,166 @@ const MMAP_BYTES: u64 = 64 * 1024 * 1024;
 pub struct SqlStore {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
-    /// SQLite only: where this process's writers wait their turn.
-    gate: Option<WriteGate>,
+    /// SQLite only: the connection every write of this process goes through.
+    writer: Option<Writer>,
 }
 
-/// SQLite has one writer. Writers of this process wait for it here, in order, rather than in
-/// SQLite's busy handler, which sleeps in steps of up to 100 ms and so leaves the lock idle
-/// while waiters sleep. Webhook intake's group commit is `urgent`: it goes before writers
+/// SQLite has one writer, so this process writes through one connection of its own, taken
+/// in turn. Two reasons. Writers wait here, in order, rather than in SQLite's busy handler,
+/// which sleeps in steps of up to 100 ms and so leaves the lock idle while waiters sleep.
+/// And the connection's page cache stays valid from one write to the next: SQLite drops a
+/// connection's whole cache when another connection has written since, so writes taken in
+/// turn by the pool's connections each began by re-reading the pages they touch
+/// (docs/benchmarks.md). Webhook intake's group commit is `urgent`: it goes before writers
 /// already waiting (each of them gives way once, so none is starved), because every
 /// delivery in its batch is waiting for the commit to be answered.
-#[derive(Default)]
-struct WriteGate {
-    turn: Arc<tokio::sync::Mutex<()>>,
+struct Writer {
+    turn: Arc<tokio::sync::Mutex<WriterConn>>,
     urgent: std::sync::atomic::AtomicUsize,
 }
 
-impl WriteGate {
-    async fn enter(&self, urgent: bool) -> tokio::sync::OwnedMutexGuard<()> {
+/// The writer's connection, opened from the pool on first use (and again after it fails).
+#[derive(Default)]
+pub(super) struct WriterConn {
+    conn: Option<AnyConnection>,
+    /// A transaction was dropped without commit; roll it back before the next write.
+    rollback: bool,
+}
+
+type WriterTurn = tokio::sync::OwnedMutexGuard<WriterConn>;
+
+impl Writer {
+    fn new() -> Self {
+        Self {
+            turn: Arc::new(tokio::sync::Mutex::new(WriterConn::default())),
+            urgent: Default::default(),
+        }
+    }
+
+    /// The turn to write, with the connection open and no transaction left open on it.
+    async fn enter(&self, pool: &AnyPool, urgent: bool) -> StoreResult<WriterTurn> {
         use std::sync::atomic::Ordering::SeqCst;
-        if urgent {
+        let mut turn = if urgent {
             self.urgent.fetch_add(1, SeqCst);
             let turn = self.turn.clone().lock_owned().await;
             self.urgent.fetch_sub(1, SeqCst);
-            return turn;
+            turn
+        } else {
+            let turn = self.turn.clone().lock_owned().await;
+            if self.urgent.load(SeqCst) == 0 {
+                turn
+            } else {
+                // Give way once: back of the queue, behind the urgent writer.
+                drop(turn);
+                self.turn.clone().lock_owned().await
+            }
+        };
+        if turn.conn.is_none() {
+            turn.conn = Some(pool.acquire().await?.detach());
+            turn.rollback = false;
         }
-        let turn = self.turn.clone().lock_owned().await;
-        if self.urgent.load(SeqCst) == 0 {
-            return turn;
+        if turn.rollback {
+            match writer_conn(&mut turn).execute("ROLLBACK").await {
+                // A database error here says no transaction was open any more.
+                Ok(_) | Err(sqlx::Error::Database(_)) => turn.rollback = false,
+                Err(e) => return Err(lost(&mut turn, e)),
+            }
         }
-        // Give way once: back of the queue, behind the urgent writer.
-        drop(turn);
-        self.turn.clone().lock_owned().await
+        Ok(turn)
     }
 }
 
-/// A write transaction, holding this process's turn to write (SQLite) until it ends.
-pub(super) struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+/// A write transaction: `BEGIN IMMEDIATE` on the writer's connection (SQLite), or a pooled
+/// transaction (Postgres).
+pub(super) struct WriteTx(TxInner);
+
+enum TxInner {
+    Pooled(Option<sqlx::Transaction<'static, sqlx::Any>>),
+    Writer { turn: WriterTurn, open: bool },
 }
 
 impl WriteTx {
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match &mut self.0 {
+            TxInner::Pooled(tx) => tx.take().expect("committed once").commit().await,
+            TxInner::Writer { turn, open } => {
+                if let Err(e) = writer_conn(turn).execute("COMMIT").await {
+                    if !matches!(e, sqlx::Error::Database(_)) {
+                        turn.conn = None;
+                        *open = false;
+                    }
+                    return Err(e);
+                }
+                *open = false;
+                Ok(())
+            }
+        }
     }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        // A pooled transaction rolls itself back; the writer's is rolled back by its next user.
+        if let TxInner::Writer { turn, open: true } = &mut self.0 {
+            turn.rollback = true;
+        }
+    }
+}
+
+/// See [`SqlStore::write_conn`].
+pub(super) enum WriteConn {
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+    Writer(WriterTurn),
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            WriteConn::Pooled(conn) => conn,
+            WriteConn::Writer(turn) => turn.conn.as_ref().expect("open"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            WriteConn::Pooled(conn) => conn,
+            WriteConn::Writer(turn) => writer_conn(turn),
+        }
+    }
+}
+
+fn writer_conn(turn: &mut WriterTurn) -> &mut AnyConnection {
+    turn.conn.as_mut().expect("a turn holds an open connection")
+}
+
+/// An error on the writer's connection. Unless the database itself answered, the connection
+/// is in an unknown state: it is closed, and the next turn opens another.
+fn lost(turn: &mut WriterTurn, e: sqlx::Error) -> StoreError {
+    if !matches!(e, sqlx::Error::Database(_)) {
+        turn.conn = None;
+    }
+    e.into()
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
-        &self.tx
+        match &self.0 {
+            TxInner::Pooled(tx) => tx.as_ref().expect("open"),
+            TxInner::Writer { turn, .. } => turn.conn.as_ref().expect("open"),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match &mut self.0 {
+            TxInner::Pooled(tx) => tx.as_mut().expect("open"),
+            TxInner::Writer { turn, .. } => writer_conn(turn),
+        }
     }
 }
 
@@ -187,13 +291,13 @@ impl SqlStore {
             Ok(Self {
                 pool,
                 dialect: Dialect::Sqlite,
-                gate: Some(WriteGate::default()),
+                writer: Some(Writer::new()),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self {
                 pool: pool.connect(url).await?,
                 dialect: Dialect::Postgres,
-                gate: None,
+                writer: None,
             })
         } else {
             Err(StoreError::Unsupported(
@@ -202,8 +306,8 @@ impl SqlStore {
         }
     }
 
-    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]), after
-    /// this process's turn to write ([`WriteGate`]).
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]), in this
+    /// process's turn to write ([`Writer`]).
     pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
         self.begin_write(false).await
     }
@@ -214,15 +318,23 @@ impl SqlStore {
     }
 
     async fn begin_write(&self, urgent: bool) -> StoreResult<WriteTx> {
-        let turn = match &self.gate {
-            Some(gate) => Some(gate.enter(urgent).await),
-            None => None,
+        let Some(writer) = &self.writer else {
+            return Ok(WriteTx(TxInner::Pooled(Some(self.pool.begin().await?))));
         };
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _turn: turn })
+        let mut turn = writer.enter(&self.pool, urgent).await?;
+        if let Err(e) = writer_conn(&mut turn).execute("BEGIN IMMEDIATE").await {
+            return Err(lost(&mut turn, e));
+        }
+        Ok(WriteTx(TxInner::Writer { turn, open: true }))
+    }
+
+    /// A connection for write statements that commit on their own, in this process's turn
+    /// to write ([`Writer`]) on SQLite.
+    pub(super) async fn write_conn(&self) -> StoreResult<WriteConn> {
+        Ok(match &self.writer {
+            Some(writer) => WriteConn::Writer(writer.enter(&self.pool, false).await?),
+            None => WriteConn::Pooled(self.pool.acquire().await?),
+        })
     }
 }
 
@@ -549,5 +661,53 @@ impl Dialect {
             Dialect::Sqlite => "?".into(),
             Dialect::Postgres => format!("${n}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ConsoleStore;
+
+    async fn sqlite() -> (tempfile::TempDir, SqlStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqlStore::connect(&url, &PoolSettings::default())
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_without_commit_is_rolled_back_before_the_next() {
+        let (_dir, store) = sqlite().await;
+        let mut tx = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO console_keys (id, key) VALUES (1, 'dropped')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        drop(tx);
+        // The next writer, on the same connection, neither sees nor commits it.
+        assert_eq!(store.console_key("kept").await.expect("key"), "kept");
+        let mut tx = store.write_tx().await.expect("begin again");
+        let key: String = sqlx::query_scalar("SELECT key FROM console_keys WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("read");
+        tx.commit().await.expect("commit");
+        assert_eq!(key, "kept");
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_leaves_the_writer_usable() {
+        let (_dir, store) = sqlite().await;
+        let mut tx = store.write_tx().await.expect("begin");
+        let bad = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+            .execute(&mut *tx)
+            .await;
+        assert!(bad.is_err());
+        drop(tx);
+        assert_eq!(store.console_key("after").await.expect("key"), "after");
     }
 }

@@ -89,7 +89,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(data_before)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         report.webhooks = sqlx::query(
@@ -97,7 +97,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(data_before)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         // Duplicate and rejected deliveries are kept as long as stored ones.
@@ -106,7 +106,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(data_before)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         report.jobs = sqlx::query(
@@ -115,7 +115,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(data_before)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         report.sessions = sqlx::query(
@@ -124,7 +124,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(to_ms(purge.sessions_before))
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         // Console sign-ins that expired.
@@ -134,7 +134,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(to_ms(now))
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         report.ledger = sqlx::query(
@@ -142,7 +142,7 @@ impl HousekeepingStore for SqlStore {
         )
         .bind(to_ms(purge.ledger_before))
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
         Ok(report)

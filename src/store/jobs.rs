@@ -171,7 +171,7 @@ impl JobStore for SqlStore {
         .bind(to_ms(lease_until))
         .bind(job_id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(r.rows_affected() == 1)
     }

@@ -80,7 +80,7 @@ impl LedgerStore for SqlStore {
     async fn cancel_attempt(&self, attempt_id: i64) -> StoreResult<()> {
         sqlx::query("DELETE FROM pull_attempts WHERE id = $1")
             .bind(attempt_id)
-            .execute(&self.pool)
+            .execute(&mut *self.write_conn().await?)
             .await?;
         Ok(())
     }

@@ -254,7 +254,7 @@ impl NotifyStore for SqlStore {
         .bind(&e.secret)
         .bind(to_ms(e.created_at))
         .bind(to_ms(e.updated_at))
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -298,7 +298,7 @@ impl NotifyStore for SqlStore {
         .bind(types_column(e))
         .bind(to_ms(now))
         .bind(&e.endpoint_id)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }
@@ -337,7 +337,7 @@ impl NotifyStore for SqlStore {
         .bind(reason)
         .bind(to_ms(now))
         .bind(endpoint_id)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -357,7 +357,7 @@ impl NotifyStore for SqlStore {
         .bind(secret)
         .bind(to_ms(now))
         .bind(endpoint_id)
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(r.rows_affected() == 1)
     }

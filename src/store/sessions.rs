@@ -76,7 +76,7 @@ impl SessionStore for SqlStore {
         .bind(s.error_message.as_deref())
         .bind(to_ms(s.created_at))
         .bind(to_ms(s.updated_at))
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }

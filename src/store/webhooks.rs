@@ -157,7 +157,7 @@ impl WebhookStore for SqlStore {
         .bind(r.body_bytes)
         .bind(r.request_id.as_deref())
         .bind(to_ms(r.received_at))
-        .execute(&self.pool)
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok(())
     }
