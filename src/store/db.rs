@@ -710,4 +710,25 @@ mod tests {
         drop(tx);
         assert_eq!(store.console_key("after").await.expect("key"), "after");
     }
+
+    #[tokio::test]
+    async fn a_pulls_next_attempt_is_a_seek_not_a_walk_of_the_queue() {
+        let (_dir, store) = sqlite().await;
+        for column in ["pull_id", "upstream_session_id"] {
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!(
+                "EXPLAIN QUERY PLAN SELECT {PULL_COLUMNS} FROM pulls WHERE {column} = $1"
+            ))
+            .bind("p")
+            .fetch_all(&store.pool)
+            .await
+            .expect("plan");
+            let plan: Vec<String> = plan.into_iter().map(|(.., detail)| detail).collect();
+            assert!(
+                plan.iter()
+                    .any(|d| d.contains("jobs_by_pull (pull_id=? AND status=?)")),
+                "{column}: {plan:?}"
+            );
+            assert!(!plan.iter().any(|d| d.contains("SCAN")), "{column}: {plan:?}");
+        }
+    }
 }
