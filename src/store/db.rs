@@ -728,7 +728,10 @@ mod tests {
                     .any(|d| d.contains("jobs_by_pull (pull_id=? AND status=?)")),
                 "{column}: {plan:?}"
             );
-            assert!(!plan.iter().any(|d| d.contains("SCAN")), "{column}: {plan:?}");
+            assert!(
+                !plan.iter().any(|d| d.contains("SCAN")),
+                "{column}: {plan:?}"
+            );
         }
     }
 }
