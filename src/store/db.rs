@@ -711,18 +711,23 @@ mod tests {
         assert_eq!(store.console_key("after").await.expect("key"), "after");
     }
 
+    /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
+    async fn plan(store: &SqlStore, sql: &str) -> Vec<String> {
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sql);
+        for _ in 0..sql.matches('$').count() {
+            query = query.bind("p");
+        }
+        let rows = query.fetch_all(&store.pool).await.expect("plan");
+        rows.into_iter().map(|(.., detail)| detail).collect()
+    }
+
     #[tokio::test]
     async fn a_pulls_next_attempt_is_a_seek_not_a_walk_of_the_queue() {
         let (_dir, store) = sqlite().await;
         for column in ["pull_id", "upstream_session_id"] {
-            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!(
-                "EXPLAIN QUERY PLAN SELECT {PULL_COLUMNS} FROM pulls WHERE {column} = $1"
-            ))
-            .bind("p")
-            .fetch_all(&store.pool)
-            .await
-            .expect("plan");
-            let plan: Vec<String> = plan.into_iter().map(|(.., detail)| detail).collect();
+            let sql =
+                format!("EXPLAIN QUERY PLAN SELECT {PULL_COLUMNS} FROM pulls WHERE {column} = $1");
+            let plan = plan(&store, &sql).await;
             assert!(
                 plan.iter()
                     .any(|d| d.contains("jobs_by_pull (pull_id=? AND status=?)")),
@@ -733,5 +738,23 @@ mod tests {
                 "{column}: {plan:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_claim_reads_only_due_queued_and_expired_leased_jobs() {
+        let (_dir, store) = sqlite().await;
+        let sql = format!("EXPLAIN QUERY PLAN {}", Dialect::Sqlite.claim_jobs());
+        let plan = plan(&store, &sql).await;
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("jobs_queued (status=? AND run_at<?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("jobs_leased (status=? AND lease_expires_at<?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
     }
 }
