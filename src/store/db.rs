@@ -14,6 +14,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 use super::rows::*;
+use super::writer::{WriteConn, WriteTx, Writer};
 use super::*;
 use crate::domain::fair_use::Budget;
 use crate::domain::pull::Pull;
@@ -84,166 +85,7 @@ pub struct SqlStore {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
     /// SQLite only: the connection every write of this process goes through.
-    writer: Option<Writer>,
-}
-
-/// SQLite has one writer, so this process writes through one connection of its own, taken
-/// in turn. Two reasons. Writers wait here, in order, rather than in SQLite's busy handler,
-/// which sleeps in steps of up to 100 ms and so leaves the lock idle while waiters sleep.
-/// And the connection's page cache stays valid from one write to the next: SQLite drops a
-/// connection's whole cache when another connection has written since, so writes taken in
-/// turn by the pool's connections each began by re-reading the pages they touch
-/// (docs/benchmarks.md). Webhook intake's group commit is `urgent`: it goes before writers
-/// already waiting (each of them gives way once, so none is starved), because every
-/// delivery in its batch is waiting for the commit to be answered.
-struct Writer {
-    turn: Arc<tokio::sync::Mutex<WriterConn>>,
-    urgent: std::sync::atomic::AtomicUsize,
-}
-
-/// The writer's connection, opened from the pool on first use (and again after it fails).
-#[derive(Default)]
-pub(super) struct WriterConn {
-    conn: Option<AnyConnection>,
-    /// A transaction was dropped without commit; roll it back before the next write.
-    rollback: bool,
-}
-
-type WriterTurn = tokio::sync::OwnedMutexGuard<WriterConn>;
-
-impl Writer {
-    fn new() -> Self {
-        Self {
-            turn: Arc::new(tokio::sync::Mutex::new(WriterConn::default())),
-            urgent: Default::default(),
-        }
-    }
-
-    /// The turn to write, with the connection open and no transaction left open on it.
-    async fn enter(&self, pool: &AnyPool, urgent: bool) -> StoreResult<WriterTurn> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let mut turn = if urgent {
-            self.urgent.fetch_add(1, SeqCst);
-            let turn = self.turn.clone().lock_owned().await;
-            self.urgent.fetch_sub(1, SeqCst);
-            turn
-        } else {
-            let turn = self.turn.clone().lock_owned().await;
-            if self.urgent.load(SeqCst) == 0 {
-                turn
-            } else {
-                // Give way once: back of the queue, behind the urgent writer.
-                drop(turn);
-                self.turn.clone().lock_owned().await
-            }
-        };
-        if turn.conn.is_none() {
-            turn.conn = Some(pool.acquire().await?.detach());
-            turn.rollback = false;
-        }
-        if turn.rollback {
-            match writer_conn(&mut turn).execute("ROLLBACK").await {
-                // A database error here says no transaction was open any more.
-                Ok(_) | Err(sqlx::Error::Database(_)) => turn.rollback = false,
-                Err(e) => return Err(lost(&mut turn, e)),
-            }
-        }
-        Ok(turn)
-    }
-}
-
-/// A write transaction: `BEGIN IMMEDIATE` on the writer's connection (SQLite), or a pooled
-/// transaction (Postgres).
-pub(super) struct WriteTx(TxInner);
-
-enum TxInner {
-    Pooled(Option<sqlx::Transaction<'static, sqlx::Any>>),
-    Writer { turn: WriterTurn, open: bool },
-}
-
-impl WriteTx {
-    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        match &mut self.0 {
-            TxInner::Pooled(tx) => tx.take().expect("committed once").commit().await,
-            TxInner::Writer { turn, open } => {
-                if let Err(e) = writer_conn(turn).execute("COMMIT").await {
-                    if !matches!(e, sqlx::Error::Database(_)) {
-                        turn.conn = None;
-                        *open = false;
-                    }
-                    return Err(e);
-                }
-                *open = false;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        // A pooled transaction rolls itself back; the writer's is rolled back by its next user.
-        if let TxInner::Writer { turn, open: true } = &mut self.0 {
-            turn.rollback = true;
-        }
-    }
-}
-
-/// See [`SqlStore::write_conn`].
-pub(super) enum WriteConn {
-    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
-    Writer(WriterTurn),
-}
-
-impl std::ops::Deref for WriteConn {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            WriteConn::Pooled(conn) => conn,
-            WriteConn::Writer(turn) => turn.conn.as_ref().expect("open"),
-        }
-    }
-}
-
-impl std::ops::DerefMut for WriteConn {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            WriteConn::Pooled(conn) => conn,
-            WriteConn::Writer(turn) => writer_conn(turn),
-        }
-    }
-}
-
-fn writer_conn(turn: &mut WriterTurn) -> &mut AnyConnection {
-    turn.conn.as_mut().expect("a turn holds an open connection")
-}
-
-/// An error on the writer's connection. Unless the database itself answered, the connection
-/// is in an unknown state: it is closed, and the next turn opens another.
-fn lost(turn: &mut WriterTurn, e: sqlx::Error) -> StoreError {
-    if !matches!(e, sqlx::Error::Database(_)) {
-        turn.conn = None;
-    }
-    e.into()
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match &self.0 {
-            TxInner::Pooled(tx) => tx.as_ref().expect("open"),
-            TxInner::Writer { turn, .. } => turn.conn.as_ref().expect("open"),
-        }
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match &mut self.0 {
-            TxInner::Pooled(tx) => tx.as_mut().expect("open"),
-            TxInner::Writer { turn, .. } => writer_conn(turn),
-        }
-    }
+    writer: Option<Arc<Writer>>,
 }
 
 impl SqlStore {
@@ -291,7 +133,7 @@ impl SqlStore {
             Ok(Self {
                 pool,
                 dialect: Dialect::Sqlite,
-                writer: Some(Writer::new()),
+                writer: Some(Arc::new(Writer::new())),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self {
@@ -318,21 +160,17 @@ impl SqlStore {
     }
 
     async fn begin_write(&self, urgent: bool) -> StoreResult<WriteTx> {
-        let Some(writer) = &self.writer else {
-            return Ok(WriteTx(TxInner::Pooled(Some(self.pool.begin().await?))));
-        };
-        let mut turn = writer.enter(&self.pool, urgent).await?;
-        if let Err(e) = writer_conn(&mut turn).execute("BEGIN IMMEDIATE").await {
-            return Err(lost(&mut turn, e));
+        match &self.writer {
+            Some(writer) => writer.begin(&self.pool, urgent).await,
+            None => Ok(WriteTx::pooled(self.pool.begin().await?)),
         }
-        Ok(WriteTx(TxInner::Writer { turn, open: true }))
     }
 
     /// A connection for write statements that commit on their own, in this process's turn
     /// to write ([`Writer`]) on SQLite.
     pub(super) async fn write_conn(&self) -> StoreResult<WriteConn> {
         Ok(match &self.writer {
-            Some(writer) => WriteConn::Writer(writer.enter(&self.pool, false).await?),
+            Some(writer) => writer.single(&self.pool).await?,
             None => WriteConn::Pooled(self.pool.acquire().await?),
         })
     }
@@ -756,5 +594,105 @@ mod tests {
             "{plan:?}"
         );
         assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
+    }
+
+    #[tokio::test]
+    async fn writers_that_wait_share_one_commit_and_one_dropped_takes_only_its_own_work() {
+        let (_dir, store) = sqlite().await;
+        let store = Arc::new(store);
+        sqlx::query("CREATE TABLE t (k TEXT NOT NULL)")
+            .execute(&mut *store.write_conn().await.expect("turn"))
+            .await
+            .expect("table");
+        let writer = store.writer.clone().expect("SQLite has a writer");
+        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
+        let (_, groups_before) = writer.counts();
+
+        let mut first = store.write_tx().await.expect("begin");
+        insert("first").execute(&mut *first).await.expect("insert");
+        // Two more writers queue for the turn: one commits, one gives up.
+        let committed = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert("second").execute(&mut *tx).await.expect("insert");
+                tx.commit().await
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        let dropped = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert("dropped").execute(&mut *tx).await.expect("insert");
+            }
+        });
+        while writer.counts().0 < 2 {
+            tokio::task::yield_now().await;
+        }
+        first.commit().await.expect("the shared commit");
+        committed.await.expect("task").expect("its commit");
+        dropped.await.expect("task");
+
+        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&store.pool)
+            .await
+            .expect("read");
+        keys.sort();
+        assert_eq!(keys, ["first", "second"]);
+        assert_eq!(
+            writer.counts().1 - groups_before,
+            1,
+            "one SQLite transaction"
+        );
+    }
+
+    #[tokio::test]
+    async fn work_handed_to_the_group_is_committed_even_if_its_caller_stops_waiting() {
+        let (_dir, store) = sqlite().await;
+        let store = Arc::new(store);
+        sqlx::query("CREATE TABLE t (k TEXT NOT NULL)")
+            .execute(&mut *store.write_conn().await.expect("turn"))
+            .await
+            .expect("table");
+        let writer = store.writer.clone().expect("SQLite has a writer");
+        let mut first = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('first')")
+            .execute(&mut *first)
+            .await
+            .expect("insert");
+        // The next writer joins, then holds the turn until told, and gives up.
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let joiner = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let tx = store.write_tx().await.expect("join");
+                let _ = wait.await;
+                drop(tx);
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The caller stops waiting while its work waits for the group's commit.
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(50), first.commit()).await;
+        assert!(gave_up.is_err(), "the commit waits for the joiner");
+        go.send(()).expect("joiner waiting");
+        joiner.await.expect("joiner");
+        let mut seen = vec![];
+        for _ in 0..200 {
+            seen = sqlx::query_scalar::<_, String>("SELECT k FROM t")
+                .fetch_all(&store.pool)
+                .await
+                .expect("read");
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, ["first"]);
     }
 }

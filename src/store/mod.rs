@@ -16,6 +16,7 @@ mod rows;
 mod schedule;
 mod sessions;
 mod webhooks;
+mod writer;
 
 pub use consents::ConsentStore;
 pub use console::{ConsoleSession, ConsoleStore};

@@ -1,0 +1,379 @@
+//! SQLite's one writer, shared well (docs/architecture.md, where it says "Writing on SQLite").
+//!
+//! SQLite lets one connection write at a time, so this process writes through one connection
+//! of its own, taken in turn:
+//! - Writers wait here, in order, rather than in SQLite's busy handler, which sleeps in steps
+//!   of up to 100 ms and so leaves the lock idle while waiters sleep. Webhook intake's group
+//!   commit is `urgent`: it goes before writers already waiting (each gives way once, so none
+//!   is starved), because every delivery in its batch waits for the commit.
+//! - The connection's page cache stays valid from one write to the next. SQLite empties a
+//!   connection's cache whenever another connection has written since, so writes taken in
+//!   turn by the pool's connections each began by re-reading the pages they touched.
+//! - **Group commit.** Each write transaction is a savepoint inside one SQLite transaction
+//!   that writers share while others are waiting for the turn. A writer that finishes while
+//!   others wait releases its savepoint and passes the turn on; the transaction is committed
+//!   (one fsync under `synchronous=FULL`) by the first of its writers to get the turn back,
+//!   or at once when nobody waits or [`GROUP_MAX`] writers share it. `commit` returns only
+//!   after the commit that holds its work, with that commit's outcome, so "committed" still
+//!   means on disk. A transaction dropped without commit rolls back to its savepoint and
+//!   takes nothing of the others' work with it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+
+use sqlx::{AnyConnection, AnyPool, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{StoreError, StoreResult};
+
+/// The most write transactions one SQLite commit holds.
+const GROUP_MAX: usize = 64;
+
+/// The process's SQLite writer: its connection and the turn to use it.
+pub(super) struct Writer {
+    turn: Arc<Mutex<WriterConn>>,
+    urgent: AtomicUsize,
+    /// Writers waiting for the turn. While there are any, a finished transaction leaves its
+    /// commit to the group.
+    waiting: AtomicUsize,
+    groups: AtomicU64,
+}
+
+/// The writer's connection (opened from the pool on first use, and again after it fails),
+/// the transaction its writers share, and what the next writer must undo first.
+#[derive(Default)]
+pub(super) struct WriterConn {
+    conn: Option<AnyConnection>,
+    group: Option<Group>,
+    undo: Undo,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    #[default]
+    Nothing,
+    /// A writer's transaction was dropped without commit: roll back to its savepoint.
+    Member,
+    /// The shared transaction failed: roll all of it back.
+    Everything,
+}
+
+/// An open SQLite transaction and the outcome its writers wait for.
+struct Group {
+    id: u64,
+    members: usize,
+    outcome: Arc<OnceLock<Result<(), String>>>,
+}
+
+type Turn = OwnedMutexGuard<WriterConn>;
+
+impl Writer {
+    pub(super) fn new() -> Self {
+        Self {
+            turn: Arc::new(Mutex::new(WriterConn::default())),
+            urgent: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            groups: AtomicU64::new(0),
+        }
+    }
+
+    /// The turn to write, with the connection open and nothing left to undo on it. A shared
+    /// transaction may be open.
+    async fn enter(&self, pool: &AnyPool, urgent: bool) -> StoreResult<Turn> {
+        self.waiting.fetch_add(1, SeqCst);
+        let turn = if urgent {
+            self.urgent.fetch_add(1, SeqCst);
+            let turn = self.turn.clone().lock_owned().await;
+            self.urgent.fetch_sub(1, SeqCst);
+            turn
+        } else {
+            let turn = self.turn.clone().lock_owned().await;
+            if self.urgent.load(SeqCst) == 0 {
+                turn
+            } else {
+                // Give way once: back of the queue, behind the urgent writer.
+                drop(turn);
+                self.turn.clone().lock_owned().await
+            }
+        };
+        self.waiting.fetch_sub(1, SeqCst);
+        let mut turn = turn;
+        if turn.conn.is_none() {
+            abandon(&mut turn, "the database connection was lost");
+            turn.undo = Undo::Nothing;
+            turn.conn = Some(pool.acquire().await?.detach());
+        }
+        settle(&mut turn).await?;
+        Ok(turn)
+    }
+
+    /// A write transaction. The first begins the shared transaction (`BEGIN IMMEDIATE`);
+    /// one that joins it is a savepoint, so that it can be undone alone.
+    pub(super) async fn begin(
+        self: &Arc<Self>,
+        pool: &AnyPool,
+        urgent: bool,
+    ) -> StoreResult<WriteTx> {
+        let mut turn = self.enter(pool, urgent).await?;
+        let joins = turn.group.is_some();
+        let begin = if joins {
+            "SAVEPOINT member"
+        } else {
+            "BEGIN IMMEDIATE"
+        };
+        if let Err(e) = conn(&mut turn).execute(begin).await {
+            if joins {
+                turn.undo = Undo::Everything;
+            }
+            return Err(lost(&mut turn, e));
+        }
+        if !joins {
+            turn.group = Some(Group {
+                id: self.groups.fetch_add(1, SeqCst),
+                members: 0,
+                outcome: Arc::new(OnceLock::new()),
+            });
+        }
+        Ok(WriteTx(TxInner::Writer {
+            writer: self.clone(),
+            pool: pool.clone(),
+            joined: joins,
+            turn: Some(turn),
+        }))
+    }
+
+    /// The turn for statements that commit on their own: any shared transaction is
+    /// committed first.
+    pub(super) async fn single(&self, pool: &AnyPool) -> StoreResult<WriteConn> {
+        let mut turn = self.enter(pool, false).await?;
+        if turn.group.is_some() {
+            // Its writers get this outcome; a failure leaves the undo to `settle`.
+            let _ = commit_group(&mut turn).await;
+            settle(&mut turn).await?;
+        }
+        Ok(WriteConn::Writer(turn))
+    }
+}
+
+#[cfg(test)]
+impl Writer {
+    /// Writers waiting for the turn, and shared transactions begun so far.
+    pub(super) fn counts(&self) -> (usize, u64) {
+        (self.waiting.load(SeqCst), self.groups.load(SeqCst))
+    }
+}
+
+/// Undoes what a failed or dropped writer left.
+async fn settle(turn: &mut Turn) -> StoreResult<()> {
+    match turn.undo {
+        Undo::Nothing => {}
+        Undo::Member if turn.group.is_none() => turn.undo = Undo::Nothing,
+        Undo::Member => {
+            let undone = conn(turn)
+                .execute("ROLLBACK TO member; RELEASE member")
+                .await;
+            match undone {
+                Ok(_) => turn.undo = Undo::Nothing,
+                // The savepoint is gone: SQLite rolled the whole transaction back.
+                Err(sqlx::Error::Database(_)) => turn.undo = Undo::Everything,
+                Err(e) => return Err(lost(turn, e)),
+            }
+        }
+        Undo::Everything => {}
+    }
+    if turn.undo == Undo::Everything {
+        abandon(turn, "the shared transaction was rolled back");
+        match conn(turn).execute("ROLLBACK").await {
+            // A database error here says no transaction was open any more.
+            Ok(_) | Err(sqlx::Error::Database(_)) => turn.undo = Undo::Nothing,
+            Err(e) => return Err(lost(turn, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Commits the shared transaction and tells its writers how it went.
+async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
+    let Some(group) = turn.group.take() else {
+        return Ok(());
+    };
+    match conn(turn).execute("COMMIT").await {
+        Ok(_) => {
+            let _ = group.outcome.set(Ok(()));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = group.outcome.set(Err(e.to_string()));
+            turn.undo = Undo::Everything;
+            if !matches!(e, sqlx::Error::Database(_)) {
+                turn.conn = None;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Ends the shared transaction without committing it; its writers get `why`.
+fn abandon(turn: &mut Turn, why: &str) {
+    if let Some(group) = turn.group.take() {
+        let _ = group.outcome.set(Err(why.to_string()));
+    }
+}
+
+fn conn(turn: &mut Turn) -> &mut AnyConnection {
+    turn.conn.as_mut().expect("a turn holds an open connection")
+}
+
+/// An error on the writer's connection. Unless the database itself answered, the connection
+/// is in an unknown state: it is closed, and the next turn opens another.
+fn lost(turn: &mut Turn, e: sqlx::Error) -> StoreError {
+    if !matches!(e, sqlx::Error::Database(_)) {
+        abandon(turn, "the database connection was lost");
+        turn.conn = None;
+    }
+    e.into()
+}
+
+/// A write transaction: a savepoint in the writer's shared transaction (SQLite), or a pooled
+/// transaction (Postgres).
+pub(super) struct WriteTx(TxInner);
+
+enum TxInner {
+    Pooled(Option<sqlx::Transaction<'static, sqlx::Any>>),
+    Writer {
+        writer: Arc<Writer>,
+        pool: AnyPool,
+        /// Whether it joined an open transaction (as a savepoint) rather than began it.
+        joined: bool,
+        /// Held until commit; a transaction dropped holding it is undone by the next writer.
+        turn: Option<Turn>,
+    },
+}
+
+impl WriteTx {
+    pub(super) fn pooled(tx: sqlx::Transaction<'static, sqlx::Any>) -> Self {
+        WriteTx(TxInner::Pooled(Some(tx)))
+    }
+
+    /// Returns once the work is committed to disk, with the outcome of the commit that
+    /// holds it.
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let (writer, pool, joined, mut turn) = match &mut self.0 {
+            TxInner::Pooled(tx) => return tx.take().expect("committed once").commit().await,
+            TxInner::Writer {
+                writer,
+                pool,
+                joined,
+                turn,
+            } => (
+                writer.clone(),
+                pool.clone(),
+                *joined,
+                turn.take().expect("committed once"),
+            ),
+        };
+        if joined && let Err(e) = conn(&mut turn).execute("RELEASE member").await {
+            turn.undo = Undo::Member;
+            if !matches!(e, sqlx::Error::Database(_)) {
+                abandon(&mut turn, "the database connection was lost");
+                turn.conn = None;
+            }
+            return Err(e);
+        }
+        let group = turn.group.as_mut().expect("a member is in a group");
+        group.members += 1;
+        let (id, outcome) = (group.id, group.outcome.clone());
+        if writer.waiting.load(SeqCst) == 0 || group.members >= GROUP_MAX {
+            return commit_group(&mut turn).await;
+        }
+        // Others are waiting: let them add their work, then commit it all with theirs. In a
+        // task of its own, so that a caller that stops waiting cannot leave the shared
+        // transaction without anyone to commit it.
+        drop(turn);
+        let finish = tokio::spawn(async move {
+            let entered = writer.enter(&pool, false).await;
+            if let Ok(mut turn) = entered
+                && turn.group.as_ref().is_some_and(|g| g.id == id)
+            {
+                return commit_group(&mut turn).await;
+            }
+            match outcome.get() {
+                Some(Ok(())) => Ok(()),
+                // Unavailable rather than a bug: the caller may try again.
+                Some(Err(e)) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+                    "the commit holding this transaction failed: {e}"
+                )))),
+                None => Err(sqlx::Error::Io(std::io::Error::other(
+                    "the writer's connection could not be opened to commit",
+                ))),
+            }
+        });
+        finish
+            .await
+            .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e.to_string()))))
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let TxInner::Writer {
+            turn: Some(turn),
+            joined,
+            ..
+        } = &mut self.0
+        {
+            // The first writer's work is all the shared transaction holds yet.
+            turn.undo = if *joined {
+                Undo::Member
+            } else {
+                Undo::Everything
+            };
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            TxInner::Pooled(tx) => tx.as_ref().expect("open"),
+            TxInner::Writer { turn, .. } => {
+                turn.as_ref().and_then(|t| t.conn.as_ref()).expect("open")
+            }
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            TxInner::Pooled(tx) => tx.as_mut().expect("open"),
+            TxInner::Writer { turn, .. } => conn(turn.as_mut().expect("open")),
+        }
+    }
+}
+
+/// A connection for write statements that commit on their own.
+pub(super) enum WriteConn {
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+    Writer(Turn),
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            WriteConn::Pooled(conn) => conn,
+            WriteConn::Writer(turn) => turn.conn.as_ref().expect("open"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            WriteConn::Pooled(conn) => conn,
+            WriteConn::Writer(turn) => conn(turn),
+        }
+    }
+}
