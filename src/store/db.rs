@@ -596,15 +596,20 @@ mod tests {
         assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
     }
 
-    #[tokio::test]
-    async fn writers_that_wait_share_one_commit_and_one_dropped_takes_only_its_own_work() {
-        let (_dir, store) = sqlite().await;
-        let store = Arc::new(store);
+    /// A store with a scratch table `t (k)`, and its writer.
+    async fn scratch() -> (tempfile::TempDir, Arc<SqlStore>, Arc<Writer>) {
+        let (dir, store) = sqlite().await;
         sqlx::query("CREATE TABLE t (k TEXT NOT NULL)")
             .execute(&mut *store.write_conn().await.expect("turn"))
             .await
             .expect("table");
         let writer = store.writer.clone().expect("SQLite has a writer");
+        (dir, Arc::new(store), writer)
+    }
+
+    #[tokio::test]
+    async fn writers_that_wait_share_one_commit_and_one_dropped_takes_only_its_own_work() {
+        let (_dir, store, writer) = scratch().await;
         let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
         let (_, groups_before) = writer.counts();
 
@@ -651,13 +656,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_handed_to_the_group_is_committed_even_if_its_caller_stops_waiting() {
-        let (_dir, store) = sqlite().await;
-        let store = Arc::new(store);
-        sqlx::query("CREATE TABLE t (k TEXT NOT NULL)")
-            .execute(&mut *store.write_conn().await.expect("turn"))
-            .await
-            .expect("table");
-        let writer = store.writer.clone().expect("SQLite has a writer");
+        let (_dir, store, writer) = scratch().await;
         let mut first = store.write_tx().await.expect("begin");
         sqlx::query("INSERT INTO t (k) VALUES ('first')")
             .execute(&mut *first)
