@@ -27,9 +27,10 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The few statements where the two databases differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// Embedded: WAL, `synchronous=FULL`, one writer. Every write transaction is
-    /// `BEGIN IMMEDIATE`, so writers queue instead of deadlocking, and it already holds the
-    /// only write lock (no row locks needed).
+    /// Embedded: WAL, `synchronous=FULL`, one writer. Every write transaction runs inside a
+    /// `BEGIN IMMEDIATE` transaction on the process's writer connection (`store/writer.rs`),
+    /// so writers queue instead of deadlocking, and it already holds the only write lock (no
+    /// row locks needed).
     Sqlite,
     /// Several instances: budget checks lock the consent's row, and jobs are claimed with
     /// `FOR UPDATE SKIP LOCKED` so instances never wait on each other's jobs.
@@ -148,8 +149,8 @@ impl SqlStore {
         }
     }
 
-    /// A write transaction: `BEGIN IMMEDIATE` on SQLite (see [`Dialect::Sqlite`]), in this
-    /// process's turn to write ([`Writer`]).
+    /// A write transaction. On SQLite it runs in this process's turn to write and may share
+    /// its commit with the writers queued behind it ([`Writer`]).
     pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
         self.begin_write(false).await
     }
