@@ -128,6 +128,10 @@ pub struct Metrics {
     pub fair_use_refusals: Counter,
     /// Pulls the scheduler created.
     pub scheduler_fired: Counter,
+    /// SQLite's writer (`store/writer.rs`), set at each scrape; zero on Postgres.
+    pub sqlite_commits: Counter,
+    pub sqlite_write_transactions: Counter,
+    pub sqlite_writer_wait: Counter<f64, AtomicU64>,
 }
 
 fn http_histogram() -> Histogram {
@@ -284,6 +288,25 @@ impl Default for Metrics {
             "Scheduled pulls the scheduler created",
             scheduler_fired.clone(),
         );
+        let sqlite_commits = Counter::default();
+        registry.register(
+            "sqlite_commits",
+            "Commits of this process's SQLite writer, each one fsync (0 on Postgres)",
+            sqlite_commits.clone(),
+        );
+        let sqlite_write_transactions = Counter::default();
+        registry.register(
+            "sqlite_write_transactions",
+            "Write transactions those commits held: divided by sqlite_commits, how many share a commit",
+            sqlite_write_transactions.clone(),
+        );
+        let sqlite_writer_wait = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "sqlite_writer_wait",
+            "Time writers spent waiting for SQLite's writer, summed over writers: rising as fast as the clock means writes queue",
+            prometheus_client::registry::Unit::Seconds,
+            sqlite_writer_wait.clone(),
+        );
         let metrics = Self {
             registry,
             webhooks,
@@ -301,6 +324,9 @@ impl Default for Metrics {
             consents,
             fair_use_refusals,
             scheduler_fired,
+            sqlite_commits,
+            sqlite_write_transactions,
+            sqlite_writer_wait,
         };
         metrics.set_jobs(&JobGauges::default(), chrono::Utc::now());
         metrics
@@ -460,6 +486,19 @@ impl Metrics {
                 .inner()
                 .store((*n).max(0) as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Sets the SQLite writer's counters from its totals (monotonic: they only grow).
+    pub fn set_writer(&self, stats: &crate::store::WriterStats) {
+        self.sqlite_commits
+            .inner()
+            .store(stats.commits, Ordering::Relaxed);
+        self.sqlite_write_transactions
+            .inner()
+            .store(stats.transactions, Ordering::Relaxed);
+        self.sqlite_writer_wait
+            .inner()
+            .store(stats.wait_seconds.to_bits(), Ordering::Relaxed);
     }
 
     /// The OpenMetrics text exposition.

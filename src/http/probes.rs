@@ -85,6 +85,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(counts) => state.metrics.set_pulls(&counts),
         Err(e) => tracing::warn!(error = %e, "reading pull counts for /metrics failed"),
     }
+    if let Some(stats) = store.writer_stats() {
+        state.metrics.set_writer(&stats);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -179,6 +179,10 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
+    fn writer_stats(&self) -> Option<WriterStats> {
+        self.writer.as_ref().map(|w| w.stats())
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         match self.dialect {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
@@ -613,6 +617,7 @@ mod tests {
         let (_dir, store, writer) = scratch().await;
         let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
         let (_, groups_before) = writer.counts();
+        let before = writer.stats();
 
         let mut first = store.write_tx().await.expect("begin");
         insert("first").execute(&mut *first).await.expect("insert");
@@ -653,6 +658,10 @@ mod tests {
             1,
             "one SQLite transaction"
         );
+        let after = writer.stats();
+        assert_eq!(after.commits - before.commits, 1, "one commit");
+        assert_eq!(after.transactions - before.transactions, 2, "holding two");
+        assert!(after.wait_seconds > before.wait_seconds);
     }
 
     #[tokio::test]

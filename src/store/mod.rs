@@ -340,6 +340,21 @@ pub trait Store:
     /// The versions of this build's migrations that the database has not applied (all of
     /// them on a database never migrated).
     async fn pending_migrations(&self) -> StoreResult<Vec<i64>>;
+    /// How this process's SQLite writer is doing, so an operator can see it saturate
+    /// (none on Postgres).
+    fn writer_stats(&self) -> Option<WriterStats>;
+}
+
+/// Totals since start for SQLite's writer (`store/writer.rs`). Write transactions per commit
+/// is how many share a commit; wait time growing as fast as the clock means writers queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriterStats {
+    /// Commits (each one fsync).
+    pub commits: u64,
+    /// Write transactions and single write statements those commits held.
+    pub transactions: u64,
+    /// Time writers spent waiting for their turn, summed over writers.
+    pub wait_seconds: f64,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, WriterStats};
 
 /// The most write transactions one SQLite commit holds.
 const GROUP_MAX: usize = 64;
@@ -37,6 +37,9 @@ pub(super) struct Writer {
     /// commit to the group.
     waiting: AtomicUsize,
     groups: AtomicU64,
+    commits: AtomicU64,
+    transactions: AtomicU64,
+    wait_nanos: AtomicU64,
 }
 
 /// The writer's connection (opened from the pool on first use, and again after it fails),
@@ -74,12 +77,24 @@ impl Writer {
             urgent: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             groups: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.commits.load(SeqCst),
+            transactions: self.transactions.load(SeqCst),
+            wait_seconds: self.wait_nanos.load(SeqCst) as f64 / 1e9,
         }
     }
 
     /// The turn to write, with the connection open and nothing left to undo on it. A shared
     /// transaction may be open.
     async fn enter(&self, pool: &AnyPool, urgent: bool) -> StoreResult<Turn> {
+        let asked = std::time::Instant::now();
         self.waiting.fetch_add(1, SeqCst);
         let turn = if urgent {
             self.urgent.fetch_add(1, SeqCst);
@@ -97,6 +112,8 @@ impl Writer {
             }
         };
         self.waiting.fetch_sub(1, SeqCst);
+        self.wait_nanos
+            .fetch_add(asked.elapsed().as_nanos() as u64, SeqCst);
         let mut turn = turn;
         if turn.conn.is_none() {
             abandon(&mut turn, "the database connection was lost");
@@ -148,10 +165,38 @@ impl Writer {
         let mut turn = self.enter(pool, false).await?;
         if turn.group.is_some() {
             // Its writers get this outcome; a failure leaves the undo to `settle`.
-            let _ = commit_group(&mut turn).await;
+            let _ = self.commit_group(&mut turn).await;
             settle(&mut turn).await?;
         }
+        // Counted when handed out: the statement commits by itself.
+        self.commits.fetch_add(1, SeqCst);
+        self.transactions.fetch_add(1, SeqCst);
         Ok(WriteConn::Writer(turn))
+    }
+}
+
+impl Writer {
+    /// Commits the shared transaction and tells its writers how it went.
+    async fn commit_group(&self, turn: &mut Turn) -> Result<(), sqlx::Error> {
+        let Some(group) = turn.group.take() else {
+            return Ok(());
+        };
+        match conn(turn).execute("COMMIT").await {
+            Ok(_) => {
+                self.commits.fetch_add(1, SeqCst);
+                self.transactions.fetch_add(group.members as u64, SeqCst);
+                let _ = group.outcome.set(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = group.outcome.set(Err(e.to_string()));
+                turn.undo = Undo::Everything;
+                if !matches!(e, sqlx::Error::Database(_)) {
+                    turn.conn = None;
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -190,27 +235,6 @@ async fn settle(turn: &mut Turn) -> StoreResult<()> {
         }
     }
     Ok(())
-}
-
-/// Commits the shared transaction and tells its writers how it went.
-async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
-    let Some(group) = turn.group.take() else {
-        return Ok(());
-    };
-    match conn(turn).execute("COMMIT").await {
-        Ok(_) => {
-            let _ = group.outcome.set(Ok(()));
-            Ok(())
-        }
-        Err(e) => {
-            let _ = group.outcome.set(Err(e.to_string()));
-            turn.undo = Undo::Everything;
-            if !matches!(e, sqlx::Error::Database(_)) {
-                turn.conn = None;
-            }
-            Err(e)
-        }
-    }
 }
 
 /// Ends the shared transaction without committing it; its writers get `why`.
@@ -284,7 +308,7 @@ impl WriteTx {
         group.members += 1;
         let (id, outcome) = (group.id, group.outcome.clone());
         if writer.waiting.load(SeqCst) == 0 || group.members >= GROUP_MAX {
-            return commit_group(&mut turn).await;
+            return writer.commit_group(&mut turn).await;
         }
         // Others are waiting: let them add their work, then commit it all with theirs. In a
         // task of its own, so that a caller that stops waiting cannot leave the shared
@@ -295,7 +319,7 @@ impl WriteTx {
             if let Ok(mut turn) = entered
                 && turn.group.as_ref().is_some_and(|g| g.id == id)
             {
-                return commit_group(&mut turn).await;
+                return writer.commit_group(&mut turn).await;
             }
             match outcome.get() {
                 Some(Ok(())) => Ok(()),

@@ -24,6 +24,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("scheduler_fired", "counter"),
     ("webhooks", "counter"),
     ("notifications", "counter"),
+    ("sqlite_commits", "counter"),
+    ("sqlite_write_transactions", "counter"),
+    ("sqlite_writer_wait_seconds", "counter"),
 ];
 
 #[tokio::test]
@@ -118,6 +121,17 @@ async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() 
             >= 1
     );
     assert_eq!(app.metric("aa_recurring_fair_use_refusals_total").await, 1);
+    // SQLite's writer: every write counted, each commit holding at least one.
+    let commits = app.metric("aa_recurring_sqlite_commits_total").await;
+    let transactions = app
+        .metric("aa_recurring_sqlite_write_transactions_total")
+        .await;
+    if on_postgres() {
+        assert_eq!((commits, transactions), (0, 0));
+    } else {
+        assert!(commits >= 5, "the journey and the pull wrote: {commits}");
+        assert!(transactions >= commits, "{transactions} < {commits}");
+    }
     assert_eq!(
         app.metric(r#"aa_recurring_consents{status="active"}"#)
             .await,
