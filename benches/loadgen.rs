@@ -112,7 +112,6 @@ async fn bare(port: u16) {
 /// A child process, killed when dropped, whose CPU time and peak RSS are read from `/proc`.
 struct Process {
     child: Child,
-    name: &'static str,
 }
 
 impl Process {
@@ -122,7 +121,7 @@ impl Process {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        Process { child, name }
+        Process { child }
     }
 
     /// User and system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
@@ -160,7 +159,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.name;
     }
 }
 

@@ -191,9 +191,7 @@ impl Writer {
             Err(e) => {
                 let _ = group.outcome.set(Err(e.to_string()));
                 turn.undo = Undo::Everything;
-                if !matches!(e, sqlx::Error::Database(_)) {
-                    turn.conn = None;
-                }
+                close_if_broken(turn, &e);
                 Err(e)
             }
         }
@@ -251,11 +249,15 @@ fn conn(turn: &mut Turn) -> &mut AnyConnection {
 /// An error on the writer's connection. Unless the database itself answered, the connection
 /// is in an unknown state: it is closed, and the next turn opens another.
 fn lost(turn: &mut Turn, e: sqlx::Error) -> StoreError {
+    close_if_broken(turn, &e);
+    e.into()
+}
+
+fn close_if_broken(turn: &mut Turn, e: &sqlx::Error) {
     if !matches!(e, sqlx::Error::Database(_)) {
         abandon(turn, "the database connection was lost");
         turn.conn = None;
     }
-    e.into()
 }
 
 /// A write transaction: a savepoint in the writer's shared transaction (SQLite), or a pooled
@@ -298,10 +300,7 @@ impl WriteTx {
         };
         if joined && let Err(e) = conn(&mut turn).execute("RELEASE member").await {
             turn.undo = Undo::Member;
-            if !matches!(e, sqlx::Error::Database(_)) {
-                abandon(&mut turn, "the database connection was lost");
-                turn.conn = None;
-            }
+            close_if_broken(&mut turn, &e);
             return Err(e);
         }
         let group = turn.group.as_mut().expect("a member is in a group");

@@ -680,10 +680,7 @@ async fn usage_for_a_whole_page_matches_counting_one_by_one() {
     use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
     use aa_recurring::domain::fair_use::budget;
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        aa_recurring::store::connect(&fresh_database(dir.path()).await, &Default::default())
-            .await
-            .unwrap();
+    let store = fresh_store(dir.path()).await;
     store.migrate().await.unwrap();
     let now = chrono::Utc::now();
     let day = chrono::Duration::days(1);

@@ -193,10 +193,7 @@ async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() 
 #[tokio::test]
 async fn job_gauges_count_live_and_dead_jobs_and_the_oldest_due_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        aa_recurring::store::connect(&fresh_database(dir.path()).await, &Default::default())
-            .await
-            .unwrap();
+    let store = fresh_store(dir.path()).await;
     store.migrate().await.unwrap();
     let now = Utc::now();
     let due = now - chrono::Duration::seconds(30);
@@ -348,10 +345,7 @@ async fn readiness_is_503_when_the_scheduler_stops_and_when_draining() {
 #[tokio::test]
 async fn readiness_knows_a_database_whose_migrations_are_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        aa_recurring::store::connect(&fresh_database(dir.path()).await, &Default::default())
-            .await
-            .unwrap();
+    let store = fresh_store(dir.path()).await;
     assert!(!store.pending_migrations().await.unwrap().is_empty());
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), Vec::<i64>::new());

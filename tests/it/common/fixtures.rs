@@ -17,6 +17,13 @@ pub async fn fresh_database(dir: &std::path::Path) -> String {
     fresh_postgres_database(&admin).await
 }
 
+/// A store on a new, empty database in `dir` (see [`fresh_database`]), not yet migrated.
+pub async fn fresh_store(dir: &std::path::Path) -> aa_recurring::store::DynStore {
+    aa_recurring::store::connect(&fresh_database(dir).await, &Default::default())
+        .await
+        .unwrap()
+}
+
 /// A new, empty database on the Postgres server `admin` connects to; returns its URL.
 pub async fn fresh_postgres_database(admin: &str) -> String {
     let name = format!("aa_test_{}", uuid::Uuid::new_v4().simple());
