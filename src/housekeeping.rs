@@ -21,13 +21,19 @@ pub async fn run_loop(state: AppState, settings: SchedulerSettings, shutdown: Ca
     loop {
         let now = state.clock.now();
         if last_sweep.is_none_or(|t| now - t >= settings.sweep_every) {
-            match expire_overdue_pulls(&state).await {
+            let done = expire_overdue_pulls(&state).await;
+            state
+                .metrics
+                .housekeeping("deadline_sweep", now, done.is_ok());
+            match done {
                 Ok(_) => last_sweep = Some(now),
                 Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
             }
         }
         if last_purge.is_none_or(|t| now - t >= settings.housekeeping_every) {
-            match run(&state).await {
+            let done = run(&state).await;
+            state.metrics.housekeeping("purge", now, done.is_ok());
+            match done {
                 Ok(()) => last_purge = Some(now),
                 Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
             }

@@ -132,6 +132,19 @@ pub struct Metrics {
     pub sqlite_commits: Counter,
     pub sqlite_write_transactions: Counter,
     pub sqlite_writer_wait: Counter<f64, AtomicU64>,
+    /// When each housekeeping task last finished a pass on this instance (the service's clock),
+    /// so a stalled purge or sweep shows before data outlives its data life.
+    pub housekeeping_last_success: Family<TaskLabel, Gauge<f64, AtomicU64>>,
+    /// Housekeeping passes that failed, by task (each also logged at warn).
+    pub housekeeping_failures: Family<TaskLabel, Counter>,
+}
+
+/// The housekeeping tasks, as labelled in `housekeeping_*`.
+pub const HOUSEKEEPING_TASKS: &[&str] = &["purge", "deadline_sweep"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
 }
 
 fn http_histogram() -> Histogram {
@@ -307,6 +320,25 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             sqlite_writer_wait.clone(),
         );
+        let housekeeping_last_success = Family::<TaskLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "housekeeping_last_success_timestamp_seconds",
+            "When each housekeeping task last finished a pass on this instance (Unix seconds; 0 before the first)",
+            housekeeping_last_success.clone(),
+        );
+        let housekeeping_failures = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "housekeeping_failures",
+            "Housekeeping passes that failed, by task",
+            housekeeping_failures.clone(),
+        );
+        for task in HOUSEKEEPING_TASKS {
+            let label = TaskLabel {
+                task: task.to_string(),
+            };
+            let _ = housekeeping_last_success.get_or_create(&label);
+            let _ = housekeeping_failures.get_or_create(&label);
+        }
         let metrics = Self {
             registry,
             webhooks,
@@ -327,6 +359,8 @@ impl Default for Metrics {
             sqlite_commits,
             sqlite_write_transactions,
             sqlite_writer_wait,
+            housekeeping_last_success,
+            housekeeping_failures,
         };
         metrics.set_jobs(&JobGauges::default(), chrono::Utc::now());
         metrics
@@ -356,6 +390,21 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// One housekeeping pass of `task` (one of [`HOUSEKEEPING_TASKS`]) ended; `at` is when it
+    /// started, so everything due by then is done.
+    pub fn housekeeping(&self, task: &str, at: chrono::DateTime<chrono::Utc>, ok: bool) {
+        let label = TaskLabel {
+            task: task.to_string(),
+        };
+        if ok {
+            self.housekeeping_last_success
+                .get_or_create(&label)
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        } else {
+            self.housekeeping_failures.get_or_create(&label).inc();
+        }
     }
 
     pub fn job(&self, kind: &str, outcome: &str) {

@@ -27,6 +27,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("sqlite_commits", "counter"),
     ("sqlite_write_transactions", "counter"),
     ("sqlite_writer_wait_seconds", "counter"),
+    ("housekeeping_last_success_timestamp_seconds", "gauge"),
+    ("housekeeping_failures", "counter"),
 ];
 
 #[tokio::test]

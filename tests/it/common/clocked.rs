@@ -28,8 +28,10 @@ pub async fn clocked(extra: &[(&str, &str)]) -> (TestApp, Arc<ManualClock>) {
 }
 
 /// Lets the service catch up with the clock: time moves on a second at a time while anything
-/// is due or under way.
+/// is due or under way, and until housekeeping (every tick in tests) has finished a pass that
+/// began at or after the time settling began.
 pub async fn settle(app: &TestApp, clock: &ManualClock) {
+    let since = clock.now().timestamp_millis() as f64 / 1000.0;
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(60)).await;
         // Busy while an active consent is due (the scheduler has not ticked yet) or a pull is
@@ -45,6 +47,12 @@ pub async fn settle(app: &TestApp, clock: &ManualClock) {
             let (_, list) = app.get(&format!("/api/v1/pulls?status={status}")).await;
             busy |= !list["items"].as_array().unwrap().is_empty();
         }
+        busy |= app
+            .metric_value(
+                r#"aa_recurring_housekeeping_last_success_timestamp_seconds{task="purge"}"#,
+            )
+            .await
+            < since;
         if !busy {
             return;
         }

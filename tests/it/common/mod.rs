@@ -396,15 +396,20 @@ impl TestApp {
 
     /// A counter from `/metrics`, by its full sample name with labels.
     pub async fn metric(&self, sample: &str) -> u64 {
+        self.metric_value(sample).await as u64
+    }
+
+    /// A sample's value from `/metrics`, by its full name with labels; 0 when absent.
+    pub async fn metric_value(&self, sample: &str) -> f64 {
         self.metrics_text()
             .await
             .lines()
             .find_map(|l| {
                 l.strip_prefix(sample)
+                    .filter(|v| v.starts_with(' '))
                     .and_then(|v| v.trim().parse::<f64>().ok())
             })
-            .map(|v| v as u64)
-            .unwrap_or(0)
+            .unwrap_or(0.0)
     }
 
     /// Job counts by status.
