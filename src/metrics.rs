@@ -128,6 +128,8 @@ pub struct Metrics {
     pub fair_use_refusals: Counter,
     /// Pulls the scheduler created.
     pub scheduler_fired: Counter,
+    /// Jobs stored already leased to this instance's workers and handed over in memory.
+    pub job_handoffs: Counter,
     /// SQLite's writer (`store/writer.rs`), set at each scrape; zero on Postgres.
     pub sqlite_commits: Counter,
     pub sqlite_write_transactions: Counter,
@@ -301,6 +303,12 @@ impl Default for Metrics {
             "Scheduled pulls the scheduler created",
             scheduler_fired.clone(),
         );
+        let job_handoffs = Counter::default();
+        registry.register(
+            "job_handoffs",
+            "Webhook processing jobs handed straight to this instance's workers as they were stored (the rest wait in the queue for a claim)",
+            job_handoffs.clone(),
+        );
         let sqlite_commits = Counter::default();
         registry.register(
             "sqlite_commits",
@@ -356,6 +364,7 @@ impl Default for Metrics {
             consents,
             fair_use_refusals,
             scheduler_fired,
+            job_handoffs,
             sqlite_commits,
             sqlite_write_transactions,
             sqlite_writer_wait,

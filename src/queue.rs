@@ -2,10 +2,12 @@
 //! attempt ends. The queue knows nothing of the handlers (they are in `jobs/`), and the store
 //! reads and writes these types, so both depend on this module and not on each other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// What a job does, with everything it needs. Stored as a `kind` column and a JSON payload
 /// of the variant's fields.
@@ -214,6 +216,94 @@ pub enum JobOutcome {
     },
     /// Given back unfinished (shutdown): runs again at once, and this attempt does not count.
     Release,
+}
+
+/// Jobs this process stores already leased to its own worker pool and hands over in memory,
+/// so the pool needs neither a claim nor a read of what the job is about. Today that is a
+/// stored webhook's processing: the intake holds the body it just committed. The row is a
+/// running job like any claimed one, so if this process dies before finishing it, its lease
+/// runs out and any worker claims it (docs/architecture.md, "Webhook intake").
+pub struct Handoff {
+    /// The lease owner of this process's worker pool.
+    owner: String,
+    /// Free places in the pool's hand-over lane; none until the pool opens it, so nothing is
+    /// leased to a pool that is not running.
+    slots: Arc<Semaphore>,
+    /// The pool's lease, in milliseconds, set when it opens the lane.
+    lease_ms: std::sync::atomic::AtomicU64,
+    tx: mpsc::UnboundedSender<Handed>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>>,
+}
+
+/// A place in the hand-over lane, taken before storing so that the job is leased only when
+/// the pool can start it at once; given back when the job ends or is not leased after all.
+pub type HandoffSlot = OwnedSemaphorePermit;
+
+/// The pool's end of the hand-over lane, held while the pool runs.
+pub type HandoffLane = tokio::sync::OwnedMutexGuard<mpsc::UnboundedReceiver<Handed>>;
+
+/// A leased job handed to the pool, with the stored webhook body it would otherwise read.
+pub struct Handed {
+    pub job: Job,
+    pub body: bytes::Bytes,
+    pub slot: HandoffSlot,
+}
+
+impl Handoff {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Handoff {
+            owner: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            slots: Arc::new(Semaphore::new(0)),
+            lease_ms: std::sync::atomic::AtomicU64::new(0),
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// A place for one more handed job, if the pool runs and has one free.
+    pub fn slot(&self) -> Option<HandoffSlot> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Gives a job stored leased to [`Handoff::owner`] to the pool.
+    pub fn hand(&self, handed: Handed) {
+        // The receiver lives as long as this `Handoff`; were it gone, the job's lease would
+        // run out and a claim would run it.
+        let _ = self.tx.send(handed);
+    }
+
+    /// How long a handed job's first lease lasts: the pool's, which heartbeats it from there.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The pool's end of the lane, with `places` slots and the pool's `lease` the first time.
+    /// A restarted pool (after a panic) takes the lane over with whatever was handed
+    /// meanwhile.
+    pub async fn open(&self, places: usize, lease: Duration) -> HandoffLane {
+        let lane = self.rx.clone().lock_owned().await;
+        let ms = lease.as_millis().try_into().unwrap_or(u64::MAX);
+        if self.lease_ms.swap(ms, std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.slots.add_permits(places);
+        }
+        lane
+    }
+
+    /// No more hand-overs (the pool is stopping): later jobs are stored queued.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The error code of a pull or session whose job died (see docs/architecture.md, "Every pull

@@ -11,6 +11,7 @@ use crate::bankconnect::BankConnectClient;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::queue::Handoff;
 use crate::store::DynStore;
 use crate::store::group_commit::WebhookIntake;
 use crate::supervise::TaskHealth;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Group commit for webhook deliveries.
     pub webhooks: WebhookIntake,
+    /// Jobs stored already leased to this process's worker pool, handed over in memory.
+    pub handoff: Arc<Handoff>,
     /// Which background tasks are down; `/readyz` is 503 while any is.
     pub tasks: Arc<TaskHealth>,
     /// Delivers events to the lender's endpoints: 10 s in all, no redirects.
@@ -58,9 +61,11 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let bankconnect = BankConnectClient::configured(&config, upstream, metrics.clone())?;
+        let handoff = Arc::new(Handoff::new());
         Ok(AppState(Arc::new(Shared {
             config: Arc::new(config),
-            webhooks: WebhookIntake::start(store.clone()),
+            webhooks: WebhookIntake::start(store.clone(), handoff.clone()),
+            handoff,
             store,
             bankconnect,
             clock,

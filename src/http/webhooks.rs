@@ -1,6 +1,7 @@
 //! `POST /webhooks/bankconnect`: verify the raw bytes, commit to the inbox together with the
-//! processing job (group-committed with concurrent deliveries), then acknowledge. Nothing unauthenticated is stored; duplicates are
-//! acknowledged and processed once.
+//! processing job (group-committed with concurrent deliveries), then acknowledge. The job is
+//! handed to this instance's workers with the body when they have room (`queue::Handoff`).
+//! Nothing unauthenticated is stored; duplicates are acknowledged and processed once.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -12,7 +13,7 @@ use super::error::{ApiError, RawBody};
 use super::ids::plausible_id;
 use crate::bankconnect::wire::WebhookEvent;
 use crate::state::AppState;
-use crate::store::{NewWebhook, WebhookReceipt};
+use crate::store::{NewWebhook, Recorded, WebhookReceipt};
 use crate::webhook_auth;
 
 #[utoipa::path(
@@ -85,23 +86,32 @@ pub async fn receive(
             .and_then(|e| e.event_name.clone())
             .filter(|n| plausible_id(n)),
         upstream_session_id: event.and_then(|e| e.session_id).filter(|s| plausible_id(s)),
-        body: body.to_vec(),
+        body: body.clone(),
+        lease_until: None,
     };
     let dedupe_key = webhook.dedupe_key.clone();
-    let fresh = state.webhooks.record(webhook, now).await?;
-    if fresh {
-        state.jobs_wakeup.notify_one();
-        state.metrics.webhook("accepted");
-    } else {
-        state.metrics.webhook("duplicate");
-        state.webhooks.note(receipt(
-            "duplicate",
-            None,
-            Some(dedupe_key),
-            &headers,
-            body.len(),
-            now,
-        ));
+    let recorded = state.webhooks.record(webhook, now).await?;
+    let fresh = !matches!(recorded, Recorded::Duplicate);
+    match recorded {
+        Recorded::Leased(_) => {
+            state.metrics.webhook("accepted");
+            state.metrics.job_handoffs.inc();
+        }
+        Recorded::Queued => {
+            state.metrics.webhook("accepted");
+            state.jobs_wakeup.notify_one();
+        }
+        Recorded::Duplicate => {
+            state.metrics.webhook("duplicate");
+            state.webhooks.note(receipt(
+                "duplicate",
+                None,
+                Some(dedupe_key),
+                &headers,
+                body.len(),
+                now,
+            ));
+        }
     }
     Ok(axum::Json(
         json!({"status": if fresh { "accepted" } else { "duplicate" }}),

@@ -1,6 +1,8 @@
 //! Act on a stored webhook: a finished pull moves on to fetching its data (or fails), an
 //! expired session expires its pull, anything else is kept and left alone.
 
+use bytes::Bytes;
+
 use super::{JobError, store_retry};
 use crate::bankconnect::wire::{
     AccountStatus, ENRICHMENT_NOTIFICATION, SESSION_EXPIRY_NOTIFICATION, WebhookEvent,
@@ -9,21 +11,28 @@ use crate::domain::pull::{Pull, PullStatus};
 use crate::queue::{NewJob, Task};
 use crate::state::AppState;
 
-pub async fn run(state: &AppState, inbox_id: i64) -> Result<(), JobError> {
-    let Some(event) = state
-        .store
-        .get_webhook(inbox_id)
-        .await
-        .map_err(store_retry)?
-    else {
-        return Err(JobError::Fatal(format!(
-            "inbox event {} does not exist",
-            inbox_id
-        )));
+/// `body` is the stored delivery's, when the intake handed the job over with it; otherwise it
+/// is read from the inbox.
+pub async fn run(state: &AppState, inbox_id: i64, body: Option<Bytes>) -> Result<(), JobError> {
+    let body = match body {
+        Some(body) => body,
+        None => match state
+            .store
+            .get_webhook(inbox_id)
+            .await
+            .map_err(store_retry)?
+        {
+            Some(event) => event.body.into(),
+            None => {
+                return Err(JobError::Fatal(format!(
+                    "inbox event {inbox_id} does not exist"
+                )));
+            }
+        },
     };
-    let Ok(parsed) = serde_json::from_slice::<WebhookEvent>(&event.body) else {
+    let Ok(parsed) = serde_json::from_slice::<WebhookEvent>(&body) else {
         tracing::warn!(
-            inbox_id = event.id,
+            inbox_id,
             "webhook body is not an event we understand; kept as received"
         );
         return Ok(());

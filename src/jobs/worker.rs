@@ -11,8 +11,9 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::{JobError, capture_consents, deliver, fetch_data, poll, process_webhook, submit_pull};
-use crate::queue::{Job, JobOutcome, Task, retry_delay};
+use crate::queue::{Handed, Job, JobOutcome, Task, retry_delay};
 use crate::state::AppState;
+use bytes::Bytes;
 
 /// Tunables of the pool; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -90,15 +91,25 @@ impl Finisher {
 }
 
 pub async fn run(state: AppState, settings: WorkerSettings, shutdown: CancellationToken) {
-    let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let owner = state.handoff.owner().to_string();
     let finisher = Finisher::start(state.clone(), owner.clone());
+    // Claimed jobs, at most `concurrency`; and jobs handed over by this process's webhook
+    // intake, at most `concurrency` more (the hand-over lane's slots bound them).
     let mut running = JoinSet::new();
+    let mut handed = JoinSet::new();
+    let mut lane = state
+        .handoff
+        .open(settings.concurrency, settings.lease)
+        .await;
+    let mut poll = tokio::time::interval(settings.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Claims take the writer too: while jobs run, claim only once a quarter of the slots
     // are free, so a busy pool claims in batches rather than one job at a time.
     let claim_at = (settings.concurrency / 4).max(1);
+    let mut claim = true;
     loop {
         let free = settings.concurrency.saturating_sub(running.len());
-        if free > 0 && (running.is_empty() || free >= claim_at) {
+        if claim && free > 0 && (running.is_empty() || free >= claim_at) {
             let now = state.clock.now();
             let lease_until = now + settings.lease;
             match state
@@ -116,6 +127,7 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
                                 owner.clone(),
                                 finisher.clone(),
                                 job,
+                                None,
                                 shutdown.clone(),
                             )
                             .instrument(span),
@@ -125,15 +137,55 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
                 Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
             }
         }
-        tokio::select! {
+        // A handed job needs no claim, so only the queue's signals lead to one.
+        claim = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = state.jobs_wakeup.notified() => {}
-            _ = tokio::time::sleep(settings.poll) => {}
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-        }
+            _ = state.jobs_wakeup.notified() => true,
+            _ = poll.tick() => true,
+            Some(_) = running.join_next(), if !running.is_empty() => true,
+            Some(h) = lane.recv() => {
+                handed.spawn(run_handed(&state, &settings, &owner, &finisher, h, &shutdown));
+                false
+            }
+            Some(_) = handed.join_next(), if !handed.is_empty() => false,
+        };
+    }
+    // Nothing more is handed over; what already was runs within the grace period like the
+    // rest (a hand-over that lands after this waits for its lease to run out and is claimed).
+    state.handoff.close();
+    while let Ok(h) = lane.try_recv() {
+        handed.spawn(run_handed(
+            &state, &settings, &owner, &finisher, h, &shutdown,
+        ));
     }
     // Each running job finishes or releases itself within the grace period.
     while running.join_next().await.is_some() {}
+    while handed.join_next().await.is_some() {}
+}
+
+/// A handed job runs like a claimed one, with the body it came with, and holds its place in
+/// the hand-over lane until it ends.
+fn run_handed(
+    state: &AppState,
+    settings: &WorkerSettings,
+    owner: &str,
+    finisher: &Finisher,
+    handed: Handed,
+    shutdown: &CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let Handed { job, body, slot } = handed;
+    let span = job_span(&job);
+    run_one(
+        state.clone(),
+        settings.clone(),
+        owner.to_string(),
+        finisher.clone(),
+        job,
+        Some(body),
+        shutdown.clone(),
+    )
+    .map(move |()| drop(slot))
+    .instrument(span)
 }
 
 /// Every log line of a job carries its id, kind and what it is about.
@@ -161,6 +213,7 @@ async fn run_one(
     owner: String,
     finisher: Finisher,
     job: Job,
+    body: Option<Bytes>,
     shutdown: CancellationToken,
 ) {
     let outcome = if job.attempts > job.max_attempts {
@@ -172,7 +225,7 @@ async fn run_one(
         // A panic in a handler is one failed attempt, not a lost job or a dead worker.
         let correlation = format!("job-{}-{}", job.id, job.attempts);
         let work = std::panic::AssertUnwindSafe(
-            crate::bankconnect::REQUEST_ID.scope(correlation, dispatch(&state, &job)),
+            crate::bankconnect::REQUEST_ID.scope(correlation, dispatch(&state, &job, body)),
         )
             .catch_unwind()
             .map(|r| {
@@ -233,13 +286,14 @@ async fn run_one(
     }
 }
 
-async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
+/// Runs a job's handler; `body` is a handed webhook's, which its handler need not read.
+async fn dispatch(state: &AppState, job: &Job, body: Option<Bytes>) -> Result<(), JobError> {
     match &job.task {
         Err(why) => Err(JobError::Fatal(why.clone())),
         Ok(Task::CaptureConsents { session_id }) => capture_consents::run(state, session_id).await,
         Ok(Task::SubmitPull { pull_id }) => submit_pull::run(state, pull_id).await,
         Ok(Task::PollPull { pull_id }) => poll::run(state, pull_id).await,
-        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id).await,
+        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id, body).await,
         Ok(Task::FetchPullData { pull_id }) => fetch_data::run(state, pull_id).await,
         Ok(Task::DeliverEvent { delivery_seq }) => deliver::run(state, *delivery_seq).await,
     }

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DynStore, NewWebhook, StoreError, StoreResult, WebhookReceipt};
+use super::{DynStore, NewWebhook, Recorded, StoreError, StoreResult, WebhookReceipt};
+use crate::queue::{Handed, Handoff, HandoffSlot};
 
 /// The most deliveries one transaction commits.
 pub const MAX_BATCH: usize = 64;
@@ -22,7 +23,9 @@ const RECEIPTS_PER_SECOND: u32 = 20;
 struct Pending {
     webhook: NewWebhook,
     received_at: DateTime<Utc>,
-    reply: oneshot::Sender<StoreResult<bool>>,
+    /// Its place in this process's worker pool, when the job is to be leased and handed over.
+    slot: Option<HandoffSlot>,
+    reply: oneshot::Sender<StoreResult<Recorded>>,
 }
 
 /// The handle request handlers use. Cheap to clone.
@@ -31,18 +34,21 @@ pub struct WebhookIntake {
     queue: mpsc::Sender<Pending>,
     store: DynStore,
     receipts: Arc<DefaultDirectRateLimiter>,
+    handoff: Arc<Handoff>,
 }
 
 impl WebhookIntake {
-    /// Starts the committing task. It ends when the last handle is dropped.
-    pub fn start(store: DynStore) -> Self {
+    /// Starts the committing task, which hands processing jobs to this process's worker pool
+    /// through `handoff` while it has room. It ends when the last handle is dropped.
+    pub fn start(store: DynStore, handoff: Arc<Handoff>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_loop(store.clone(), rx));
+        tokio::spawn(commit_loop(store.clone(), handoff.clone(), rx));
         let per_second = NonZeroU32::new(RECEIPTS_PER_SECOND).expect("non-zero");
         Self {
             queue,
             store,
             receipts: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+            handoff,
         }
     }
 
@@ -64,12 +70,17 @@ impl WebhookIntake {
         true
     }
 
-    /// Stores a delivery with its processing job; true if it was new. Returns once committed.
+    /// Stores a delivery with its processing job. Returns once committed. While this
+    /// process's worker pool has room, the job is stored leased to it and handed over with
+    /// the body after the commit, by the committing task, so a caller that stops waiting
+    /// cannot strand it; otherwise it is queued.
     pub async fn record(
         &self,
-        webhook: NewWebhook,
+        mut webhook: NewWebhook,
         received_at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Recorded> {
+        let slot = self.handoff.slot();
+        webhook.lease_until = slot.as_ref().map(|_| received_at + self.handoff.lease());
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Batch {
             unavailable: true,
@@ -79,6 +90,7 @@ impl WebhookIntake {
             .send(Pending {
                 webhook,
                 received_at,
+                slot,
                 reply,
             })
             .await
@@ -87,7 +99,7 @@ impl WebhookIntake {
     }
 }
 
-async fn commit_loop(store: DynStore, mut rx: mpsc::Receiver<Pending>) {
+async fn commit_loop(store: DynStore, handoff: Arc<Handoff>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -103,18 +115,28 @@ async fn commit_loop(store: DynStore, mut rx: mpsc::Receiver<Pending>) {
             .map(|p| p.received_at)
             .max()
             .unwrap_or_else(Utc::now);
-        let (webhooks, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|p| (p.webhook, p.reply)).unzip();
-        match store.record_webhooks(&webhooks, at).await {
-            Ok(fresh) => {
-                for (reply, f) in replies.into_iter().zip(fresh) {
-                    let _ = reply.send(Ok(f));
+        let (webhooks, waiting): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|p| (p.webhook, (p.slot, p.reply)))
+            .unzip();
+        match store.record_webhooks(&webhooks, handoff.owner(), at).await {
+            Ok(recorded) => {
+                for ((webhook, (slot, reply)), r) in webhooks.into_iter().zip(waiting).zip(recorded)
+                {
+                    if let (Recorded::Leased(job), Some(slot)) = (&r, slot) {
+                        handoff.hand(Handed {
+                            job: job.clone(),
+                            body: webhook.body,
+                            slot,
+                        });
+                    }
+                    let _ = reply.send(Ok(r));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, deliveries = replies.len(), "webhook batch not committed");
+                tracing::warn!(error = %e, deliveries = waiting.len(), "webhook batch not committed");
                 let unavailable = e.is_unavailable();
-                for reply in replies {
+                for (_, reply) in waiting {
                     let _ = reply.send(Err(StoreError::Batch {
                         unavailable,
                         message: e.to_string(),

@@ -273,7 +273,21 @@ pub struct NewWebhook {
     pub dedupe_key: String,
     pub event_name: Option<String>,
     pub upstream_session_id: Option<String>,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
+    /// Store its processing job already leased to this process's pool, until then (see
+    /// `queue::Handoff`); `None` queues it.
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// What storing a webhook did.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// The same delivery was stored before; nothing was enqueued.
+    Duplicate,
+    /// Stored, its processing job queued for any worker.
+    Queued,
+    /// Stored, its processing job leased to this process's pool.
+    Leased(crate::queue::Job),
 }
 
 /// A webhook delivery that was not stored as new: a duplicate of one stored before, or one

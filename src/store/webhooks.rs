@@ -5,19 +5,20 @@ use sqlx::Row;
 
 use super::db::*;
 use super::*;
-use crate::queue::Task;
+use crate::queue::{Job, Task};
 
 /// The inbox of authentic webhooks, stored with their processing jobs.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
     /// Stores a batch of authentic webhooks, each with its processing job, in one
-    /// transaction (group commit). Returns, per webhook, false when the same delivery was
-    /// stored before (nothing is enqueued for it then).
+    /// transaction (group commit). A webhook with `lease_until` gets its job already leased
+    /// to `owner`. Returns what was done with each, in order.
     async fn record_webhooks(
         &self,
         batch: &[NewWebhook],
+        owner: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>>;
+    ) -> StoreResult<Vec<Recorded>>;
     async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
     /// Stored webhooks, newest first, before `before_id`.
     async fn list_inbox(
@@ -44,8 +45,9 @@ impl WebhookStore for SqlStore {
     async fn record_webhooks(
         &self,
         batch: &[NewWebhook],
+        owner: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Vec<bool>> {
+    ) -> StoreResult<Vec<Recorded>> {
         if batch.is_empty() {
             return Ok(vec![]);
         }
@@ -62,41 +64,79 @@ impl WebhookStore for SqlStore {
                 .bind(&w.dedupe_key)
                 .bind(w.event_name.as_deref())
                 .bind(w.upstream_session_id.as_deref())
-                .bind(&w.body)
+                .bind(&w.body[..])
                 .bind(to_ms(now));
         }
         let stored: Vec<(i64, String)> = inbox.fetch_all(&mut *tx).await?;
-        if !stored.is_empty() {
+        // The first delivery with a key is the new one; a repeat in the same batch is not.
+        let mut fresh: std::collections::HashMap<&str, i64> =
+            stored.iter().map(|(id, k)| (k.as_str(), *id)).collect();
+        let inbox_ids: Vec<Option<i64>> = batch
+            .iter()
+            .map(|w| fresh.remove(w.dedupe_key.as_str()))
+            .collect();
+        let new: Vec<(i64, Option<DateTime<Utc>>)> = batch
+            .iter()
+            .zip(&inbox_ids)
+            .filter_map(|(w, id)| id.map(|id| (id, w.lease_until)))
+            .collect();
+        // The job of each leased delivery, by inbox id.
+        let mut leased = std::collections::HashMap::new();
+        if !new.is_empty() {
             let sql = format!(
-                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, updated_at)
-                 VALUES {}",
-                self.dialect.values_list(stored.len(), 9)
+                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, lease_owner, lease_expires_at, created_at, updated_at)
+                 VALUES {} RETURNING id, payload, status",
+                self.dialect.values_list(new.len(), 10)
             );
-            let mut insert = sqlx::query(&sql);
-            for (inbox_id, _) in &stored {
+            let mut insert = sqlx::query_as::<_, (i64, String, String)>(&sql);
+            for (inbox_id, lease_until) in &new {
                 let task = Task::ProcessWebhook {
                     inbox_id: *inbox_id,
                 };
                 insert = insert
                     .bind(task.kind())
                     .bind(task.payload())
-                    .bind("queued")
+                    .bind(if lease_until.is_some() {
+                        "running"
+                    } else {
+                        "queued"
+                    })
                     .bind(to_ms(now))
-                    .bind(0i32)
+                    // A leased job's first attempt has begun, as a claim would count it.
+                    .bind(i32::from(lease_until.is_some()))
                     .bind(task.max_attempts())
-                    .bind(task.dedupe_key())
+                    .bind(lease_until.map(|_| owner))
+                    .bind(lease_until.map(to_ms))
                     .bind(to_ms(now))
                     .bind(to_ms(now));
             }
-            insert.execute(&mut *tx).await?;
+            // Rows come back in no promised order: a leased job is found by its inbox id.
+            for (job_id, payload, status) in insert.fetch_all(&mut *tx).await? {
+                if status == "running"
+                    && let Ok(Task::ProcessWebhook { inbox_id }) =
+                        Task::from_row("process_webhook", &payload)
+                {
+                    leased.insert(inbox_id, job_id);
+                }
+            }
         }
         tx.commit().await?;
-        // The first delivery with a key is the new one; a repeat in the same batch is not.
-        let mut fresh_keys: std::collections::HashSet<String> =
-            stored.into_iter().map(|(_, k)| k).collect();
-        Ok(batch
-            .iter()
-            .map(|w| fresh_keys.remove(&w.dedupe_key))
+        Ok(inbox_ids
+            .into_iter()
+            .map(|id| match id.map(|id| (id, leased.get(&id))) {
+                None => Recorded::Duplicate,
+                Some((inbox_id, Some(&job_id))) => {
+                    let task = Task::ProcessWebhook { inbox_id };
+                    Recorded::Leased(Job {
+                        id: job_id,
+                        kind: task.kind().into(),
+                        attempts: 1,
+                        max_attempts: task.max_attempts(),
+                        task: Ok(task),
+                    })
+                }
+                Some((_, None)) => Recorded::Queued,
+            })
             .collect())
     }
 

@@ -22,6 +22,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("consents", "gauge"),
     ("fair_use_refusals", "counter"),
     ("scheduler_fired", "counter"),
+    ("job_handoffs", "counter"),
     ("webhooks", "counter"),
     ("notifications", "counter"),
     ("sqlite_commits", "counter"),

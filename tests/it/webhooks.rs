@@ -31,6 +31,21 @@ async fn a_webhook_that_overtakes_its_submission_is_not_lost() {
 }
 
 #[tokio::test]
+async fn a_stored_webhook_is_handed_to_this_instances_workers_without_a_claim() {
+    let app = TestApp::builder().start().await;
+    let consent = app.approved_consent("cust-handoff", json!({})).await;
+    let pull_id = app.pull(&consent).await;
+    app.pull_reaches(&pull_id, "completed", 15).await;
+    // Its processing job was stored leased to this instance and started from memory.
+    assert_eq!(app.metric("aa_recurring_job_handoffs_total").await, 1);
+    let (_, jobs) = app.get("/api/v1/jobs?kind=process_webhook").await;
+    let jobs = jobs["items"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "done");
+    assert_eq!(jobs[0]["attempts"], 1);
+}
+
+#[tokio::test]
 async fn duplicate_and_replayed_webhooks_are_processed_once() {
     let app = TestApp::builder().start().await;
     app.sandbox_settings(SandboxSettings {
@@ -267,4 +282,58 @@ async fn bad_signatures_are_refused_in_every_scheme() {
             "{scheme_name}: one processing job per accepted delivery"
         );
     }
+}
+
+#[tokio::test]
+async fn a_leased_webhook_job_is_stored_running_and_claimed_again_if_its_lease_runs_out() {
+    use aa_recurring::queue::Task;
+    use aa_recurring::store::{NewWebhook, Recorded};
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let webhook = |key: &str, lease: bool| NewWebhook {
+        dedupe_key: key.into(),
+        event_name: None,
+        upstream_session_id: None,
+        body: bytes::Bytes::from_static(b"{}"),
+        lease_until: lease.then(|| now + chrono::Duration::seconds(60)),
+    };
+    let recorded = store
+        .record_webhooks(
+            &[webhook("a", true), webhook("b", false), webhook("a", true)],
+            "worker-here",
+            now,
+        )
+        .await
+        .unwrap();
+    let [Recorded::Leased(job), Recorded::Queued, Recorded::Duplicate] = &recorded[..] else {
+        panic!("{recorded:?}");
+    };
+    assert_eq!(job.attempts, 1);
+    assert!(matches!(job.task, Ok(Task::ProcessWebhook { .. })));
+    let row = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(row.state.to_string(), "running");
+    assert_eq!(row.attempts, 1);
+    // Nobody else may claim it while its lease lasts; once it runs out (the process that held
+    // it died), any worker does, and the queued one is claimable at once.
+    let claimed = store
+        .claim_jobs("worker-there", now, now + chrono::Duration::hours(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_ne!(claimed[0].id, job.id);
+    let later = now + chrono::Duration::seconds(61);
+    let claimed = store
+        .claim_jobs(
+            "worker-there",
+            later,
+            later + chrono::Duration::seconds(60),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, job.id);
+    assert_eq!(claimed[0].attempts, 2);
 }
