@@ -218,15 +218,28 @@ pub enum JobOutcome {
     Release,
 }
 
+impl JobOutcome {
+    /// As labelled in `job_attempts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            JobOutcome::Done => "done",
+            JobOutcome::Retry { .. } => "retry",
+            JobOutcome::Dead { .. } => "dead",
+            JobOutcome::Release => "released",
+        }
+    }
+}
+
 /// Jobs this process stores already leased to its own worker pool and hands over in memory,
-/// so the pool needs neither a claim nor a read of what the job is about. Today that is a
-/// stored webhook's processing: the intake holds the body it just committed. The row is a
-/// running job like any claimed one, so if this process dies before finishing it, its lease
-/// runs out and any worker claims it (docs/architecture.md, "Webhook intake").
+/// so the pool needs neither a claim nor a read of what the job is about. Today that is
+/// webhook processing: the intake hands over each batch it commits, with the bodies, and
+/// the pool processes the batch together. The rows are running jobs like claimed ones, so if
+/// this process dies first, their leases run out and any worker claims them
+/// (docs/architecture.md, "Webhook intake").
 pub struct Handoff {
     /// The lease owner of this process's worker pool.
     owner: String,
-    /// Free places in the pool's hand-over lane; none until the pool opens it, so nothing is
+    /// Batches the pool may still take; none until the pool opens the lane, so nothing is
     /// leased to a pool that is not running.
     slots: Arc<Semaphore>,
     /// The pool's lease, in milliseconds, set when it opens the lane.
@@ -235,17 +248,17 @@ pub struct Handoff {
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>>,
 }
 
-/// A place in the hand-over lane, taken before storing so that the job is leased only when
-/// the pool can start it at once; given back when the job ends or is not leased after all.
+/// A place in the hand-over lane, taken before storing so that jobs are leased only when the
+/// pool can start them at once; given back when the batch ends or is not leased after all.
 pub type HandoffSlot = OwnedSemaphorePermit;
 
 /// The pool's end of the hand-over lane, held while the pool runs.
 pub type HandoffLane = tokio::sync::OwnedMutexGuard<mpsc::UnboundedReceiver<Handed>>;
 
-/// A leased job handed to the pool, with the stored webhook body it would otherwise read.
+/// Leased jobs handed to the pool together, each with the stored webhook body it would
+/// otherwise read.
 pub struct Handed {
-    pub job: Job,
-    pub body: bytes::Bytes,
+    pub jobs: Vec<(Job, bytes::Bytes)>,
     pub slot: HandoffSlot,
 }
 
@@ -265,12 +278,12 @@ impl Handoff {
         &self.owner
     }
 
-    /// A place for one more handed job, if the pool runs and has one free.
+    /// A place for one more handed batch, if the pool runs and has one free.
     pub fn slot(&self) -> Option<HandoffSlot> {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Gives a job stored leased to [`Handoff::owner`] to the pool.
+    /// Gives jobs stored leased to [`Handoff::owner`] to the pool.
     pub fn hand(&self, handed: Handed) {
         // The receiver lives as long as this `Handoff`; were it gone, the job's lease would
         // run out and a claim would run it.

@@ -87,7 +87,6 @@ pub async fn receive(
             .filter(|n| plausible_id(n)),
         upstream_session_id: event.and_then(|e| e.session_id).filter(|s| plausible_id(s)),
         body: body.clone(),
-        lease_until: None,
     };
     let dedupe_key = webhook.dedupe_key.clone();
     let recorded = state.webhooks.record(webhook, now).await?;

@@ -11,54 +11,89 @@ use crate::domain::pull::{Pull, PullStatus};
 use crate::queue::{NewJob, Task};
 use crate::state::AppState;
 
-/// `body` is the stored delivery's, when the intake handed the job over with it; otherwise it
-/// is read from the inbox.
-pub async fn run(state: &AppState, inbox_id: i64, body: Option<Bytes>) -> Result<(), JobError> {
-    let body = match body {
-        Some(body) => body,
-        None => match state
-            .store
-            .get_webhook(inbox_id)
-            .await
-            .map_err(store_retry)?
-        {
-            Some(event) => event.body.into(),
-            None => {
-                return Err(JobError::Fatal(format!(
-                    "inbox event {inbox_id} does not exist"
-                )));
-            }
-        },
+/// A claimed job: reads the stored delivery and acts on it.
+pub async fn run(state: &AppState, inbox_id: i64) -> Result<(), JobError> {
+    let Some(event) = state
+        .store
+        .get_webhook(inbox_id)
+        .await
+        .map_err(store_retry)?
+    else {
+        return Err(JobError::Fatal(format!(
+            "inbox event {inbox_id} does not exist"
+        )));
     };
-    let Ok(parsed) = serde_json::from_slice::<WebhookEvent>(&body) else {
+    let mut results = run_batch(state, &[(inbox_id, event.body.into())]).await;
+    results.pop().unwrap_or(Ok(()))
+}
+
+/// Acts on stored deliveries `(inbox id, body)` together: the intake hands over each
+/// committed batch with its bodies (`queue::Handoff`), and one query finds the pulls of all
+/// of them. Returns each delivery's result, in order.
+pub async fn run_batch(state: &AppState, deliveries: &[(i64, Bytes)]) -> Vec<Result<(), JobError>> {
+    let events: Vec<Option<WebhookEvent>> = deliveries
+        .iter()
+        .map(|(inbox_id, body)| understood(*inbox_id, body))
+        .collect();
+    let mut sessions: Vec<&str> = events
+        .iter()
+        .flatten()
+        .filter_map(|e| e.session_id.as_deref())
+        .collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    let pulls = match state.store.pulls_by_upstream_sessions(&sessions).await {
+        Ok(pulls) => pulls,
+        Err(e) => {
+            let e = store_retry(e);
+            return deliveries.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    // Each acts on its own pull; their writes meet in SQLite's group commit.
+    futures_util::future::join_all(events.iter().map(|event| async {
+        let Some(event) = event else { return Ok(()) };
+        let session_id = event.session_id.as_deref().unwrap_or_default();
+        let name = event.event_name.as_deref().unwrap_or_default();
+        match pulls
+            .iter()
+            .find(|p| p.upstream_session_id.as_deref() == Some(session_id))
+        {
+            Some(pull) => act(state, name, pull, &event.accounts).await,
+            None => {
+                // Not a pull of ours, or one whose submission is not committed yet: that
+                // commit queues this event again (see `Store::mark_submitted`).
+                tracing::info!(
+                    upstream_session_id = session_id,
+                    event = name,
+                    "webhook for a session that is not a pull of ours"
+                );
+                Ok(())
+            }
+        }
+    }))
+    .await
+}
+
+/// The event, when it is one we act on: a finished or expired session, with its id.
+fn understood(inbox_id: i64, body: &[u8]) -> Option<WebhookEvent> {
+    let Ok(event) = serde_json::from_slice::<WebhookEvent>(body) else {
         tracing::warn!(
             inbox_id,
             "webhook body is not an event we understand; kept as received"
         );
-        return Ok(());
+        return None;
     };
-    let name = parsed.event_name.as_deref().unwrap_or_default();
-    if name != ENRICHMENT_NOTIFICATION && name != SESSION_EXPIRY_NOTIFICATION {
-        return Ok(());
-    }
-    let Some(session_id) = parsed.session_id.as_deref() else {
-        return Ok(());
-    };
-    let Some(pull) = state
-        .store
-        .pull_by_upstream_session(session_id)
-        .await
-        .map_err(store_retry)?
-    else {
-        // Not a pull of ours, or one whose submission is not committed yet: that commit
-        // queues this event again (see `Store::mark_submitted`).
-        tracing::info!(
-            upstream_session_id = session_id,
-            event = name,
-            "webhook for a session that is not a pull of ours"
-        );
-        return Ok(());
-    };
+    let name = event.event_name.as_deref().unwrap_or_default();
+    let acted_on = name == ENRICHMENT_NOTIFICATION || name == SESSION_EXPIRY_NOTIFICATION;
+    (acted_on && event.session_id.is_some()).then_some(event)
+}
+
+async fn act(
+    state: &AppState,
+    name: &str,
+    pull: &Pull,
+    accounts: &[AccountStatus],
+) -> Result<(), JobError> {
     if name == SESSION_EXPIRY_NOTIFICATION {
         let ended = state
             .store
@@ -76,7 +111,7 @@ pub async fn run(state: &AppState, inbox_id: i64, body: Option<Bytes>) -> Result
         }
         return Ok(());
     }
-    processing_finished(state, &pull, &parsed.accounts).await
+    processing_finished(state, pull, accounts).await
 }
 
 /// The upstream has finished processing a pull (said by webhook or by `session_status`):

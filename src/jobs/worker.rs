@@ -79,14 +79,25 @@ impl Finisher {
 
     /// Records one outcome; returns once it is committed (or failed with its batch).
     async fn finish(&self, job_id: i64, outcome: JobOutcome) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send((job_id, outcome, reply))
-            .await
-            .map_err(|_| "the finisher stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the finisher stopped".to_string())?
+        self.finish_all(vec![(job_id, outcome)]).await
+    }
+
+    /// Records outcomes; returns once all are committed (or failed with their batch).
+    async fn finish_all(&self, outcomes: Vec<(i64, JobOutcome)>) -> Result<(), String> {
+        let stopped = || "the finisher stopped".to_string();
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for (job_id, outcome) in outcomes {
+            let (reply, answer) = oneshot::channel();
+            self.0
+                .send((job_id, outcome, reply))
+                .await
+                .map_err(|_| stopped())?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| stopped())??;
+        }
+        Ok(())
     }
 }
 
@@ -127,7 +138,6 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
                                 owner.clone(),
                                 finisher.clone(),
                                 job,
-                                None,
                                 shutdown.clone(),
                             )
                             .instrument(span),
@@ -144,7 +154,7 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
             _ = poll.tick() => true,
             Some(_) = running.join_next(), if !running.is_empty() => true,
             Some(h) = lane.recv() => {
-                handed.spawn(run_handed(&state, &settings, &owner, &finisher, h, &shutdown));
+                handed.spawn(run_handed(&state, &settings, &finisher, h));
                 false
             }
             Some(_) = handed.join_next(), if !handed.is_empty() => false,
@@ -154,37 +164,79 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
     // rest (a hand-over that lands after this waits for its lease to run out and is claimed).
     state.handoff.close();
     while let Ok(h) = lane.try_recv() {
-        handed.spawn(run_handed(
-            &state, &settings, &owner, &finisher, h, &shutdown,
-        ));
+        handed.spawn(run_handed(&state, &settings, &finisher, h));
     }
     // Each running job finishes or releases itself within the grace period.
     while running.join_next().await.is_some() {}
     while handed.join_next().await.is_some() {}
 }
 
-/// A handed job runs like a claimed one, with the body it came with, and holds its place in
-/// the hand-over lane until it ends.
+/// Handed webhook jobs run as one batch (`process_webhook::run_batch`): one read finds all
+/// their pulls, and their outcomes are recorded together. The batch holds its place in the
+/// hand-over lane until it ends. It is database work only, so it has no heartbeat: it is
+/// given half a lease, and what has not finished by then is retried.
 fn run_handed(
     state: &AppState,
     settings: &WorkerSettings,
-    owner: &str,
     finisher: &Finisher,
     handed: Handed,
-    shutdown: &CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let Handed { job, body, slot } = handed;
-    let span = job_span(&job);
-    run_one(
-        state.clone(),
-        settings.clone(),
-        owner.to_string(),
-        finisher.clone(),
-        job,
-        Some(body),
-        shutdown.clone(),
-    )
-    .map(move |()| drop(slot))
+    let (state, finisher) = (state.clone(), finisher.clone());
+    let limit = settings.lease / 2;
+    let span = tracing::info_span!(
+        "handed jobs",
+        kind = "process_webhook",
+        jobs = handed.jobs.len()
+    );
+    async move {
+        let Handed { jobs, slot } = handed;
+        let deliveries: Vec<(i64, Bytes)> = jobs
+            .iter()
+            .map(|(job, body)| match job.task {
+                Ok(Task::ProcessWebhook { inbox_id }) => (inbox_id, body.clone()),
+                _ => (0, body.clone()),
+            })
+            .collect();
+        let work = std::panic::AssertUnwindSafe(process_webhook::run_batch(&state, &deliveries))
+            .catch_unwind();
+        let results = match tokio::time::timeout(limit, work).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(panic)) => {
+                let message = crate::supervise::panic_message(&*panic);
+                tracing::error!(%message, "webhook batch panicked");
+                let e = JobError::Retry {
+                    message: format!("the handler panicked: {message}"),
+                    after: None,
+                };
+                vec![Err(e); jobs.len()]
+            }
+            Err(_) => {
+                let e = JobError::Retry {
+                    message: format!("not finished within {limit:?}"),
+                    after: None,
+                };
+                vec![Err(e); jobs.len()]
+            }
+        };
+        let outcomes = jobs
+            .iter()
+            .zip(results)
+            .map(|((job, _), result)| {
+                let outcome = outcome_of(&state, job, result);
+                state.metrics.job(&job.kind, outcome.label());
+                if let JobOutcome::Dead { error } = &outcome {
+                    // A webhook's processing needs nothing more when it dies (`on_dead`).
+                    tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
+                }
+                (job.id, outcome)
+            })
+            .collect();
+        if let Err(e) = finisher.finish_all(outcomes).await {
+            // The leases will expire and the jobs run again: processing is idempotent.
+            tracing::warn!(error = %e, "recording handed jobs' outcomes failed");
+        }
+        drop(slot);
+    }
     .instrument(span)
 }
 
@@ -213,7 +265,6 @@ async fn run_one(
     owner: String,
     finisher: Finisher,
     job: Job,
-    body: Option<Bytes>,
     shutdown: CancellationToken,
 ) {
     let outcome = if job.attempts > job.max_attempts {
@@ -225,7 +276,7 @@ async fn run_one(
         // A panic in a handler is one failed attempt, not a lost job or a dead worker.
         let correlation = format!("job-{}-{}", job.id, job.attempts);
         let work = std::panic::AssertUnwindSafe(
-            crate::bankconnect::REQUEST_ID.scope(correlation, dispatch(&state, &job, body)),
+            crate::bankconnect::REQUEST_ID.scope(correlation, dispatch(&state, &job)),
         )
             .catch_unwind()
             .map(|r| {
@@ -264,13 +315,7 @@ async fn run_one(
             }
         }
     };
-    let label = match &outcome {
-        JobOutcome::Done => "done",
-        JobOutcome::Retry { .. } => "retry",
-        JobOutcome::Dead { .. } => "dead",
-        JobOutcome::Release => "released",
-    };
-    state.metrics.job(&job.kind, label);
+    state.metrics.job(&job.kind, outcome.label());
     if let JobOutcome::Dead { error } = &outcome {
         tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
         // What the job was for ends visibly before the job is recorded dead; if that cannot
@@ -286,14 +331,13 @@ async fn run_one(
     }
 }
 
-/// Runs a job's handler; `body` is a handed webhook's, which its handler need not read.
-async fn dispatch(state: &AppState, job: &Job, body: Option<Bytes>) -> Result<(), JobError> {
+async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
     match &job.task {
         Err(why) => Err(JobError::Fatal(why.clone())),
         Ok(Task::CaptureConsents { session_id }) => capture_consents::run(state, session_id).await,
         Ok(Task::SubmitPull { pull_id }) => submit_pull::run(state, pull_id).await,
         Ok(Task::PollPull { pull_id }) => poll::run(state, pull_id).await,
-        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id, body).await,
+        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id).await,
         Ok(Task::FetchPullData { pull_id }) => fetch_data::run(state, pull_id).await,
         Ok(Task::DeliverEvent { delivery_seq }) => deliver::run(state, *delivery_seq).await,
     }

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DynStore, NewWebhook, Recorded, StoreError, StoreResult, WebhookReceipt};
-use crate::queue::{Handed, Handoff, HandoffSlot};
+use super::{DynStore, Lease, NewWebhook, Recorded, StoreError, StoreResult, WebhookReceipt};
+use crate::queue::{Handed, Handoff};
 
 /// The most deliveries one transaction commits.
 pub const MAX_BATCH: usize = 64;
@@ -23,8 +23,6 @@ const RECEIPTS_PER_SECOND: u32 = 20;
 struct Pending {
     webhook: NewWebhook,
     received_at: DateTime<Utc>,
-    /// Its place in this process's worker pool, when the job is to be leased and handed over.
-    slot: Option<HandoffSlot>,
     reply: oneshot::Sender<StoreResult<Recorded>>,
 }
 
@@ -34,7 +32,6 @@ pub struct WebhookIntake {
     queue: mpsc::Sender<Pending>,
     store: DynStore,
     receipts: Arc<DefaultDirectRateLimiter>,
-    handoff: Arc<Handoff>,
 }
 
 impl WebhookIntake {
@@ -42,13 +39,12 @@ impl WebhookIntake {
     /// through `handoff` while it has room. It ends when the last handle is dropped.
     pub fn start(store: DynStore, handoff: Arc<Handoff>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_loop(store.clone(), handoff.clone(), rx));
+        tokio::spawn(commit_loop(store.clone(), handoff, rx));
         let per_second = NonZeroU32::new(RECEIPTS_PER_SECOND).expect("non-zero");
         Self {
             queue,
             store,
             receipts: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
-            handoff,
         }
     }
 
@@ -71,16 +67,14 @@ impl WebhookIntake {
     }
 
     /// Stores a delivery with its processing job. Returns once committed. While this
-    /// process's worker pool has room, the job is stored leased to it and handed over with
-    /// the body after the commit, by the committing task, so a caller that stops waiting
-    /// cannot strand it; otherwise it is queued.
+    /// process's worker pool has room for another batch, the batch's jobs are stored leased
+    /// to it and handed over with their bodies after the commit, by the committing task, so
+    /// a caller that stops waiting cannot strand them; otherwise they are queued.
     pub async fn record(
         &self,
-        mut webhook: NewWebhook,
+        webhook: NewWebhook,
         received_at: DateTime<Utc>,
     ) -> StoreResult<Recorded> {
-        let slot = self.handoff.slot();
-        webhook.lease_until = slot.as_ref().map(|_| received_at + self.handoff.lease());
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Batch {
             unavailable: true,
@@ -90,7 +84,6 @@ impl WebhookIntake {
             .send(Pending {
                 webhook,
                 received_at,
-                slot,
                 reply,
             })
             .await
@@ -115,28 +108,31 @@ async fn commit_loop(store: DynStore, handoff: Arc<Handoff>, mut rx: mpsc::Recei
             .map(|p| p.received_at)
             .max()
             .unwrap_or_else(Utc::now);
-        let (webhooks, waiting): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|p| (p.webhook, (p.slot, p.reply)))
-            .unzip();
-        match store.record_webhooks(&webhooks, handoff.owner(), at).await {
+        let (webhooks, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.webhook, p.reply)).unzip();
+        // While the pool has room for another batch, this one's jobs are leased to it.
+        let slot = handoff.slot();
+        let lease = slot.as_ref().map(|_| Lease {
+            owner: handoff.owner(),
+            until: at + handoff.lease(),
+        });
+        match store.record_webhooks(&webhooks, lease, at).await {
             Ok(recorded) => {
-                for ((webhook, (slot, reply)), r) in webhooks.into_iter().zip(waiting).zip(recorded)
-                {
-                    if let (Recorded::Leased(job), Some(slot)) = (&r, slot) {
-                        handoff.hand(Handed {
-                            job: job.clone(),
-                            body: webhook.body,
-                            slot,
-                        });
+                let mut handed = Vec::new();
+                for ((webhook, reply), r) in webhooks.into_iter().zip(replies).zip(recorded) {
+                    if let Recorded::Leased(job) = &r {
+                        handed.push((job.clone(), webhook.body));
                     }
                     let _ = reply.send(Ok(r));
                 }
+                if let Some(slot) = slot.filter(|_| !handed.is_empty()) {
+                    handoff.hand(Handed { jobs: handed, slot });
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, deliveries = waiting.len(), "webhook batch not committed");
+                tracing::warn!(error = %e, deliveries = replies.len(), "webhook batch not committed");
                 let unavailable = e.is_unavailable();
-                for (_, reply) in waiting {
+                for reply in replies {
                     let _ = reply.send(Err(StoreError::Batch {
                         unavailable,
                         message: e.to_string(),

@@ -274,9 +274,13 @@ pub struct NewWebhook {
     pub event_name: Option<String>,
     pub upstream_session_id: Option<String>,
     pub body: bytes::Bytes,
-    /// Store its processing job already leased to this process's pool, until then (see
-    /// `queue::Handoff`); `None` queues it.
-    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// A lease to store jobs under (`queue::Handoff`): running, held by `owner` until `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub until: DateTime<Utc>,
 }
 
 /// What storing a webhook did.

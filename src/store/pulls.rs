@@ -18,10 +18,12 @@ pub trait PullStore: Send + Sync {
     /// and the fair-use budget.
     async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull>;
     async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>>;
-    async fn pull_by_upstream_session(
+    /// The pulls of these upstream sessions (those that are pulls of ours), in one query:
+    /// webhook processing looks up a whole committed batch at once.
+    async fn pulls_by_upstream_sessions(
         &self,
-        upstream_session_id: &str,
-    ) -> StoreResult<Option<Pull>>;
+        upstream_session_ids: &[&str],
+    ) -> StoreResult<Vec<Pull>>;
     async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
     /// The end of the newest completed pull's window: where the next default window starts.
     async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
@@ -126,12 +128,27 @@ impl PullStore for SqlStore {
         pull_where(&mut conn, "pull_id", pull_id).await
     }
 
-    async fn pull_by_upstream_session(
+    async fn pulls_by_upstream_sessions(
         &self,
-        upstream_session_id: &str,
-    ) -> StoreResult<Option<Pull>> {
-        let mut conn = self.pool.acquire().await?;
-        pull_where(&mut conn, "upstream_session_id", upstream_session_id).await
+        upstream_session_ids: &[&str],
+    ) -> StoreResult<Vec<Pull>> {
+        if upstream_session_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {PULL_COLUMNS} FROM pulls WHERE upstream_session_id IN {}",
+            self.dialect.values_list(1, upstream_session_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in upstream_session_ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| pull_from_row(r).map(|(_, p)| p))
+            .collect()
     }
 
     async fn list_pulls(&self, f: &PullFilter) -> StoreResult<Vec<(i64, Pull)>> {

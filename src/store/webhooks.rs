@@ -11,12 +11,12 @@ use crate::queue::{Job, Task};
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
     /// Stores a batch of authentic webhooks, each with its processing job, in one
-    /// transaction (group commit). A webhook with `lease_until` gets its job already leased
-    /// to `owner`. Returns what was done with each, in order.
+    /// transaction (group commit). With a `lease`, the jobs are stored already leased
+    /// under it. Returns what was done with each, in order.
     async fn record_webhooks(
         &self,
         batch: &[NewWebhook],
-        owner: &str,
+        lease: Option<Lease<'_>>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Recorded>>;
     async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
@@ -45,7 +45,7 @@ impl WebhookStore for SqlStore {
     async fn record_webhooks(
         &self,
         batch: &[NewWebhook],
-        owner: &str,
+        lease: Option<Lease<'_>>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Recorded>> {
         if batch.is_empty() {
@@ -75,11 +75,7 @@ impl WebhookStore for SqlStore {
             .iter()
             .map(|w| fresh.remove(w.dedupe_key.as_str()))
             .collect();
-        let new: Vec<(i64, Option<DateTime<Utc>>)> = batch
-            .iter()
-            .zip(&inbox_ids)
-            .filter_map(|(w, id)| id.map(|id| (id, w.lease_until)))
-            .collect();
+        let new: Vec<i64> = inbox_ids.iter().flatten().copied().collect();
         // The job of each leased delivery, by inbox id.
         let mut leased = std::collections::HashMap::new();
         if !new.is_empty() {
@@ -89,24 +85,20 @@ impl WebhookStore for SqlStore {
                 self.dialect.values_list(new.len(), 10)
             );
             let mut insert = sqlx::query_as::<_, (i64, String, String)>(&sql);
-            for (inbox_id, lease_until) in &new {
+            for inbox_id in &new {
                 let task = Task::ProcessWebhook {
                     inbox_id: *inbox_id,
                 };
                 insert = insert
                     .bind(task.kind())
                     .bind(task.payload())
-                    .bind(if lease_until.is_some() {
-                        "running"
-                    } else {
-                        "queued"
-                    })
+                    .bind(if lease.is_some() { "running" } else { "queued" })
                     .bind(to_ms(now))
                     // A leased job's first attempt has begun, as a claim would count it.
-                    .bind(i32::from(lease_until.is_some()))
+                    .bind(i32::from(lease.is_some()))
                     .bind(task.max_attempts())
-                    .bind(lease_until.map(|_| owner))
-                    .bind(lease_until.map(to_ms))
+                    .bind(lease.map(|l| l.owner))
+                    .bind(lease.map(|l| to_ms(l.until)))
                     .bind(to_ms(now))
                     .bind(to_ms(now));
             }
