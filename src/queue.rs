@@ -235,7 +235,7 @@ impl JobOutcome {
 /// webhook processing: the intake hands over each batch it commits, with the bodies, and
 /// the pool processes the batch together. The rows are running jobs like claimed ones, so if
 /// this process dies first, their leases run out and any worker claims them
-/// (docs/architecture.md, "Webhook intake").
+/// (docs/architecture.md, "The flow of one pull").
 pub struct Handoff {
     /// The lease owner of this process's worker pool.
     owner: String,
@@ -255,11 +255,17 @@ pub type HandoffSlot = OwnedSemaphorePermit;
 /// The pool's end of the hand-over lane, held while the pool runs.
 pub type HandoffLane = tokio::sync::OwnedMutexGuard<mpsc::UnboundedReceiver<Handed>>;
 
-/// Leased jobs handed to the pool together, each with the stored webhook body it would
-/// otherwise read.
+/// Leased jobs handed to the pool together: one committed batch of webhooks.
 pub struct Handed {
-    pub jobs: Vec<(Job, bytes::Bytes)>,
+    pub webhooks: Vec<HandedWebhook>,
     pub slot: HandoffSlot,
+}
+
+/// A stored webhook's processing job, with the body it would otherwise read.
+pub struct HandedWebhook {
+    pub job: Job,
+    pub inbox_id: i64,
+    pub body: bytes::Bytes,
 }
 
 impl Handoff {

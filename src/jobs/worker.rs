@@ -154,7 +154,7 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
             _ = poll.tick() => true,
             Some(_) = running.join_next(), if !running.is_empty() => true,
             Some(h) = lane.recv() => {
-                handed.spawn(run_handed(&state, &settings, &finisher, h));
+                handed.spawn(run_handed(&state, &settings, &finisher, h, &shutdown));
                 false
             }
             Some(_) = handed.join_next(), if !handed.is_empty() => false,
@@ -164,7 +164,7 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
     // rest (a hand-over that lands after this waits for its lease to run out and is claimed).
     state.handoff.close();
     while let Ok(h) = lane.try_recv() {
-        handed.spawn(run_handed(&state, &settings, &finisher, h));
+        handed.spawn(run_handed(&state, &settings, &finisher, h, &shutdown));
     }
     // Each running job finishes or releases itself within the grace period.
     while running.join_next().await.is_some() {}
@@ -174,55 +174,67 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
 /// Handed webhook jobs run as one batch (`process_webhook::run_batch`): one read finds all
 /// their pulls, and their outcomes are recorded together. The batch holds its place in the
 /// hand-over lane until it ends. It is database work only, so it has no heartbeat: it is
-/// given half a lease, and what has not finished by then is retried.
+/// given half a lease, and what has not finished by then is retried; at shutdown, what has
+/// not finished within the grace period is given back.
 fn run_handed(
     state: &AppState,
     settings: &WorkerSettings,
     finisher: &Finisher,
     handed: Handed,
+    shutdown: &CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (state, finisher) = (state.clone(), finisher.clone());
-    let limit = settings.lease / 2;
+    let (state, finisher, shutdown) = (state.clone(), finisher.clone(), shutdown.clone());
+    let (limit, grace) = (settings.lease / 2, settings.grace);
     let span = tracing::info_span!(
         "handed jobs",
         kind = "process_webhook",
-        jobs = handed.jobs.len()
+        jobs = handed.webhooks.len()
     );
     async move {
-        let Handed { jobs, slot } = handed;
-        let deliveries: Vec<(i64, Bytes)> = jobs
+        let Handed { webhooks, slot } = handed;
+        let deliveries: Vec<(i64, Bytes)> = webhooks
             .iter()
-            .map(|(job, body)| match job.task {
-                Ok(Task::ProcessWebhook { inbox_id }) => (inbox_id, body.clone()),
-                _ => (0, body.clone()),
-            })
+            .map(|w| (w.inbox_id, w.body.clone()))
             .collect();
         let work = std::panic::AssertUnwindSafe(process_webhook::run_batch(&state, &deliveries))
             .catch_unwind();
-        let results = match tokio::time::timeout(limit, work).await {
-            Ok(Ok(results)) => results,
-            Ok(Err(panic)) => {
-                let message = crate::supervise::panic_message(&*panic);
-                tracing::error!(%message, "webhook batch panicked");
-                let e = JobError::Retry {
-                    message: format!("the handler panicked: {message}"),
-                    after: None,
-                };
-                vec![Err(e); jobs.len()]
-            }
-            Err(_) => {
-                let e = JobError::Retry {
-                    message: format!("not finished within {limit:?}"),
-                    after: None,
-                };
-                vec![Err(e); jobs.len()]
-            }
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
         };
-        let outcomes = jobs
-            .iter()
-            .zip(results)
-            .map(|((job, _), result)| {
-                let outcome = outcome_of(&state, job, result);
+        let retry = |message: String| {
+            let e = JobError::Retry {
+                message,
+                after: None,
+            };
+            vec![Err(e); webhooks.len()]
+        };
+        let results = tokio::select! {
+            done = tokio::time::timeout(limit, work) => match done {
+                Ok(Ok(results)) => Some(results),
+                Ok(Err(panic)) => {
+                    let message = crate::supervise::panic_message(&*panic);
+                    tracing::error!(%message, "webhook batch panicked");
+                    Some(retry(format!("the handler panicked: {message}")))
+                }
+                Err(_) => Some(retry(format!("not finished within {limit:?}"))),
+            },
+            _ = grace_over => None,
+        };
+        let outcomes = match results {
+            Some(results) => webhooks
+                .iter()
+                .zip(results)
+                .map(|(w, result)| (&w.job, outcome_of(&state, &w.job, result)))
+                .collect::<Vec<_>>(),
+            None => webhooks
+                .iter()
+                .map(|w| (&w.job, JobOutcome::Release))
+                .collect(),
+        };
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(job, outcome)| {
                 state.metrics.job(&job.kind, outcome.label());
                 if let JobOutcome::Dead { error } = &outcome {
                     // A webhook's processing needs nothing more when it dies (`on_dead`).

@@ -11,7 +11,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{DynStore, Lease, NewWebhook, Recorded, StoreError, StoreResult, WebhookReceipt};
-use crate::queue::{Handed, Handoff};
+use crate::queue::{Handed, HandedWebhook, Handoff, Task};
 
 /// The most deliveries one transaction commits.
 pub const MAX_BATCH: usize = 64;
@@ -120,13 +120,22 @@ async fn commit_loop(store: DynStore, handoff: Arc<Handoff>, mut rx: mpsc::Recei
             Ok(recorded) => {
                 let mut handed = Vec::new();
                 for ((webhook, reply), r) in webhooks.into_iter().zip(replies).zip(recorded) {
-                    if let Recorded::Leased(job) = &r {
-                        handed.push((job.clone(), webhook.body));
+                    if let Recorded::Leased(job) = &r
+                        && let Ok(Task::ProcessWebhook { inbox_id }) = job.task
+                    {
+                        handed.push(HandedWebhook {
+                            job: job.clone(),
+                            inbox_id,
+                            body: webhook.body,
+                        });
                     }
                     let _ = reply.send(Ok(r));
                 }
                 if let Some(slot) = slot.filter(|_| !handed.is_empty()) {
-                    handoff.hand(Handed { jobs: handed, slot });
+                    handoff.hand(Handed {
+                        webhooks: handed,
+                        slot,
+                    });
                 }
             }
             Err(e) => {
