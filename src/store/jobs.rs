@@ -194,8 +194,33 @@ impl JobStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
+        // Most outcomes are `done`, which touches nothing but the job: one statement for all
+        // of them. The rest may change their pull too, one by one.
+        let done: Vec<i64> = batch
+            .iter()
+            .filter(|(_, o)| matches!(o, JobOutcome::Done))
+            .map(|(id, _)| *id)
+            .collect();
+        if !done.is_empty() {
+            // The id list comes first so that its parameters are numbered from 1 in both
+            // dialects (`Dialect::values_list`); the time is an integer, written as one.
+            let sql = format!(
+                "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = {}
+                 WHERE id IN {} AND lease_owner = {} AND status = 'running'",
+                to_ms(now),
+                self.dialect.values_list(1, done.len()),
+                self.dialect.param(done.len() + 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &done {
+                query = query.bind(*id);
+            }
+            query.bind(owner).execute(&mut *tx).await?;
+        }
         for (job_id, outcome) in batch {
-            finish_one(&mut tx, *job_id, owner, outcome, now).await?;
+            if !matches!(outcome, JobOutcome::Done) {
+                finish_one(&mut tx, *job_id, owner, outcome, now).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

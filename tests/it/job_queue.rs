@@ -292,3 +292,52 @@ async fn housekeeping_drops_dead_jobs_stale_sessions_and_old_ledger_rows_in_batc
         "only the recent ledger row is left"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_outcomes_ends_each_job_it_still_holds() {
+    let (store, _dir) = store().await;
+    for key in ["a", "b", "c", "d"] {
+        store
+            .enqueue_job(&job(Some(key)), Utc::now())
+            .await
+            .unwrap();
+    }
+    let now = Utc::now();
+    let lease = Duration::from_secs(30);
+    let mine = store.claim_jobs("w", now, now + lease, 3).await.unwrap();
+    let theirs = store.claim_jobs("v", now, now + lease, 3).await.unwrap();
+    assert_eq!((mine.len(), theirs.len()), (3, 1));
+    let retry_at = now + chrono::Duration::minutes(5);
+    store
+        .finish_jobs(
+            "w",
+            &[
+                (mine[0].id, JobOutcome::Done),
+                (mine[1].id, JobOutcome::Done),
+                (
+                    mine[2].id,
+                    JobOutcome::Retry {
+                        run_at: retry_at,
+                        error: "later".into(),
+                    },
+                ),
+                // Not held by "w": left alone.
+                (theirs[0].id, JobOutcome::Done),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    let state = |id| {
+        let store = store.clone();
+        async move { store.get_job(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(state(mine[0].id).await.state.to_string(), "done");
+    assert_eq!(state(mine[1].id).await.state.to_string(), "done");
+    let retried = state(mine[2].id).await;
+    assert_eq!(retried.state.to_string(), "queued");
+    assert_eq!(retried.last_error.as_deref(), Some("later"));
+    let held = state(theirs[0].id).await;
+    assert_eq!(held.state.to_string(), "running");
+    assert!(held.lease_expires_at.is_some());
+}
