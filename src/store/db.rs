@@ -48,6 +48,19 @@ impl Dialect {
     }
 
     /// Leases due jobs and jobs whose lease expired, counting an attempt for each.
+    /// Ends `n` jobs held by an owner as `done`: parameters `updated_at`, the `n` ids, the
+    /// owner. The ids are a literal list, so that SQLite looks each up by its key (with a
+    /// subquery it walked every running job instead).
+    pub(super) fn finish_done(self, n: usize) -> String {
+        format!(
+            "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = {}
+             WHERE id IN {} AND lease_owner = {} AND status = 'running'",
+            self.param(1),
+            self.values_list_after(1, 1, n),
+            self.param(n + 2)
+        )
+    }
+
     pub(super) fn claim_jobs(self) -> &'static str {
         match self {
             // One statement, so it is atomic under SQLite's single writer.
@@ -489,9 +502,17 @@ impl Dialect {
     /// docs/benchmarks.md). A statement with such a list numbers any later parameter with
     /// [`Dialect::param`].
     pub(super) fn values_list(self, rows: usize, columns: usize) -> String {
+        self.values_list_after(0, rows, columns)
+    }
+
+    /// [`Dialect::values_list`] in a statement whose first `before` parameters come ahead of
+    /// the list (numbered with [`Dialect::param`]).
+    pub(super) fn values_list_after(self, before: usize, rows: usize, columns: usize) -> String {
         (0..rows)
             .map(|r| {
-                let row: Vec<String> = (1..=columns).map(|c| self.param(r * columns + c)).collect();
+                let row: Vec<String> = (1..=columns)
+                    .map(|c| self.param(before + r * columns + c))
+                    .collect();
                 format!("({})", row.join(", "))
             })
             .collect::<Vec<_>>()
@@ -557,7 +578,7 @@ mod tests {
     /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
     async fn plan(store: &SqlStore, sql: &str) -> Vec<String> {
         let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sql);
-        for _ in 0..sql.matches('$').count() {
+        for _ in 0..sql.matches(['$', '?']).count() {
             query = query.bind("p");
         }
         let rows = query.fetch_all(&store.pool).await.expect("plan");
@@ -581,6 +602,28 @@ mod tests {
                 "{column}: {plan:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn finishing_jobs_and_finding_pulls_by_session_are_seeks() {
+        let (_dir, store) = sqlite().await;
+        let finish = format!("EXPLAIN QUERY PLAN {}", Dialect::Sqlite.finish_done(3));
+        let finish = plan(&store, &finish).await;
+        assert!(
+            finish
+                .iter()
+                .any(|d| d.contains("INTEGER PRIMARY KEY (rowid=?)")),
+            "{finish:?}"
+        );
+        let by_session = format!(
+            "EXPLAIN QUERY PLAN SELECT {PULL_COLUMNS} FROM pulls WHERE upstream_session_id IN {}",
+            Dialect::Sqlite.values_list(1, 3)
+        );
+        let by_session = plan(&store, &by_session).await;
+        assert!(
+            !by_session.iter().any(|d| d.contains("SCAN")),
+            "{by_session:?}"
+        );
     }
 
     #[tokio::test]

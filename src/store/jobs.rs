@@ -202,16 +202,8 @@ impl JobStore for SqlStore {
             .map(|(id, _)| *id)
             .collect();
         if !done.is_empty() {
-            // The id list comes first so that its parameters are numbered from 1 in both
-            // dialects (`Dialect::values_list`); the time is an integer, written as one.
-            let sql = format!(
-                "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = {}
-                 WHERE id IN {} AND lease_owner = {} AND status = 'running'",
-                to_ms(now),
-                self.dialect.values_list(1, done.len()),
-                self.dialect.param(done.len() + 1)
-            );
-            let mut query = sqlx::query(&sql);
+            let sql = self.dialect.finish_done(done.len());
+            let mut query = sqlx::query(&sql).bind(to_ms(now));
             for id in &done {
                 query = query.bind(*id);
             }
