@@ -7,13 +7,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::{JobError, capture_consents, deliver, fetch_data, poll, process_webhook, submit_pull};
 use crate::queue::{Handed, Job, JobOutcome, Task, retry_delay};
 use crate::state::AppState;
-use bytes::Bytes;
 
 /// Tunables of the pool; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -104,8 +104,8 @@ impl Finisher {
 pub async fn run(state: AppState, settings: WorkerSettings, shutdown: CancellationToken) {
     let owner = state.handoff.owner().to_string();
     let finisher = Finisher::start(state.clone(), owner.clone());
-    // Claimed jobs, at most `concurrency`; and jobs handed over by this process's webhook
-    // intake, at most `concurrency` more (the hand-over lane's slots bound them).
+    // Claimed jobs, at most `concurrency`; and batches of webhook jobs handed over by this
+    // process's intake, at most `concurrency` more (the hand-over lane's slots bound them).
     let mut running = JoinSet::new();
     let mut handed = JoinSet::new();
     let mut lane = state

@@ -47,7 +47,6 @@ impl Dialect {
         }
     }
 
-    /// Leases due jobs and jobs whose lease expired, counting an attempt for each.
     /// Ends `n` jobs held by an owner as `done`: parameters `updated_at`, the `n` ids, the
     /// owner. The ids are a literal list, so that SQLite looks each up by its key (with a
     /// subquery it walked every running job instead).
@@ -61,6 +60,7 @@ impl Dialect {
         )
     }
 
+    /// Leases due jobs and jobs whose lease expired, counting an attempt for each.
     pub(super) fn claim_jobs(self) -> &'static str {
         match self {
             // One statement, so it is atomic under SQLite's single writer.
