@@ -79,12 +79,14 @@ impl WebhookStore for SqlStore {
         // The job of each leased delivery, by inbox id.
         let mut leased = std::collections::HashMap::new();
         if !new.is_empty() {
+            // Only leased jobs are needed back, to hand over.
             let sql = format!(
                 "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, lease_owner, lease_expires_at, created_at, updated_at)
-                 VALUES {} RETURNING id, payload, status",
-                self.dialect.values_list(new.len(), 10)
+                 VALUES {}{}",
+                self.dialect.values_list(new.len(), 10),
+                if lease.is_some() { " RETURNING id, payload" } else { "" }
             );
-            let mut insert = sqlx::query_as::<_, (i64, String, String)>(&sql);
+            let mut insert = sqlx::query_as::<_, (i64, String)>(&sql);
             for inbox_id in &new {
                 let task = Task::ProcessWebhook {
                     inbox_id: *inbox_id,
@@ -103,10 +105,9 @@ impl WebhookStore for SqlStore {
                     .bind(to_ms(now));
             }
             // Rows come back in no promised order: a leased job is found by its inbox id.
-            for (job_id, payload, status) in insert.fetch_all(&mut *tx).await? {
-                if status == "running"
-                    && let Ok(Task::ProcessWebhook { inbox_id }) =
-                        Task::from_row("process_webhook", &payload)
+            for (job_id, payload) in insert.fetch_all(&mut *tx).await? {
+                if let Ok(Task::ProcessWebhook { inbox_id }) =
+                    Task::from_row("process_webhook", &payload)
                 {
                     leased.insert(inbox_id, job_id);
                 }
