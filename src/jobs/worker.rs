@@ -198,28 +198,21 @@ fn run_handed(
             .collect();
         let work = std::panic::AssertUnwindSafe(process_webhook::run_batch(&state, &deliveries))
             .catch_unwind();
-        let grace_over = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        let retry = |message: String| {
-            let e = JobError::Retry {
-                message,
-                after: None,
-            };
-            vec![Err(e); webhooks.len()]
-        };
+        let every = |e: JobError| vec![Err(e); webhooks.len()];
         let results = tokio::select! {
             done = tokio::time::timeout(limit, work) => match done {
                 Ok(Ok(results)) => Some(results),
                 Ok(Err(panic)) => {
                     let message = crate::supervise::panic_message(&*panic);
                     tracing::error!(%message, "webhook batch panicked");
-                    Some(retry(format!("the handler panicked: {message}")))
+                    Some(every(panicked(&message)))
                 }
-                Err(_) => Some(retry(format!("not finished within {limit:?}"))),
+                Err(_) => Some(every(JobError::Retry {
+                    message: format!("not finished within {limit:?}"),
+                    after: None,
+                })),
             },
-            _ = grace_over => None,
+            _ = grace_over(&shutdown, grace) => None,
         };
         let outcomes = match results {
             Some(results) => webhooks
@@ -232,18 +225,13 @@ fn run_handed(
                 .map(|w| (&w.job, JobOutcome::Release))
                 .collect(),
         };
-        let outcomes = outcomes
-            .into_iter()
-            .map(|(job, outcome)| {
-                state.metrics.job(&job.kind, outcome.label());
-                if let JobOutcome::Dead { error } = &outcome {
-                    // A webhook's processing needs nothing more when it dies (`on_dead`).
-                    tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
-                }
-                (job.id, outcome)
-            })
-            .collect();
-        if let Err(e) = finisher.finish_all(outcomes).await {
+        let mut recorded = Vec::with_capacity(outcomes.len());
+        for (job, outcome) in outcomes {
+            if ended(&state, job, &outcome).await {
+                recorded.push((job.id, outcome));
+            }
+        }
+        if let Err(e) = finisher.finish_all(recorded).await {
             // The leases will expire and the jobs run again: processing is idempotent.
             tracing::warn!(error = %e, "recording handed jobs' outcomes failed");
         }
@@ -295,19 +283,13 @@ async fn run_one(
                 r.unwrap_or_else(|panic| {
                     let message = crate::supervise::panic_message(&*panic);
                     tracing::error!(job_id = job.id, kind = %job.kind, %message, "job handler panicked");
-                    Err(JobError::Retry {
-                        message: format!("the handler panicked: {message}"),
-                        after: None,
-                    })
+                    Err(panicked(&message))
                 })
             });
         tokio::pin!(work);
         let mut heartbeat = tokio::time::interval(settings.lease / 3);
         heartbeat.tick().await;
-        let grace_over = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(settings.grace).await;
-        };
+        let grace_over = grace_over(&shutdown, settings.grace);
         tokio::pin!(grace_over);
         loop {
             tokio::select! {
@@ -327,20 +309,42 @@ async fn run_one(
             }
         }
     };
-    state.metrics.job(&job.kind, outcome.label());
-    if let JobOutcome::Dead { error } = &outcome {
-        tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
-        // What the job was for ends visibly before the job is recorded dead; if that cannot
-        // be written now, the lease runs out and the next claim tries again.
-        if let Err(e) = super::on_dead(&state, &job, error).await {
-            tracing::warn!(job_id = job.id, error = %e, "ending the dead job's work failed; will retry");
-            return;
-        }
+    if !ended(&state, &job, &outcome).await {
+        return;
     }
     if let Err(e) = finisher.finish(job.id, outcome).await {
         // The lease will expire and another attempt will run: handlers are idempotent.
         tracing::warn!(job_id = job.id, error = %e, "recording the job's outcome failed");
     }
+}
+
+/// Counts an attempt's outcome; a dead job's work ends visibly (`on_dead`) before the job is
+/// recorded dead. False when that could not be written now: the outcome is not recorded, the
+/// lease runs out and the next claim tries again.
+async fn ended(state: &AppState, job: &Job, outcome: &JobOutcome) -> bool {
+    state.metrics.job(&job.kind, outcome.label());
+    if let JobOutcome::Dead { error } = outcome {
+        tracing::error!(job_id = job.id, kind = %job.kind, attempts = job.attempts, %error, "job is dead");
+        if let Err(e) = super::on_dead(state, job, error).await {
+            tracing::warn!(job_id = job.id, error = %e, "ending the dead job's work failed; will retry");
+            return false;
+        }
+    }
+    true
+}
+
+/// A panic in a handler is one failed attempt, not a lost job or a dead worker.
+fn panicked(message: &str) -> JobError {
+    JobError::Retry {
+        message: format!("the handler panicked: {message}"),
+        after: None,
+    }
+}
+
+/// Ready once `grace` has passed after shutdown began: running work is given back then.
+async fn grace_over(shutdown: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
 }
 
 async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
