@@ -8,6 +8,16 @@
 //! cargo bench --bench loadgen -- smoke        # small runs of both; checks correctness only
 //! ```
 //!
+//! Any run also takes:
+//! - `--service-log FILE`: the service's stdout and stderr go to FILE instead of nowhere;
+//! - `--service-filter DIRECTIVES`: its `RUST_LOG` (`warn` unless given; logs are JSON).
+//!   `--service-filter sqlx::query=debug` logs every statement, which is how the statements a
+//!   pull costs were counted (docs/benchmarks.md);
+//! - `--service-bin PATH`: run another build of the service (say, the last commit's, copied
+//!   aside), so two builds compare under the same load generator and sandbox;
+//! - `--service-env NAME=VALUE` (repeatable): one more setting for the service, to compare
+//!   settings (say, `DATABASE_MAX_CONNECTIONS=4`) side by side.
+//!
 //! - `intake`: N unique authenticated webhooks (secret-key scheme) at concurrency C (closed
 //!   loop), or at R a second (open loop: latency counts from when each was due). Baseline: a
 //!   bare axum handler (this binary, `bare`), in its own process, under the same load.
@@ -24,8 +34,8 @@
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -43,6 +53,16 @@ const TOKEN: &str = "loadgen-token";
 /// No run may take longer than this, whatever it is asked.
 const MAX_RUN: Duration = Duration::from_secs(300);
 
+/// Which service binary runs, where its output goes and what it logs (`--service-bin`,
+/// `--service-log`, `--service-filter`).
+struct ServiceOptions {
+    bin: std::path::PathBuf,
+    log: Option<std::path::PathBuf>,
+    filter: String,
+    env: Vec<(String, String)>,
+}
+static SERVICE: OnceLock<ServiceOptions> = OnceLock::new();
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; it is not ours.
@@ -57,6 +77,31 @@ fn main() {
             })
             .unwrap_or(default)
     };
+    let text = |name: &str| {
+        args.iter().position(|a| a == name).map(|i| {
+            args.get(i + 1)
+                .unwrap_or_else(|| panic!("{name} takes a value"))
+        })
+    };
+    let _ = SERVICE.set(ServiceOptions {
+        bin: text("--service-bin")
+            .map_or(env!("CARGO_BIN_EXE_aa-recurring"), |s| s.as_str())
+            .into(),
+        log: text("--service-log").map(Into::into),
+        filter: text("--service-filter")
+            .cloned()
+            .unwrap_or_else(|| "warn".into()),
+        env: args
+            .windows(2)
+            .filter(|w| w[0] == "--service-env")
+            .map(|w| {
+                let (k, v) = w[1]
+                    .split_once('=')
+                    .expect("--service-env takes NAME=VALUE");
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+    });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     match args.first().map(String::as_str) {
         Some("bare") => runtime.block_on(bare(flag("--port", 0) as u16)),
@@ -115,10 +160,15 @@ struct Process {
 }
 
 impl Process {
+    /// Starts `command` with its output discarded.
     fn start(name: &'static str, mut command: Command) -> Self {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        Self::spawn(name, command)
+    }
+
+    /// Starts `command` with the output it was given.
+    fn spawn(name: &'static str, mut command: Command) -> Self {
         let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
         Process { child }
@@ -181,7 +231,8 @@ async fn wait_ready(url: &str) {
 
 /// The release service on `port`, on a fresh SQLite file in `dir`.
 fn service(dir: &std::path::Path, port: u16, upstream: Option<&str>) -> Process {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_aa-recurring"));
+    let options = SERVICE.get().expect("set in main");
+    let mut c = Command::new(&options.bin);
     c.arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -194,14 +245,24 @@ fn service(dir: &std::path::Path, port: u16, upstream: Option<&str>) -> Process 
         .env("WEBHOOK_VERIFY", "secret-key")
         .env("WEBHOOK_SECRETS", SECRET)
         .env("API_TOKENS", TOKEN)
-        .env("MAX_CONCURRENT_REQUESTS", "4096")
-        .env("RUST_LOG", "warn");
+        .env("MAX_CONCURRENT_REQUESTS", "4096");
     if let Some(u) = upstream {
         c.env("BANKCONNECT_BASE_URL", u)
             .env("BANKCONNECT_API_KEY", "loadgen")
             .env("BANKCONNECT_SERVER_HASH", "loadgen");
     }
-    Process::start("aa-recurring serve", c)
+    c.env("RUST_LOG", &options.filter)
+        .env("LOG_FORMAT", "json")
+        .envs(options.env.iter().cloned());
+    match &options.log {
+        Some(path) => {
+            let file =
+                std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.stdout(file.try_clone().unwrap()).stderr(file);
+            Process::spawn("aa-recurring serve", c)
+        }
+        None => Process::start("aa-recurring serve", c),
+    }
 }
 
 struct Load {
