@@ -325,20 +325,14 @@ pub(super) async fn lock_consent(
     Ok(())
 }
 
-/// Fetch Recurring AA Data calls sent for a consent since `start`.
+/// Fetch Recurring AA Data calls sent for a consent in each period of `budget`, in one query.
 pub(super) async fn sent_since(
     conn: &mut AnyConnection,
     consent_id: &str,
-    start: DateTime<Utc>,
-) -> StoreResult<u32> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pull_attempts WHERE consent_id = $1 AND sent_at >= $2",
-    )
-    .bind(consent_id)
-    .bind(to_ms(start))
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n as u32)
+    budget: &[Budget],
+) -> StoreResult<Vec<u32>> {
+    let mut counts = sent_since_many(conn, &[(consent_id, budget.to_vec())]).await?;
+    Ok(counts.pop().unwrap_or_default())
 }
 
 /// Fetch Recurring AA Data calls sent for each consent in each period of its budget, in one
@@ -400,14 +394,11 @@ pub(super) async fn budget_allows(
     } else {
         0
     };
-    for b in budget {
-        if i64::from(sent_since(conn, consent_id, b.period_start).await?) + queued
-            >= i64::from(b.max)
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let sent = sent_since(conn, consent_id, budget).await?;
+    Ok(budget
+        .iter()
+        .zip(sent)
+        .all(|(b, sent)| i64::from(sent) + queued < i64::from(b.max)))
 }
 
 pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> StoreResult<()> {

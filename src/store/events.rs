@@ -108,14 +108,20 @@ async fn pull_data(
     conn: &mut AnyConnection,
     pull_id: &str,
 ) -> StoreResult<Option<(String, Value)>> {
-    let Some(pull) = pull_where(conn, "pull_id", pull_id).await? else {
+    // One statement: an event is written with every step of every pull.
+    let row = sqlx::query(&format!(
+        "SELECT {PULL_COLUMNS},
+            (SELECT c.link_id FROM consents c WHERE c.consent_id = pulls.consent_id) AS link_id
+         FROM pulls WHERE pull_id = $1"
+    ))
+    .bind(pull_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
         return Ok(None);
     };
-    let link_id: Option<String> =
-        sqlx::query_scalar("SELECT link_id FROM consents WHERE consent_id = $1")
-            .bind(&pull.consent_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let (_, pull) = pull_from_row(&row)?;
+    let link_id: Option<String> = row.try_get("link_id")?;
     let mut data = serde_json::to_value(&pull).expect("pulls serialise");
     data["link_id"] = link_id.map_or(Value::Null, Value::String);
     Ok(Some((pull.consent_id, data)))
@@ -136,10 +142,7 @@ async fn consent_data(
     let Some((_, consent)) = row.as_ref().map(consent_from_row).transpose()? else {
         return Ok(None);
     };
-    let mut used = vec![];
-    for b in budget(&consent.limits(), now) {
-        used.push(sent_since(conn, consent_id, b.period_start).await?);
-    }
+    let used = sent_since(conn, consent_id, &budget(&consent.limits(), now)).await?;
     let view = ConsentView::new(consent, &used, now);
     Ok(Some(
         serde_json::to_value(view).expect("consents serialise"),

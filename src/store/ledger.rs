@@ -62,11 +62,7 @@ impl LedgerStore for SqlStore {
 
     async fn attempts_since(&self, consent_id: &str, budget: &[Budget]) -> StoreResult<Vec<u32>> {
         let mut conn = self.pool.acquire().await?;
-        let mut out = Vec::with_capacity(budget.len());
-        for b in budget {
-            out.push(sent_since(&mut conn, consent_id, b.period_start).await?);
-        }
-        Ok(out)
+        sent_since(&mut conn, consent_id, budget).await
     }
 
     async fn attempts_since_many(
