@@ -675,16 +675,31 @@ mod tests {
         while writer.counts().0 < 2 {
             tokio::task::yield_now().await;
         }
+        // One more joins after the dropped one: the savepoints nest (a joined writer's stays
+        // open until the commit), so undoing the dropped one must leave the second's work
+        // and take nothing of the last one's.
+        let last = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert("last").execute(&mut *tx).await.expect("insert");
+                tx.commit().await
+            }
+        });
+        while writer.counts().0 < 3 {
+            tokio::task::yield_now().await;
+        }
         first.commit().await.expect("the shared commit");
         committed.await.expect("task").expect("its commit");
         dropped.await.expect("task");
+        last.await.expect("task").expect("its commit");
 
         let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
             .fetch_all(&store.pool)
             .await
             .expect("read");
         keys.sort();
-        assert_eq!(keys, ["first", "second"]);
+        assert_eq!(keys, ["first", "last", "second"]);
         assert_eq!(
             writer.counts().1 - groups_before,
             1,
@@ -692,7 +707,7 @@ mod tests {
         );
         let after = writer.stats();
         assert_eq!(after.commits - before.commits, 1, "one commit");
-        assert_eq!(after.transactions - before.transactions, 2, "holding two");
+        assert_eq!(after.transactions - before.transactions, 3, "holding three");
         assert!(after.wait_seconds > before.wait_seconds);
     }
 
