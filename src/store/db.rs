@@ -94,6 +94,13 @@ impl Dialect {
 /// by system call was a large share of a busy service's CPU (docs/benchmarks.md).
 const MMAP_BYTES: u64 = 64 * 1024 * 1024;
 
+/// WAL pages after which a commit copies the log back into the database file (SQLite's
+/// default is 1,000). A checkpoint copies each page once however often it changed since the
+/// last, and intake changes the same index pages in commit after commit, so checkpointing a
+/// tenth as often wrote 15% less to disk and saved ~5% of intake's CPU (docs/benchmarks.md).
+/// The log file grows to ~40 MiB and is reused from its start after each checkpoint.
+const WAL_CHECKPOINT_PAGES: u32 = 10_000;
+
 /// The store: a pool and its dialect.
 pub struct SqlStore {
     pub(super) pool: AnyPool,
@@ -134,7 +141,8 @@ impl SqlStore {
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON; \
-                                 PRAGMA mmap_size = {MMAP_BYTES};"
+                                 PRAGMA mmap_size = {MMAP_BYTES}; \
+                                 PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
                             )
                             .as_str(),
                         )
@@ -564,6 +572,36 @@ mod tests {
         assert!(bad.is_err());
         drop(tx);
         assert_eq!(store.console_key("after").await.expect("key"), "after");
+    }
+
+    /// `journal_mode`, `synchronous` and `wal_autocheckpoint` of a connection.
+    async fn sqlite_settings(conn: &mut AnyConnection) -> Vec<String> {
+        use sqlx::Row;
+        let mut out = vec![];
+        for pragma in ["journal_mode", "synchronous", "wal_autocheckpoint"] {
+            let row = sqlx::query(&format!("PRAGMA {pragma}"))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pragma");
+            // journal_mode answers text, the others numbers.
+            out.push(
+                row.try_get::<String, _>(0)
+                    .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+                    .expect("value"),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_connection_is_durable_and_checkpoints_as_configured() {
+        let (_dir, store) = sqlite().await;
+        // synchronous 2 is FULL: a commit, and so a 200, is on disk.
+        let expected = ["wal", "2", &WAL_CHECKPOINT_PAGES.to_string()];
+        let mut reader = store.pool.acquire().await.expect("reader");
+        assert_eq!(sqlite_settings(&mut reader).await, expected);
+        let mut writer = store.write_conn().await.expect("writer");
+        assert_eq!(sqlite_settings(&mut writer).await, expected);
     }
 
     /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
