@@ -183,6 +183,16 @@ impl Process {
         ticks as f64 / 100.0
     }
 
+    /// Bytes it has caused to be written to storage so far (`/proc/PID/io`, `write_bytes`):
+    /// the WAL, the database file and its checkpoints.
+    fn disk_write_bytes(&self) -> f64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Peak resident memory in MiB (`VmHWM`).
     fn peak_rss_mib(&self) -> f64 {
         self.status_mib("VmHWM:")
@@ -419,7 +429,7 @@ async fn intake(load: &Load, report: bool) {
     let port = free_port();
     let svc = service(dir.path(), port, None);
     wait_ready(&format!("http://127.0.0.1:{port}/healthz")).await;
-    let cpu = svc.cpu_seconds();
+    let (cpu, written) = (svc.cpu_seconds(), svc.disk_write_bytes());
     let run = uuid::Uuid::new_v4().simple().to_string();
     let stats = send_webhooks(
         &format!("http://127.0.0.1:{port}/webhooks/bankconnect"),
@@ -452,6 +462,7 @@ async fn intake(load: &Load, report: bool) {
     }
     let drained = sent_at.elapsed();
     let total_cpu = svc.cpu_seconds() - cpu;
+    let written = svc.disk_write_bytes() - written;
     let rss = svc.peak_rss_mib();
     let stored: HashSet<String> =
         sqlx::query_scalar::<_, Option<String>>("SELECT upstream_session_id FROM webhook_inbox")
@@ -487,11 +498,12 @@ async fn intake(load: &Load, report: bool) {
             stats.acknowledged.len()
         );
         println!(
-            "all processed {:.2} s after the last acknowledgement ({:.0}/s acknowledged and processed); with processing, service CPU {:.2} s ({:.1} µs a webhook)",
+            "all processed {:.2} s after the last acknowledgement ({:.0}/s acknowledged and processed); with processing, service CPU {:.2} s ({:.1} µs a webhook), disk writes {:.1} KiB a webhook",
             drained.as_secs_f64(),
             stats.latencies.len() as f64 / (stats.elapsed + drained).as_secs_f64(),
             total_cpu,
-            per(total_cpu)
+            per(total_cpu),
+            written / 1024.0 / stats.latencies.len().max(1) as f64
         );
     } else {
         println!(
@@ -523,7 +535,11 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
         seeded.elapsed().as_secs_f64()
     );
 
-    let (cpu, sandbox_cpu) = (svc.cpu_seconds(), sandbox.cpu_seconds());
+    let (cpu, sandbox_cpu, written) = (
+        svc.cpu_seconds(),
+        sandbox.cpu_seconds(),
+        svc.disk_write_bytes(),
+    );
     let started = Instant::now();
     let pulls = run_all(ids.len() as u64, concurrency, |i| {
         let (http, base, consent) = (http.clone(), base.clone(), ids[i as usize].clone());
@@ -573,6 +589,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
     }
     let elapsed = started.elapsed();
     let (ours, theirs) = (svc.cpu_seconds() - cpu, sandbox.cpu_seconds() - sandbox_cpu);
+    let written = svc.disk_write_bytes() - written;
 
     // Every accepted pull completed and its data is served back.
     let checked = run_all(pulls.len() as u64, concurrency, |i| {
@@ -596,7 +613,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
     let n = pulls.len() as f64;
     if report {
         println!(
-            "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; peak RSS ours {:.1} MiB, sandbox {:.1} MiB",
+            "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; disk writes {:.1} KiB a pull; peak RSS ours {:.1} MiB, sandbox {:.1} MiB",
             pulls.len(),
             elapsed.as_secs_f64(),
             n / elapsed.as_secs_f64(),
@@ -605,6 +622,7 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
             theirs,
             theirs * 1e3 / n,
             ours / theirs.max(0.001),
+            written / 1024.0 / n,
             svc.peak_rss_mib(),
             sandbox.peak_rss_mib()
         );
