@@ -713,9 +713,9 @@ mod tests {
         while writer.counts().0 < 2 {
             tokio::task::yield_now().await;
         }
-        // One more joins after the dropped one: the savepoints nest (a joined writer's stays
-        // open until the commit), so undoing the dropped one must leave the second's work
-        // and take nothing of the last one's.
+        // One more joins after the dropped one. The second's savepoint is left open for the
+        // dropped one's first call to release, so undoing the dropped one must keep the
+        // second's work, and the last one's savepoint must take nothing of it either.
         let last = tokio::spawn({
             let store = store.clone();
             async move {
