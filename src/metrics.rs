@@ -134,6 +134,7 @@ pub struct Metrics {
     pub sqlite_commits: Counter,
     pub sqlite_write_transactions: Counter,
     pub sqlite_writer_wait: Counter<f64, AtomicU64>,
+    pub sqlite_wal: Gauge,
     /// When each housekeeping task last finished a pass on this instance (the service's clock),
     /// so a stalled purge or sweep shows before data outlives its data life.
     pub housekeeping_last_success: Family<TaskLabel, Gauge<f64, AtomicU64>>,
@@ -328,6 +329,13 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             sqlite_writer_wait.clone(),
         );
+        let sqlite_wal = Gauge::default();
+        registry.register_with_unit(
+            "sqlite_wal",
+            "Size of SQLite's write-ahead log file (0 on Postgres): up to ~40 MiB under load; growing past that means checkpoints are held back, by a long read for instance",
+            prometheus_client::registry::Unit::Bytes,
+            sqlite_wal.clone(),
+        );
         let housekeeping_last_success = Family::<TaskLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "housekeeping_last_success_timestamp_seconds",
@@ -368,6 +376,7 @@ impl Default for Metrics {
             sqlite_commits,
             sqlite_write_transactions,
             sqlite_writer_wait,
+            sqlite_wal,
             housekeeping_last_success,
             housekeeping_failures,
         };
@@ -557,6 +566,8 @@ impl Metrics {
         self.sqlite_writer_wait
             .inner()
             .store(stats.wait_seconds.to_bits(), Ordering::Relaxed);
+        self.sqlite_wal
+            .set(i64::try_from(stats.wal_bytes).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition.

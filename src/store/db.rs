@@ -101,6 +101,10 @@ const MMAP_BYTES: u64 = 64 * 1024 * 1024;
 /// The log file grows to ~40 MiB and is reused from its start after each checkpoint.
 const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
+/// A log file that grew past this while checkpoints were held back (by a long read, such as
+/// a backup) is cut back to it once they catch up, so the disk it took is given back.
+const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The store: a pool and its dialect.
 pub struct SqlStore {
     pub(super) pool: AnyPool,
@@ -121,6 +125,12 @@ impl SqlStore {
             // fresh clone.
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
             let file = options.get_filename();
+            // SQLite's write-ahead log sits beside the database, its name suffixed `-wal`.
+            let wal = (file != Path::new(":memory:")).then(|| {
+                let mut name = file.as_os_str().to_owned();
+                name.push("-wal");
+                std::path::PathBuf::from(name)
+            });
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
                 && !Path::new(dir).exists()
                 && file != Path::new(":memory:")
@@ -142,7 +152,8 @@ impl SqlStore {
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON; \
                                  PRAGMA mmap_size = {MMAP_BYTES}; \
-                                 PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
+                                 PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}; \
+                                 PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
                             )
                             .as_str(),
                         )
@@ -155,7 +166,7 @@ impl SqlStore {
             Ok(Self {
                 pool,
                 dialect: Dialect::Sqlite,
-                writer: Some(Arc::new(Writer::new())),
+                writer: Some(Arc::new(Writer::new(wal))),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self {
@@ -574,11 +585,17 @@ mod tests {
         assert_eq!(store.console_key("after").await.expect("key"), "after");
     }
 
-    /// `journal_mode`, `synchronous` and `wal_autocheckpoint` of a connection.
+    /// `journal_mode`, `synchronous`, `wal_autocheckpoint` and `journal_size_limit` of a
+    /// connection.
     async fn sqlite_settings(conn: &mut AnyConnection) -> Vec<String> {
         use sqlx::Row;
         let mut out = vec![];
-        for pragma in ["journal_mode", "synchronous", "wal_autocheckpoint"] {
+        for pragma in [
+            "journal_mode",
+            "synchronous",
+            "wal_autocheckpoint",
+            "journal_size_limit",
+        ] {
             let row = sqlx::query(&format!("PRAGMA {pragma}"))
                 .fetch_one(&mut *conn)
                 .await
@@ -597,7 +614,12 @@ mod tests {
     async fn every_connection_is_durable_and_checkpoints_as_configured() {
         let (_dir, store) = sqlite().await;
         // synchronous 2 is FULL: a commit, and so a 200, is on disk.
-        let expected = ["wal", "2", &WAL_CHECKPOINT_PAGES.to_string()];
+        let expected = [
+            "wal".to_string(),
+            "2".to_string(),
+            WAL_CHECKPOINT_PAGES.to_string(),
+            WAL_LIMIT_BYTES.to_string(),
+        ];
         let mut reader = store.pool.acquire().await.expect("reader");
         assert_eq!(sqlite_settings(&mut reader).await, expected);
         let mut writer = store.write_conn().await.expect("writer");

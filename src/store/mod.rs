@@ -373,6 +373,9 @@ pub struct WriterStats {
     pub transactions: u64,
     /// Time writers spent waiting for their turn, summed over writers.
     pub wait_seconds: f64,
+    /// The size of the write-ahead log file now: about 40 MiB at most under steady load
+    /// (`store/db.rs`); more means checkpoints are held back and the disk it takes grows.
+    pub wal_bytes: u64,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -22,6 +22,7 @@
 //!   release needs none of its own. (Leaving savepoints open to nest instead was slower:
 //!   SQLite keeps an inner savepoint's page copies until the outermost is released.)
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 
@@ -44,6 +45,8 @@ pub(super) struct Writer {
     commits: AtomicU64,
     transactions: AtomicU64,
     wait_nanos: AtomicU64,
+    /// The database's write-ahead log file, whose size the stats report.
+    wal: Option<PathBuf>,
 }
 
 /// The writer's connection (opened from the pool on first use, and again after it fails),
@@ -77,7 +80,7 @@ struct Group {
 type Turn = OwnedMutexGuard<WriterConn>;
 
 impl Writer {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(wal: Option<PathBuf>) -> Self {
         Self {
             turn: Arc::new(Mutex::new(WriterConn::default())),
             urgent: AtomicUsize::new(0),
@@ -86,6 +89,7 @@ impl Writer {
             commits: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             wait_nanos: AtomicU64::new(0),
+            wal,
         }
     }
 
@@ -94,6 +98,12 @@ impl Writer {
             commits: self.commits.load(SeqCst),
             transactions: self.transactions.load(SeqCst),
             wait_seconds: self.wait_nanos.load(SeqCst) as f64 / 1e9,
+            // No file yet (nothing written) is an empty log.
+            wal_bytes: self
+                .wal
+                .as_ref()
+                .and_then(|path| std::fs::metadata(path).ok())
+                .map_or(0, |m| m.len()),
         }
     }
 

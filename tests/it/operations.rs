@@ -28,6 +28,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("sqlite_commits", "counter"),
     ("sqlite_write_transactions", "counter"),
     ("sqlite_writer_wait_seconds", "counter"),
+    ("sqlite_wal_bytes", "gauge"),
     ("housekeeping_last_success_timestamp_seconds", "gauge"),
     ("housekeeping_failures", "counter"),
 ];
@@ -129,11 +130,14 @@ async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() 
     let transactions = app
         .metric("aa_recurring_sqlite_write_transactions_total")
         .await;
+    // And its write-ahead log, which holds those writes until a checkpoint copies them.
+    let wal = app.metric("aa_recurring_sqlite_wal_bytes").await;
     if on_postgres() {
-        assert_eq!((commits, transactions), (0, 0));
+        assert_eq!((commits, transactions, wal), (0, 0, 0));
     } else {
         assert!(commits >= 5, "the journey and the pull wrote: {commits}");
         assert!(transactions >= commits, "{transactions} < {commits}");
+        assert!(wal > 0, "the log holds the writes: {wal} bytes");
     }
     assert_eq!(
         app.metric(r#"aa_recurring_consents{status="active"}"#)
