@@ -53,8 +53,8 @@ const TOKEN: &str = "loadgen-token";
 /// No run may take longer than this, whatever it is asked.
 const MAX_RUN: Duration = Duration::from_secs(300);
 
-/// Which service binary runs, where its output goes and what it logs (`--service-bin`,
-/// `--service-log`, `--service-filter`).
+/// Which service binary runs, with which extra settings, where its output goes and what it
+/// logs (`--service-bin`, `--service-env`, `--service-log`, `--service-filter`).
 struct ServiceOptions {
     bin: std::path::PathBuf,
     log: Option<std::path::PathBuf>,
@@ -239,7 +239,8 @@ async fn wait_ready(url: &str) {
     }
 }
 
-/// The release service on `port`, on a fresh SQLite file in `dir`.
+/// The service (this build's release binary, or `--service-bin`) on `port`, on a fresh
+/// SQLite file in `dir`.
 fn service(dir: &std::path::Path, port: u16, upstream: Option<&str>) -> Process {
     let options = SERVICE.get().expect("set in main");
     let mut c = Command::new(&options.bin);
