@@ -121,23 +121,24 @@ impl SqlStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout);
         if url.starts_with("sqlite:") {
-            // A relative file path needs its folder; `sqlite://data/x.db` must work on a
-            // fresh clone.
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
             let file = options.get_filename();
-            // SQLite's write-ahead log sits beside the database, its name suffixed `-wal`.
-            let wal = (file != Path::new(":memory:")).then(|| {
-                let mut name = file.as_os_str().to_owned();
-                name.push("-wal");
-                std::path::PathBuf::from(name)
-            });
+            let on_disk = file != Path::new(":memory:");
+            // A relative file path needs its folder; `sqlite://data/x.db` must work on a
+            // fresh clone.
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
                 && !Path::new(dir).exists()
-                && file != Path::new(":memory:")
+                && on_disk
             {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
             }
+            // SQLite's write-ahead log sits beside the database, its name suffixed `-wal`.
+            let wal = on_disk.then(|| {
+                let mut name = file.as_os_str().to_owned();
+                name.push("-wal");
+                std::path::PathBuf::from(name)
+            });
             let url = if url.contains('?') {
                 url.to_string()
             } else {
