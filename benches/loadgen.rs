@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench loadgen -- intake [--requests N] [--concurrency C] [--rate R]
-//! cargo bench --bench loadgen -- e2e [--consents N] [--concurrency C]
+//! cargo bench --bench loadgen -- e2e [--consents N] [--concurrency C] [--days D]
 //! cargo bench --bench loadgen -- payload [--mib M]   # one pull of an M MiB document
 //! cargo bench --bench loadgen -- smoke        # small runs of both; checks correctness only
 //! ```
@@ -23,7 +23,9 @@
 //!   bare axum handler (this binary, `bare`), in its own process, under the same load.
 //! - `e2e`: N consents through the real journey against the standalone sandbox, one pull
 //!   each fired at once, until every pull has completed. The sandbox's own CPU time for the
-//!   same pulls is the baseline.
+//!   same pulls is the baseline. With `--days D` each pull asks for the last D days (the
+//!   sandbox gives about one transaction a day), as a monitoring pull of months would; without
+//!   it, the window since the consent began, which holds a couple of transactions.
 //! - `payload`: one pull whose Insights document the sandbox pads to M MiB, fetched, stored and
 //!   served back in full (uncompressed); reports how far the service's peak RSS rose above its
 //!   RSS before the pull.
@@ -117,7 +119,17 @@ fn main() {
             intake(&load, true).await;
         }),
         Some("e2e") => runtime.block_on(async {
-            e2e(flag("--consents", 1000), flag("--concurrency", 32), true).await;
+            let days = args
+                .iter()
+                .any(|a| a == "--days")
+                .then(|| flag("--days", 0));
+            e2e(
+                flag("--consents", 1000),
+                flag("--concurrency", 32),
+                days,
+                true,
+            )
+            .await;
         }),
         Some("payload") => runtime.block_on(payload(flag("--mib", 50))),
         Some("smoke") => runtime.block_on(async {
@@ -127,7 +139,7 @@ fn main() {
                 rate: None,
             };
             intake(&load, false).await;
-            e2e(40, 8, false).await;
+            e2e(40, 8, None, false).await;
             println!("smoke: every acknowledged item is stored");
         }),
         _ => {
@@ -515,10 +527,17 @@ async fn intake(load: &Load, report: bool) {
     }
 }
 
-async fn e2e(consents: u64, concurrency: u64, report: bool) {
+async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
     println!(
-        "== end to end: {consents} consents through the journey, one pull each, against the standalone sandbox"
+        "== end to end: {consents} consents through the journey, one pull each{}, against the standalone sandbox",
+        days.map(|d| format!(" of the last {d} days"))
+            .unwrap_or_default()
     );
+    // The service dates windows in Indian time.
+    let body = days.map(|d| {
+        let today = (chrono::Utc::now() + chrono::Duration::minutes(330)).date_naive();
+        json!({"from": (today - chrono::Days::new(d)).to_string()})
+    });
     let dir = tempfile::tempdir().unwrap();
     let (sandbox, svc, base, _) = sandbox_and_service(dir.path()).await;
     let http = reqwest::Client::new();
@@ -544,13 +563,15 @@ async fn e2e(consents: u64, concurrency: u64, report: bool) {
     let started = Instant::now();
     let pulls = run_all(ids.len() as u64, concurrency, |i| {
         let (http, base, consent) = (http.clone(), base.clone(), ids[i as usize].clone());
+        let body = body.clone();
         async move {
-            let r = http
+            let mut r = http
                 .post(format!("{base}/api/v1/consents/{consent}/pulls"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap();
+                .bearer_auth(TOKEN);
+            if let Some(body) = &body {
+                r = r.json(body);
+            }
+            let r = r.send().await.unwrap();
             assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
             r.json::<Value>().await.unwrap()["pull_id"]
                 .as_str()
