@@ -539,10 +539,45 @@ impl Dialect {
     }
 }
 
+/// The most rows one statement of a batched insert carries ([`batch_sizes`]).
+const MAX_BATCH_ROWS: usize = 256;
+
+/// How many rows each statement of an insert of `rows` rows carries: [`MAX_BATCH_ROWS`] at a
+/// time, then the rest in falling powers of two. Each distinct length is a statement of its
+/// own in every connection's statement cache (sqlx keeps 100), so an insert of any size uses
+/// at most nine texts and never crowds the hot statements out of the cache.
+pub(super) fn batch_sizes(rows: usize) -> impl Iterator<Item = usize> {
+    let rest = rows % MAX_BATCH_ROWS;
+    std::iter::repeat_n(MAX_BATCH_ROWS, rows / MAX_BATCH_ROWS).chain(
+        (0..MAX_BATCH_ROWS.trailing_zeros())
+            .rev()
+            .map(|bit| 1 << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::ConsoleStore;
+
+    #[test]
+    fn batched_inserts_use_few_statement_lengths() {
+        let sizes = |n| batch_sizes(n).collect::<Vec<_>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(180), [128, 32, 16, 4]);
+        assert_eq!(sizes(256), [256]);
+        assert_eq!(sizes(600), [256, 256, 64, 16, 8]);
+        let mut lengths = std::collections::BTreeSet::new();
+        for n in 0..2_000 {
+            let s = sizes(n);
+            assert_eq!(s.iter().sum::<usize>(), n, "{n} rows");
+            assert!(s.len() <= n / MAX_BATCH_ROWS + 8, "{n} rows in {s:?}");
+            lengths.extend(s);
+        }
+        assert_eq!(lengths.len(), 9, "{lengths:?}");
+    }
 
     async fn sqlite() -> (tempfile::TempDir, SqlStore) {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -324,19 +324,28 @@ impl PullStore for SqlStore {
         .bind(to_ms(d.fetched_at))
         .execute(&mut *tx)
         .await?;
-        for t in timeline {
-            sqlx::query(
+        // Many rows a statement: a pull of months holds hundreds of transactions, and each
+        // statement is a round trip to SQLite's thread (docs/benchmarks.md).
+        let mut rest = timeline;
+        for rows in batch_sizes(timeline.len()) {
+            let (batch, tail) = rest.split_at(rows);
+            rest = tail;
+            let sql = format!(
                 "INSERT INTO transactions (consent_id, hash, txn_at, pull_id, body, fetched_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consent_id, hash) DO NOTHING",
-            )
-            .bind(consent_id)
-            .bind(&t.hash)
-            .bind(&t.txn_at)
-            .bind(&t.pull_id)
-            .bind(t.body.to_string())
-            .bind(to_ms(d.fetched_at))
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {} ON CONFLICT (consent_id, hash) DO NOTHING",
+                self.dialect.values_list(rows, 6)
+            );
+            let mut insert = sqlx::query(&sql);
+            for t in batch {
+                insert = insert
+                    .bind(consent_id)
+                    .bind(&t.hash)
+                    .bind(&t.txn_at)
+                    .bind(&t.pull_id)
+                    .bind(t.body.to_string())
+                    .bind(to_ms(d.fetched_at));
+            }
+            insert.execute(&mut *tx).await?;
         }
         let completed = sqlx::query(
             "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,

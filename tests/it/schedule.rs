@@ -308,6 +308,67 @@ async fn data_past_its_data_life_is_purged_and_the_pull_stays() {
 }
 
 #[tokio::test]
+async fn a_six_month_pull_puts_every_transaction_in_the_timeline() {
+    // About 180 transactions: the store writes them in several multi-row statements.
+    let app = TestApp::builder().start().await;
+    let consent = app.approved_consent("cust-long", json!({})).await;
+    let today = chrono::Utc::now().with_timezone(&ist()).date_naive();
+    let from = (today - chrono::Days::new(180)).to_string();
+    let (status, pull) = app
+        .start_pull(
+            &consent,
+            Some(json!({"from": from, "to": today.to_string()})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pull}");
+    let pull_id = pull["pull_id"].as_str().unwrap();
+    app.pull_reaches(pull_id, "completed", 20).await;
+    let (_, data) = app.get(&format!("/api/v1/pulls/{pull_id}/insights")).await;
+    let fetched: Vec<(String, String)> = data["accounts"][0]["data"]["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["hash"].as_str().unwrap().into(),
+                t["date"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(fetched.len() > 100, "{} transactions", fetched.len());
+
+    let mut stored = vec![];
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path =
+            format!("/api/v1/consents/{consent}/transactions?from={from}&to={today}&limit=200");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        stored.extend(page["items"].as_array().unwrap().iter().map(|t| {
+            (
+                t["hash"].as_str().unwrap().to_string(),
+                t["date"].as_str().unwrap().to_string(),
+            )
+        }));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let mut expected = fetched.clone();
+    expected.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    stored.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    assert_eq!(
+        stored, expected,
+        "each fetched transaction once, with its date"
+    );
+}
+
+#[tokio::test]
 async fn overlapping_windows_give_one_deduplicated_timeline() {
     let app = TestApp::builder().start().await;
     let consent = app.approved_consent("cust-dedupe", json!({})).await;
