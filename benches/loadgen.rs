@@ -169,6 +169,11 @@ async fn bare(port: u16) {
 /// A child process, killed when dropped, whose CPU time and peak RSS are read from `/proc`.
 struct Process {
     child: Child,
+    /// The most anonymous memory (`RssAnon`: heap and stacks) seen, in KiB, sampled every
+    /// 50 ms by a thread that ends with the process. `VmHWM` also counts the database file's
+    /// pages that SQLite maps into memory (`mmap_size`, in each connection), which can be
+    /// most of it and are page cache, not memory the service holds.
+    peak_anon_kib: Arc<AtomicU64>,
 }
 
 impl Process {
@@ -183,7 +188,18 @@ impl Process {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        Process { child }
+        let peak_anon_kib = Arc::new(AtomicU64::new(0));
+        let (pid, peak) = (child.id(), peak_anon_kib.clone());
+        std::thread::spawn(move || {
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                peak.fetch_max(status_kib(&status, "RssAnon:") as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Process {
+            child,
+            peak_anon_kib,
+        }
     }
 
     /// User and system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
@@ -215,16 +231,25 @@ impl Process {
         self.status_mib("VmRSS:")
     }
 
+    /// Peak anonymous memory in MiB, as sampled (see [`Process::peak_anon_kib`]).
+    fn peak_anon_mib(&self) -> f64 {
+        self.peak_anon_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+
     fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        status_kib(&status, field) / 1024.0
     }
+}
+
+/// A `kB` field of `/proc/PID/status`, 0 if absent.
+fn status_kib(status: &str, field: &str) -> f64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl Drop for Process {
@@ -502,12 +527,13 @@ async fn intake(load: &Load, report: bool) {
         println!("{}", stats.line("webhook intake"));
         let per = |cpu: f64| cpu * 1e6 / stats.latencies.len().max(1) as f64;
         println!(
-            "ratio {:.1}% of bare axum; service CPU {:.2} s ({:.1} µs a webhook; bare {:.1} µs); peak RSS {:.1} MiB; {} acknowledged, all stored",
+            "ratio {:.1}% of bare axum; service CPU {:.2} s ({:.1} µs a webhook; bare {:.1} µs); peak RSS {:.1} MiB (anonymous {:.1} MiB); {} acknowledged, all stored",
             100.0 * stats.throughput() / bare_stats.throughput(),
             svc_cpu,
             per(svc_cpu),
             bare_cpu * 1e6 / bare_stats.latencies.len().max(1) as f64,
             rss,
+            svc.peak_anon_mib(),
             stats.acknowledged.len()
         );
         println!(
@@ -635,7 +661,7 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
     let n = pulls.len() as f64;
     if report {
         println!(
-            "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; disk writes {:.1} KiB a pull; peak RSS ours {:.1} MiB, sandbox {:.1} MiB",
+            "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; disk writes {:.1} KiB a pull; peak RSS ours {:.1} MiB (anonymous {:.1} MiB), sandbox {:.1} MiB",
             pulls.len(),
             elapsed.as_secs_f64(),
             n / elapsed.as_secs_f64(),
@@ -646,6 +672,7 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
             ours / theirs.max(0.001),
             written / 1024.0 / n,
             svc.peak_rss_mib(),
+            svc.peak_anon_mib(),
             sandbox.peak_rss_mib()
         );
     } else {
