@@ -4,11 +4,13 @@
 //! finished savepoint in the same call that opens the next (`store/writer.rs`).
 //!
 //! Run: `cargo bench --bench statement`. Reports wall and process CPU time a call, and
-//! `SAVEPOINT` + `RELEASE` as two calls beside the same two statements in one call.
+//! `SAVEPOINT` + `RELEASE` as two calls beside the same two statements in one call. Then the
+//! cost of sqlx's `Any` driver, which the store uses to speak SQLite and Postgres with one
+//! code path: the same reads through `Any` and through the SQLite driver itself, side by side.
 
 use std::time::Instant;
 
-use sqlx::Executor;
+use sqlx::{Connection, Executor, Row};
 
 const CALLS: u32 = 20_000;
 
@@ -59,4 +61,66 @@ async fn main() {
         );
     }
     conn.execute("COMMIT").await.expect("commit");
+    drop(conn);
+    pool.close().await;
+    any_against_native(&url).await;
+}
+
+/// Rows like a consent's (a dozen columns of text and integers): a point read by key and a
+/// read of 1,000 rows (a scheduler batch), through `Any` and through `SqliteConnection`.
+async fn any_against_native(url: &str) {
+    const ROWS: i64 = 1_000;
+    let mut native = sqlx::SqliteConnection::connect(url).await.expect("native");
+    native
+        .execute(
+            "CREATE TABLE wide (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, d TEXT, e TEXT,
+             f INTEGER, g INTEGER, h INTEGER, i INTEGER, j TEXT, k INTEGER)",
+        )
+        .await
+        .expect("table");
+    native.execute("BEGIN").await.expect("begin");
+    for id in 0..ROWS {
+        sqlx::query(
+            "INSERT INTO wide VALUES ($1, 'consent-0000000000', 'link-000000', 'active', 'month',
+             'monitoring', 5, 12, 1700000000000, 1700000000000, '2025-01-01', 0)",
+        )
+        .bind(id)
+        .execute(&mut native)
+        .await
+        .expect("row");
+    }
+    native.execute("COMMIT").await.expect("commit");
+    let mut any = sqlx::AnyConnection::connect(url).await.expect("any");
+
+    const ROUNDS: u32 = 500;
+    let point = "SELECT * FROM wide WHERE id = $1";
+    let batch = "SELECT * FROM wide ORDER BY id LIMIT 1000";
+    println!("reads of a 12-column row, {ROUNDS} rounds each");
+    macro_rules! time {
+        ($name:expr, $conn:expr, $sql:expr, $per_round:expr) => {{
+            let (wall, cpu) = (Instant::now(), cpu_seconds());
+            for round in 0..ROUNDS {
+                for _ in 0..$per_round {
+                    let rows = sqlx::query($sql)
+                        .bind(i64::from(round) % ROWS)
+                        .fetch_all(&mut $conn)
+                        .await
+                        .expect("read");
+                    let first: i64 = rows[0].try_get(0).expect("id");
+                    std::hint::black_box((first, rows.len()));
+                }
+            }
+            let per = |total: f64| total * 1e6 / f64::from(ROUNDS * $per_round);
+            println!(
+                "{:<36} {:>8.1} µs wall, {:>8.1} µs CPU a read",
+                $name,
+                per(wall.elapsed().as_secs_f64()),
+                per(cpu_seconds() - cpu)
+            );
+        }};
+    }
+    time!("point read, SQLite driver", native, point, 20);
+    time!("point read, Any driver", any, point, 20);
+    time!("1,000 rows, SQLite driver", native, batch, 1);
+    time!("1,000 rows, Any driver", any, batch, 1);
 }
