@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::consent::ConsentStatus;
-use crate::domain::fair_use::{budget, check_all};
 use crate::domain::ist;
 use crate::domain::pull::{PullKind, next_window};
 use crate::state::AppState;
@@ -73,7 +72,8 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             .max_spread
             .min(Duration::from_millis(20) * n as u32);
         // Expired consents end here; the rest are planned together: one query for where
-        // their windows start and one for their fair-use counts, whatever the batch size.
+        // their windows start, whatever the batch size. Their fair-use counts are read once,
+        // in the transaction that fires them (`ScheduleStore::fire_scheduled`).
         let mut live = Vec::with_capacity(n);
         for consent in due {
             if consent.next_pull_at.is_none() {
@@ -89,16 +89,8 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             live.push(consent);
         }
         let since = crate::pulls::windows_since(state, &live).await?;
-        let limits: Vec<_> = live.iter().map(|c| c.limits()).collect();
-        let budgets: Vec<(&str, Vec<_>)> = live
-            .iter()
-            .zip(&limits)
-            .map(|(c, l)| (c.consent_id.as_str(), budget(l, now)))
-            .collect();
-        let used = state.store.attempts_since_many(&budgets).await?;
         let mut batch = Vec::with_capacity(live.len());
-        for (((consent, since), limits), used) in live.into_iter().zip(since).zip(&limits).zip(used)
-        {
+        for (consent, since) in live.into_iter().zip(since) {
             let Some(expected) = consent.next_pull_at else {
                 continue;
             };
@@ -109,7 +101,7 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
             let next_pull_at = Some(expected + interval)
                 .filter(|n| *n > now)
                 .unwrap_or(now + interval);
-            let next_when_over_budget = check_all(limits, &used, now).err().unwrap_or(next_pull_at);
+            let limits = consent.limits();
             let kind = PullKind::default_for(consent.use_case);
             let (pull, mut job) =
                 crate::pulls::plan(&consent, kind, window, now, None, String::new());
@@ -120,7 +112,7 @@ pub async fn tick(state: &AppState, settings: &SchedulerSettings) -> StoreResult
                 consent_id: consent.consent_id,
                 expected,
                 next_pull_at,
-                next_when_over_budget,
+                limits,
                 pull,
                 job,
             });

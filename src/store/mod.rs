@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 
 pub use crate::config::PoolSettings;
 use crate::domain::consent::{Consent, ConsentStatus};
-use crate::domain::fair_use::Budget;
+use crate::domain::fair_use::{Budget, Limit};
 use crate::domain::pull::{Pull, PullKind, PullStatus};
 use crate::queue::NewJob;
 
@@ -162,8 +162,10 @@ pub struct ScheduledPull {
     pub expected: DateTime<Utc>,
     /// Where `next_pull_at` moves when the pull is created (or skipped because one is in flight).
     pub next_pull_at: DateTime<Utc>,
-    /// Where it moves instead when the budget is spent: when the budget allows again.
-    pub next_when_over_budget: DateTime<Utc>,
+    /// The consent's fair-use limits. When the firing transaction finds the budget spent,
+    /// `next_pull_at` moves instead to when these allow a pull again: the counts read there
+    /// decide, so the planner does not read them too.
+    pub limits: [Limit; 2],
     pub pull: NewPull,
     pub job: NewJob,
 }

@@ -6,6 +6,7 @@ use super::db::*;
 use super::rows::*;
 use super::*;
 use crate::domain::consent::Consent;
+use crate::domain::fair_use::check_all;
 
 /// The scheduler's reads and its compare-and-set firing.
 #[async_trait]
@@ -80,18 +81,15 @@ impl ScheduleStore for SqlStore {
             .map(|i| (i.consent_id.as_str(), i.pull.budget.clone()))
             .collect();
         let sent = sent_since_many(&mut tx, &budgets).await?;
-        let plans: Vec<(bool, bool)> = batch
+        // Each consent is busy (a pull under way), or over budget until some time, or fires.
+        let plans: Vec<(bool, Option<DateTime<Utc>>)> = batch
             .iter()
             .zip(&sent)
             .map(|(item, sent)| {
                 let busy = in_flight.contains(&item.consent_id);
-                let over = !busy
-                    && item
-                        .pull
-                        .budget
-                        .iter()
-                        .zip(sent)
-                        .any(|(b, used)| *used >= b.max);
+                let over = (!busy)
+                    .then(|| check_all(&item.limits, sent, now).err())
+                    .flatten();
                 (busy, over)
             })
             .collect();
@@ -109,11 +107,7 @@ impl ScheduleStore for SqlStore {
         );
         let mut moved = sqlx::query_scalar::<_, String>(&sql);
         for (item, (_, over)) in batch.iter().zip(&plans) {
-            let next = if *over {
-                item.next_when_over_budget
-            } else {
-                item.next_pull_at
-            };
+            let next = over.unwrap_or(item.next_pull_at);
             moved = moved
                 .bind(&item.consent_id)
                 .bind(to_ms(next))
@@ -132,7 +126,7 @@ impl ScheduleStore for SqlStore {
                 report.lost += 1;
             } else if busy {
                 report.in_flight += 1;
-            } else if over {
+            } else if over.is_some() {
                 report.deferred += 1;
             } else {
                 fire.push(item);

@@ -136,6 +136,48 @@ async fn a_revocation_mid_schedule_stops_it() {
 }
 
 #[tokio::test]
+async fn a_spent_budget_moves_the_next_slot_to_when_the_budget_allows_again() {
+    let (app, clock) = clocked(&[]).await;
+    let consent = app
+        .approved_consent(
+            "cust-spent",
+            json!({"frequency_unit": "month", "frequency_value": 5}),
+        )
+        .await;
+    // The lender spends January's five pulls on 5 January; the first slot is six days on.
+    for day in 1..=5 {
+        let window =
+            json!({"from": format!("2025-12-{day:02}"), "to": format!("2025-12-{:02}", day + 1)});
+        let (status, pull) = app.start_pull(&consent, Some(window), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{pull}");
+        settle(&app, &clock).await;
+    }
+    assert_eq!(pulls(&app, &consent).await.len(), 5);
+    run_days(&app, &clock, 7).await;
+    // The slot came and went without a pull, and the schedule waits for February (IST).
+    assert_eq!(
+        pulls(&app, &consent).await.len(),
+        5,
+        "nothing sent over budget"
+    );
+    let (_, c) = app.get(&format!("/api/v1/consents/{consent}")).await;
+    assert_eq!(
+        DateTime::parse_from_rfc3339(c["next_pull_at"].as_str().unwrap()).unwrap(),
+        DateTime::parse_from_rfc3339("2026-02-01T00:00:00+05:30").unwrap(),
+        "{c}"
+    );
+    assert_eq!(app.metric("aa_recurring_fair_use_refusals_total").await, 1);
+    // On 1 February the deferred slot fires.
+    run_days(&app, &clock, 20).await;
+    let all = pulls(&app, &consent).await;
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert_eq!(
+        ist_day(&all[5]["created_at"]),
+        NaiveDate::from_ymd_opt(2026, 2, 1).unwrap()
+    );
+}
+
+#[tokio::test]
 async fn pause_stops_the_schedule_and_resume_does_not_burst() {
     let (app, clock) = clocked(&[]).await;
     let consent = app
