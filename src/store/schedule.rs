@@ -87,9 +87,11 @@ impl ScheduleStore for SqlStore {
             .zip(&sent)
             .map(|(item, sent)| {
                 let busy = in_flight.contains(&item.consent_id);
-                let over = (!busy)
-                    .then(|| check_all(&item.limits, sent, now).err())
-                    .flatten();
+                let over = if busy {
+                    None
+                } else {
+                    check_all(&item.limits, sent, now).err()
+                };
                 (busy, over)
             })
             .collect();

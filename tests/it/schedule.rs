@@ -25,6 +25,33 @@ fn ist_day(v: &Value) -> NaiveDate {
         .date_naive()
 }
 
+/// A consent's timeline from `from` to `to`, every page of `limit` followed to the end.
+async fn whole_timeline(
+    app: &TestApp,
+    consent: &str,
+    from: &str,
+    to: &str,
+    limit: u32,
+) -> Vec<Value> {
+    let mut seen = vec![];
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path =
+            format!("/api/v1/consents/{consent}/transactions?from={from}&to={to}&limit={limit}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    seen
+}
+
 /// Pulls sent per calendar month (IST), by when they were created.
 fn per_month(pulls: &[Value]) -> BTreeMap<(i32, u32), usize> {
     let mut m = BTreeMap::new();
@@ -380,27 +407,17 @@ async fn a_six_month_pull_puts_every_transaction_in_the_timeline() {
         .collect();
     assert!(fetched.len() > 100, "{} transactions", fetched.len());
 
-    let mut stored = vec![];
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path =
-            format!("/api/v1/consents/{consent}/transactions?from={from}&to={today}&limit=200");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = app.get(&path).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        stored.extend(page["items"].as_array().unwrap().iter().map(|t| {
-            (
-                t["hash"].as_str().unwrap().to_string(),
-                t["date"].as_str().unwrap().to_string(),
-            )
-        }));
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let mut stored: Vec<(String, String)> =
+        whole_timeline(&app, &consent, &from, &today.to_string(), 200)
+            .await
+            .iter()
+            .map(|t| {
+                (
+                    t["hash"].as_str().unwrap().to_string(),
+                    t["date"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
     let mut expected = fetched.clone();
     expected.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
     stored.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
@@ -440,25 +457,7 @@ async fn overlapping_windows_give_one_deduplicated_timeline() {
     );
 
     // Walk the whole timeline in pages.
-    let mut seen = vec![];
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!(
-            "/api/v1/consents/{consent}/transactions?from={}&to={}&limit=7",
-            day(20),
-            day(0)
-        );
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = app.get(&path).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        seen.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let seen = whole_timeline(&app, &consent, &day(20), &day(0), 7).await;
     let seen_hashes: HashSet<String> = seen
         .iter()
         .map(|t| t["hash"].as_str().unwrap().to_string())
