@@ -561,8 +561,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format);
     let listener = TcpListener::bind(config.bind_addr).await?;
     let banner = banner(&config);
-    let mut options = RunOptions::default();
-    options.workers.lease = config.job_lease;
+    let options = RunOptions::configured(&config);
     let app = App::start(config, listener, options).await?;
     if let Some(banner) = banner {
         eprintln!("{banner}");

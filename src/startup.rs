@@ -46,6 +46,16 @@ impl Default for RunOptions {
     }
 }
 
+impl RunOptions {
+    /// Production's options, with what the configuration sets.
+    pub fn configured(config: &Config) -> Self {
+        let mut options = Self::default();
+        options.workers.lease = config.job_lease;
+        options.workers.concurrency = config.max_concurrent_jobs;
+        options
+    }
+}
+
 impl App {
     /// Migrates the database and starts serving on `listener`.
     pub async fn start(
@@ -185,4 +195,25 @@ fn sandbox_router(
     anyhow::bail!(
         "BANKCONNECT_BASE_URL: required: this build has no sandbox (built without the `sandbox` feature)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_pool_runs_as_configured() {
+        let config = Config::from_lookup(|k| match k {
+            "MAX_CONCURRENT_JOBS" => Some("7".into()),
+            "JOB_LEASE_SECS" => Some("30".into()),
+            _ => None,
+        })
+        .unwrap();
+        let options = RunOptions::configured(&config);
+        assert_eq!(options.workers.concurrency, 7);
+        assert_eq!(options.workers.lease, std::time::Duration::from_secs(30));
+        let defaults = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(RunOptions::configured(&defaults).workers.concurrency, 64);
+        assert_eq!(defaults.max_concurrent_downloads, 16);
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use std::io::Write;
 
@@ -33,6 +34,9 @@ use wire::{
 pub struct FetchedData {
     pub gzip: Vec<u8>,
     pub raw_size: usize,
+    /// One of the client's download slots, given back when the data is dropped: a payload
+    /// counts against `MAX_CONCURRENT_DOWNLOADS` until it has been stored.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// The largest enriched payload we accept, uncompressed.
@@ -65,15 +69,19 @@ pub struct BankConnectClient {
     server_hash: SecretString,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
+    /// Bounds the payloads held in memory at once ([`FetchedData`]).
+    downloads: Arc<Semaphore>,
 }
 
 impl BankConnectClient {
-    /// `base` is everything before `/v1`, e.g. `https://apis.bankconnect.finbox.in/bank-connect`.
+    /// `base` is everything before `/v1`, e.g. `https://apis.bankconnect.finbox.in/bank-connect`;
+    /// at most `max_downloads` payloads are held at once.
     pub fn new(
         base: &str,
         api_key: SecretString,
         server_hash: SecretString,
         timeouts: Timeouts,
+        max_downloads: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -91,6 +99,7 @@ impl BankConnectClient {
             server_hash,
             timeouts,
             metrics,
+            downloads: Arc::new(Semaphore::new(max_downloads)),
         })
     }
 
@@ -132,6 +141,7 @@ impl BankConnectClient {
                 call: config.upstream_timeout,
                 download: config.upstream_download_timeout,
             },
+            config.max_concurrent_downloads,
             metrics,
         )
     }
@@ -237,7 +247,14 @@ impl BankConnectClient {
             PullKind::Insights => "insights",
             PullKind::Transactions => "transactions",
         };
-        self.observed(endpoint, self.download(session_id, kind))
+        // Waiting for a slot is not part of the call's duration.
+        let slot = self
+            .downloads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the download semaphore is never closed");
+        self.observed(endpoint, self.download(session_id, kind, slot))
             .await
     }
 
@@ -245,6 +262,7 @@ impl BankConnectClient {
         &self,
         session_id: &str,
         kind: PullKind,
+        slot: OwnedSemaphorePermit,
     ) -> Result<FetchedData, BankConnectError> {
         let path = format!(
             "session_data/{}/{}/",
@@ -270,7 +288,11 @@ impl BankConnectClient {
             gz.write_all(&chunk).expect("writing to a Vec cannot fail");
         }
         let gzip = gz.finish().expect("writing to a Vec cannot fail");
-        Ok(FetchedData { gzip, raw_size })
+        Ok(FetchedData {
+            gzip,
+            raw_size,
+            _slot: slot,
+        })
     }
 
     /// Session API with the recurring parameters: starts the user's consent journey.

@@ -160,6 +160,11 @@ pub struct Config {
     pub pool: PoolSettings,
     /// How long a worker holds a job without a heartbeat before another instance may take it.
     pub job_lease: Duration,
+    /// Jobs this instance runs at once: what bounds its BankConnect calls in flight.
+    pub max_concurrent_jobs: usize,
+    /// Data downloads this instance holds at once: what bounds the payloads in its memory
+    /// (each is held, compressed and with its parsed transactions, until it is stored).
+    pub max_concurrent_downloads: usize,
     pub log_format: LogFormat,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
@@ -330,6 +335,8 @@ impl Config {
             acquire_timeout: secs(&DATABASE_ACQUIRE_TIMEOUT_SECS)?,
         };
         let job_lease = secs(&JOB_LEASE_SECS)?;
+        let max_concurrent_jobs = number(&MAX_CONCURRENT_JOBS)? as usize;
+        let max_concurrent_downloads = number(&MAX_CONCURRENT_DOWNLOADS)? as usize;
         let header_read_timeout = secs(&HEADER_READ_TIMEOUT_SECS)?;
         let request_timeout = secs(&REQUEST_TIMEOUT_SECS)?;
         if request_timeout <= upstream_timeout {
@@ -414,6 +421,8 @@ impl Config {
             pull_interval_min,
             pool,
             job_lease,
+            max_concurrent_jobs,
+            max_concurrent_downloads,
             log_format,
             header_read_timeout,
             request_timeout,

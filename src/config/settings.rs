@@ -268,6 +268,22 @@ pub struct ScheduleSettings {
         default_value = "60"
     )]
     pub job_lease_secs: Option<String>,
+    /// Jobs one instance runs at once; each holds at most one BankConnect call (1-1024).
+    #[arg(
+        long = "max-concurrent-jobs",
+        env = "MAX_CONCURRENT_JOBS",
+        value_name = "MAX_CONCURRENT_JOBS",
+        default_value = "64"
+    )]
+    pub max_concurrent_jobs: Option<String>,
+    /// Data downloads one instance holds at once, each in memory until stored (1-1024).
+    #[arg(
+        long = "max-concurrent-downloads",
+        env = "MAX_CONCURRENT_DOWNLOADS",
+        value_name = "MAX_CONCURRENT_DOWNLOADS",
+        default_value = "16"
+    )]
+    pub max_concurrent_downloads: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -312,6 +328,8 @@ impl Settings {
             "PULL_DEADLINE_SECS" => &self.schedule.pull_deadline_secs,
             "PULL_INTERVAL_MIN_SECS" => &self.schedule.pull_interval_min_secs,
             "JOB_LEASE_SECS" => &self.schedule.job_lease_secs,
+            "MAX_CONCURRENT_JOBS" => &self.schedule.max_concurrent_jobs,
+            "MAX_CONCURRENT_DOWNLOADS" => &self.schedule.max_concurrent_downloads,
             "DATA_RETENTION_DAYS" => &self.retention.data_retention_days,
             "NOTIFY_RETRY_SCHEDULE" => &self.notify.notify_retry_schedule,
             "NOTIFY_ALLOW_HTTP" => &self.notify.notify_allow_http,
@@ -407,6 +425,10 @@ pub const DATABASE_MAX_CONNECTIONS: NumericSetting =
 pub const DATABASE_ACQUIRE_TIMEOUT_SECS: NumericSetting =
     NumericSetting::new("DATABASE_ACQUIRE_TIMEOUT_SECS", 5, 1, 300);
 pub const JOB_LEASE_SECS: NumericSetting = NumericSetting::new("JOB_LEASE_SECS", 60, 1, 3600);
+pub const MAX_CONCURRENT_JOBS: NumericSetting =
+    NumericSetting::new("MAX_CONCURRENT_JOBS", 64, 1, 1024);
+pub const MAX_CONCURRENT_DOWNLOADS: NumericSetting =
+    NumericSetting::new("MAX_CONCURRENT_DOWNLOADS", 16, 1, 1024);
 pub const HEADER_READ_TIMEOUT_SECS: NumericSetting =
     NumericSetting::new("HEADER_READ_TIMEOUT_SECS", 10, 1, 300);
 pub const REQUEST_TIMEOUT_SECS: NumericSetting =
@@ -432,6 +454,8 @@ pub const NUMERIC_SETTINGS: &[NumericSetting] = &[
     DATABASE_MAX_CONNECTIONS,
     DATABASE_ACQUIRE_TIMEOUT_SECS,
     JOB_LEASE_SECS,
+    MAX_CONCURRENT_JOBS,
+    MAX_CONCURRENT_DOWNLOADS,
     HEADER_READ_TIMEOUT_SECS,
     REQUEST_TIMEOUT_SECS,
     MAX_CONCURRENT_REQUESTS,

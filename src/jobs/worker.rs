@@ -29,7 +29,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: crate::config::MAX_CONCURRENT_JOBS.default as usize,
             lease: Duration::from_secs(60),
             poll: Duration::from_millis(500),
             grace: Duration::from_secs(10),

@@ -1,5 +1,5 @@
 //! Control endpoints for tests and load runs (not part of BankConnect): calls answered per
-//! endpoint, injected faults, and behaviour settings.
+//! endpoint, the most data answers sent at once, injected faults, and behaviour settings.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +10,11 @@ use super::{Fault, FaultRequest, Sandbox, Settings};
 
 pub(super) async fn calls(State(sb): State<Sandbox>) -> Json<Value> {
     let st = sb.lock();
-    Json(json!({"calls": st.calls, "request_ids": st.request_ids}))
+    Json(json!({
+        "calls": st.calls,
+        "request_ids": st.request_ids,
+        "downloads_peak": st.downloads_peak,
+    }))
 }
 
 pub(super) async fn set_fault(

@@ -71,6 +71,10 @@ struct SimState {
     /// tests can see the service's correlation ids arrive.
     request_ids: BTreeMap<String, std::collections::VecDeque<String>>,
     faults: HashMap<String, Fault>,
+    /// Insights and Transactions answers being sent now, and the most there ever were at
+    /// once, so tests can see the service bound its downloads.
+    downloads: u64,
+    downloads_peak: u64,
 }
 
 /// How many `x-request-id`s the simulator keeps per endpoint.

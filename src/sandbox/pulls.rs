@@ -360,6 +360,7 @@ pub(super) async fn transactions(
 /// large answer starts at once.
 fn data_answer(sb: &Sandbox, doc: Value) -> Response {
     let settings = sb.lock().settings.clone();
+    let sending = Download::start(sb);
     if settings.data_padding_bytes == 0 && settings.data_drip_ms == 0 {
         return Json(doc).into_response();
     }
@@ -381,19 +382,44 @@ fn data_answer(sb: &Sandbox, doc: Value) -> Response {
     }
     pieces.push(tail);
     let pause = Duration::from_millis(settings.data_drip_ms / PIECES);
-    let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
-        move |(i, bytes)| async move {
-            if i > 0 && !pause.is_zero() {
-                tokio::time::sleep(pause).await;
+    let last = pieces.len() - 1;
+    // The answer counts as sent once its last piece is handed over (or it is dropped), before
+    // the client can have read its end.
+    let mut sending = Some(sending);
+    let stream =
+        futures_util::stream::iter(pieces.into_iter().enumerate()).then(move |(i, bytes)| {
+            let done = (i == last).then(|| sending.take());
+            async move {
+                if i > 0 && !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                drop(done);
+                Ok::<_, std::io::Error>(bytes)
             }
-            Ok::<_, std::io::Error>(bytes)
-        },
-    );
+        });
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         axum::body::Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A data answer being sent: counted in `downloads` while it lives.
+struct Download(Sandbox);
+
+impl Download {
+    fn start(sb: &Sandbox) -> Self {
+        let mut st = sb.lock();
+        st.downloads += 1;
+        st.downloads_peak = st.downloads_peak.max(st.downloads);
+        Download(sb.clone())
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        self.0.lock().downloads -= 1;
+    }
 }
 
 /// `POST /v1/session_data/update_webhook/` `{"webhook_url", "webhook_mode"}`.

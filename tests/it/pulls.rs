@@ -131,6 +131,36 @@ async fn a_pull_completes_by_polling_when_webhooks_are_lost() {
 }
 
 #[tokio::test]
+async fn downloads_wait_for_a_slot_so_payloads_in_memory_stay_bounded() {
+    let app = TestApp::builder()
+        .env(&[("MAX_CONCURRENT_DOWNLOADS", "1")])
+        .start()
+        .await;
+    // Each answer is sent in ten pieces over ~600 ms, and all three pulls are ready to fetch
+    // within a few milliseconds of each other.
+    app.sandbox_settings(SandboxSettings {
+        data_padding_bytes: 10_000,
+        data_drip_ms: 600,
+        ..Default::default()
+    })
+    .await;
+    let mut pulls = vec![];
+    for i in 0..3 {
+        let consent = app
+            .approved_consent(&format!("cust-slot-{i}"), json!({}))
+            .await;
+        pulls.push(app.pull(&consent).await);
+    }
+    for pull_id in &pulls {
+        app.pull_reaches(pull_id, "completed", 30).await;
+        let (status, _) = app.get(&format!("/api/v1/pulls/{pull_id}/insights")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(app.upstream_calls("insights").await, 3);
+    assert_eq!(app.upstream_downloads_peak().await, 1);
+}
+
+#[tokio::test]
 async fn data_is_refused_while_the_pull_is_not_completed() {
     let app = TestApp::builder().start().await;
     app.sandbox_settings(SandboxSettings {

@@ -229,6 +229,13 @@ impl TestApp {
             .unwrap_or(0)
     }
 
+    /// The most Insights and Transactions answers the simulator was sending at once.
+    pub async fn upstream_downloads_peak(&self) -> u64 {
+        self.upstream_record().await["downloads_peak"]
+            .as_u64()
+            .expect("the simulator reports downloads_peak")
+    }
+
     /// The last `x-request-id`s the simulator received on an endpoint.
     pub async fn upstream_request_ids(&self, endpoint: &str) -> Vec<String> {
         let ids = self.upstream_record().await["request_ids"][endpoint].clone();
