@@ -5,6 +5,7 @@
 //! cargo bench --bench loadgen -- intake [--requests N] [--concurrency C] [--rate R]
 //! cargo bench --bench loadgen -- e2e [--consents N] [--concurrency C] [--days D]
 //! cargo bench --bench loadgen -- payload [--mib M]   # one pull of an M MiB document
+//! cargo bench --bench loadgen -- payload --per-day N  # six months of a busy account
 //! cargo bench --bench loadgen -- smoke        # small runs of both; checks correctness only
 //! ```
 //!
@@ -27,8 +28,11 @@
 //!   sandbox gives about one transaction a day), as a monitoring pull of months would; without
 //!   it, the window since the consent began, which holds a couple of transactions.
 //! - `payload`: one pull whose Insights document the sandbox pads to M MiB, fetched, stored and
-//!   served back in full (uncompressed); reports how far the service's peak RSS rose above its
-//!   RSS before the pull.
+//!   served back in full (uncompressed); reports how far the service's peak RSS (and its
+//!   anonymous memory) rose above what it was before the pull, and how long webhooks sent
+//!   every 20 ms meanwhile waited for their commit. With `--per-day N`, instead, a
+//!   Transactions pull of the last 180 days of an account with N transactions a day (~250
+//!   bytes each), every one of which goes into the consent's timeline.
 //!
 //! Every run checks that each acknowledged item is stored: each 2xx webhook is in the inbox,
 //! each accepted pull completed with its data served back. Traffic stays on 127.0.0.1, and
@@ -131,7 +135,18 @@ fn main() {
             )
             .await;
         }),
-        Some("payload") => runtime.block_on(payload(flag("--mib", 50))),
+        Some("payload") => {
+            let doc = if args.iter().any(|a| a == "--per-day") {
+                Document::Busy {
+                    per_day: flag("--per-day", 0),
+                }
+            } else {
+                Document::Padded {
+                    mib: flag("--mib", 50),
+                }
+            };
+            runtime.block_on(payload(doc))
+        }
         Some("smoke") => runtime.block_on(async {
             let load = Load {
                 requests: 2_000,
@@ -229,6 +244,11 @@ impl Process {
     /// Resident memory now, in MiB (`VmRSS`).
     fn rss_mib(&self) -> f64 {
         self.status_mib("VmRSS:")
+    }
+
+    /// Anonymous memory now, in MiB (`RssAnon`: the heap and stacks, not mapped files).
+    fn anon_mib(&self) -> f64 {
+        self.status_mib("RssAnon:")
     }
 
     /// Peak anonymous memory in MiB, as sampled (see [`Process::peak_anon_kib`]).
@@ -708,32 +728,94 @@ async fn sandbox_and_service(dir: &std::path::Path) -> (Process, Process, String
     (sandbox, svc, base, upstream)
 }
 
-async fn payload(mib: u64) {
-    println!("== payload: one pull of an Insights document padded to {mib} MiB");
+/// The large document of a `payload` run.
+enum Document {
+    /// Insights padded to `mib` MiB: a big document with few transactions.
+    Padded { mib: u64 },
+    /// Six months of Transactions with `per_day` a day: a big timeline.
+    Busy { per_day: u64 },
+}
+
+async fn payload(doc: Document) {
+    let (settings, pull_body, kind) = match doc {
+        Document::Padded { mib } => {
+            println!("== payload: one pull of an Insights document padded to {mib} MiB");
+            (
+                json!({"data_padding_bytes": mib * 1024 * 1024}),
+                json!({"kind": "insights"}),
+                "insights",
+            )
+        }
+        Document::Busy { per_day } => {
+            println!(
+                "== payload: one Transactions pull of 180 days with {per_day} transactions a day"
+            );
+            // The service dates windows in Indian time.
+            let today = (chrono::Utc::now() + chrono::Duration::minutes(330)).date_naive();
+            (
+                json!({"transactions_per_day": per_day}),
+                json!({"kind": "transactions", "from": (today - chrono::Days::new(180)).to_string()}),
+                "transactions",
+            )
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
     let (_sandbox, svc, base, upstream) = sandbox_and_service(dir.path()).await;
     let http = reqwest::Client::builder().no_gzip().build().unwrap();
     let consent = journey(&http, &base, TOKEN, "loadgen-payload").await;
     let r = http
         .post(format!("{upstream}/_control/settings"))
-        .json(&json!({"data_padding_bytes": mib * 1024 * 1024}))
+        .json(&settings)
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let before = svc.rss_mib();
-    let pull: Value = http
+    let (before, anon_before) = (svc.rss_mib(), svc.anon_mib());
+    let r = http
         .post(format!("{base}/api/v1/consents/{consent}/pulls"))
         .bearer_auth(TOKEN)
-        .json(&json!({"kind": "insights"}))
+        .json(&pull_body)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let status = r.status();
+    let pull: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{pull}");
     let pull_id = pull["pull_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + MAX_RUN;
+    let started = Instant::now();
+    // While the pull is fetched and stored, a webhook every 20 ms: how long each waits for its
+    // commit shows how long the pull holds SQLite's writer.
+    let probing = tokio_util::sync::CancellationToken::new();
+    let probe = tokio::spawn({
+        let (http, url, stop) = (
+            http.clone(),
+            format!("{base}/webhooks/bankconnect"),
+            probing.clone(),
+        );
+        async move {
+            let mut waits = vec![];
+            for i in 0.. {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let sent = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-secret-key", SECRET)
+                    .body(webhook_body("payload-probe", i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+                waits.push(sent.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            waits.sort();
+            waits
+        }
+    });
+    let deadline = started + MAX_RUN;
     loop {
         let p = api_get(&http, &format!("{base}/api/v1/pulls/{pull_id}")).await;
         if p["status"] == "completed" {
@@ -742,10 +824,14 @@ async fn payload(mib: u64) {
         assert!(p["status"] != "failed" && Instant::now() < deadline, "{p}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let fetched = svc.peak_rss_mib();
+    let took = started.elapsed();
+    probing.cancel();
+    let waits = probe.await.unwrap();
+    let pct = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    let (fetched, anon_fetched) = (svc.peak_rss_mib(), svc.peak_anon_mib());
     // Served back whole and uncompressed, read as it streams.
     let mut data = http
-        .get(format!("{base}/api/v1/pulls/{pull_id}/insights"))
+        .get(format!("{base}/api/v1/pulls/{pull_id}/{kind}"))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -755,14 +841,49 @@ async fn payload(mib: u64) {
     while let Some(chunk) = data.chunk().await.unwrap() {
         served += chunk.len();
     }
-    assert!(served as u64 >= mib * 1024 * 1024, "{served} bytes served");
+    if let Document::Padded { mib } = doc {
+        assert!(served as u64 >= mib * 1024 * 1024, "{served} bytes served");
+    }
+    // Every transaction of the document is in the consent's timeline.
+    let mut in_timeline = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/consents/{consent}/transactions?limit=200");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page = api_get(&http, &url).await;
+        in_timeline += page["items"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    if let Document::Busy { per_day } = doc {
+        assert!(
+            in_timeline as u64 >= 180 * per_day,
+            "{in_timeline} in the timeline"
+        );
+    }
     println!(
-        "{:.1} MiB served; service RSS {:.1} MiB before the pull, peak {:.1} MiB after fetching and storing, {:.1} MiB after serving: growth {:.1} MiB",
+        "webhooks acknowledged while the pull was fetched and stored: {}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        waits.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "{:.1} MiB served, {in_timeline} transactions in the timeline; completed in {:.2} s; service RSS {:.1} MiB before the pull, peak {:.1} MiB after fetching and storing, {:.1} MiB after serving: growth {:.1} MiB; anonymous {:.1} MiB before, peak {:.1} MiB after fetching and storing, {:.1} MiB after serving: growth {:.1} MiB",
         served as f64 / 1048576.0,
+        took.as_secs_f64(),
         before,
         fetched,
         svc.peak_rss_mib(),
-        svc.peak_rss_mib() - before
+        svc.peak_rss_mib() - before,
+        anon_before,
+        anon_fetched,
+        svc.peak_anon_mib(),
+        svc.peak_anon_mib() - anon_before,
     );
 }
 

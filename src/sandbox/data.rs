@@ -32,13 +32,17 @@ fn u32_at(h: &[u8; 32], i: usize) -> u32 {
     u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]])
 }
 
-/// An account's transactions from `from` to `to`, inclusive, oldest first.
-pub fn transactions(account_id: &str, from: NaiveDate, to: NaiveDate) -> Vec<Value> {
+/// An account's transactions from `from` to `to`, inclusive, oldest first: `per_day` a day,
+/// or with 0, from none to two depending on the day.
+pub fn transactions(account_id: &str, from: NaiveDate, to: NaiveDate, per_day: u32) -> Vec<Value> {
     let mut out = vec![];
     let mut day = from.max(to - Days::new(MAX_DAYS));
     while day <= to {
         let date = day.to_string();
-        let per_day = digest(&[account_id, &date])[0] % 3;
+        let per_day = match per_day {
+            0 => u32::from(digest(&[account_id, &date])[0] % 3),
+            n => n,
+        };
         for i in 0..per_day {
             let h = digest(&[account_id, &date, &i.to_string()]);
             let credit = h[1].is_multiple_of(3);
@@ -88,6 +92,8 @@ pub struct Account<'a> {
     pub account_id: &'a str,
     pub bank_name: &'a str,
     pub masked_account_number: &'a str,
+    /// Transactions a day; 0: none to two, depending on the day.
+    pub transactions_per_day: u32,
 }
 
 /// The Insights answer: docs/bankconnect.md §6.
@@ -102,7 +108,7 @@ pub fn insights(
     let accounts: Vec<Value> = accounts
         .iter()
         .map(|a| {
-            let txns = transactions(a.account_id, from, to);
+            let txns = transactions(a.account_id, from, to, a.transactions_per_day);
             all.extend(txns.iter().cloned());
             let eod: serde_json::Map<String, Value> = txns
                 .iter()
@@ -147,7 +153,7 @@ pub fn transactions_answer(
 ) -> Value {
     let accounts: Vec<Value> = accounts
         .iter()
-        .map(|a| json!({"account_id": a.account_id, "bank_name": a.bank_name, "transactions": transactions(a.account_id, from, to)}))
+        .map(|a| json!({"account_id": a.account_id, "bank_name": a.bank_name, "transactions": transactions(a.account_id, from, to, a.transactions_per_day)}))
         .collect();
     json!({"session_id": session_id, "accounts": accounts})
 }
@@ -162,8 +168,8 @@ mod tests {
 
     #[test]
     fn overlapping_windows_agree_on_shared_days() {
-        let a = transactions("acc", d("2025-01-01"), d("2025-01-31"));
-        let b = transactions("acc", d("2025-01-15"), d("2025-02-15"));
+        let a = transactions("acc", d("2025-01-01"), d("2025-01-31"), 0);
+        let b = transactions("acc", d("2025-01-15"), d("2025-02-15"), 0);
         let in_a: Vec<&Value> = a
             .iter()
             .filter(|t| t["date"].as_str().unwrap() >= "2025-01-15")

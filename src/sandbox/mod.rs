@@ -109,6 +109,9 @@ pub struct Settings {
     /// Insights and Transactions answers are sent in ten pieces spread over this long, like a
     /// slow upstream that keeps sending.
     pub data_drip_ms: u64,
+    /// Every account has this many transactions a day (0: none to two, depending on the
+    /// day), to stand in for a busy account's large Transactions and Insights answers.
+    pub transactions_per_day: u32,
 }
 
 impl Default for Settings {
@@ -125,6 +128,7 @@ impl Default for Settings {
             fetch_answer_delay_ms: 0,
             data_padding_bytes: 0,
             data_drip_ms: 0,
+            transactions_per_day: 0,
         }
     }
 }

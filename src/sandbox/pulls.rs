@@ -268,11 +268,12 @@ pub(super) struct SimPullView {
 }
 
 impl SimPullView {
-    fn account(&self) -> Account<'_> {
+    fn account(&self, sb: &Sandbox) -> Account<'_> {
         Account {
             account_id: &self.account_id,
             bank_name: &self.bank_name,
             masked_account_number: &self.masked,
+            transactions_per_day: sb.lock().settings.transactions_per_day,
         }
     }
 }
@@ -332,7 +333,7 @@ pub(super) async fn insights(
         Ok((_, false)) => not_ready(),
         Ok((p, true)) => data_answer(
             &sb,
-            data::insights(&id, &p.link_id, p.from, p.to, &[p.account()]),
+            data::insights(&id, &p.link_id, p.from, p.to, &[p.account(&sb)]),
         ),
     }
 }
@@ -350,7 +351,7 @@ pub(super) async fn transactions(
         Ok((_, false)) => not_ready(),
         Ok((p, true)) => data_answer(
             &sb,
-            data::transactions_answer(&id, p.from, p.to, &[p.account()]),
+            data::transactions_answer(&id, p.from, p.to, &[p.account(&sb)]),
         ),
     }
 }
