@@ -171,34 +171,9 @@ pub const SESSION_EXPIRY_NOTIFICATION: &str = "SESSION_EXPIRY_NOTIFICATION";
 /// "Not yet": the answer of status and data endpoints while processing is under way.
 pub const PROCESSING_NOT_COMPLETED: &str = "PROCESSING_NOT_COMPLETED";
 
-#[derive(Deserialize)]
-struct DataPayload {
-    #[serde(default)]
-    accounts: Vec<DataAccount>,
-}
-
-#[derive(Deserialize)]
-struct DataAccount {
-    #[serde(default)]
-    account_id: Option<String>,
-    /// Insights nest transactions under `data`.
-    #[serde(default)]
-    data: Option<DataInner>,
-    /// The Transactions answer (shape not public) is read the same way if they sit here.
-    #[serde(default)]
-    transactions: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct DataInner {
-    #[serde(default)]
-    transactions: Vec<serde_json::Value>,
-}
-
 /// One transaction of an Insights or Transactions answer, with what identifies and orders it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WireTransaction {
-    pub account_id: Option<String>,
     /// The upstream's `hash`: the same transaction has the same hash in every pull.
     pub hash: String,
     /// `date` as sent: `YYYY-MM-DD HH:MM:SS`.
@@ -206,52 +181,221 @@ pub struct WireTransaction {
     pub body: serde_json::Value,
 }
 
-/// Reads every account's transactions out of an enriched-data answer, skipping the rest of
-/// the document. A transaction with no `hash` is keyed by a hash of its own JSON.
-pub fn transactions_in(
+impl WireTransaction {
+    /// A transaction with no `hash` is keyed by a hash of its own JSON.
+    fn from_json(body: serde_json::Value) -> Self {
+        use sha2::{Digest, Sha256};
+        let hash = body["hash"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| hex::encode(Sha256::digest(body.to_string().as_bytes())));
+        let date = body["date"].as_str().unwrap_or_default().to_string();
+        WireTransaction { hash, date, body }
+    }
+}
+
+/// Hands every account's transactions in an enriched-data answer to `each` as they are
+/// parsed, skipping the rest of the document, so a large answer is never held parsed whole.
+/// Insights nest them under `accounts[].data.transactions`; the Transactions answer (its shape
+/// is not public) is read the same way if they sit at `accounts[].transactions`. An error from
+/// `each` stops the parse and comes back as the parse's error; what `each` took before an
+/// error in the document stays taken.
+pub fn for_each_transaction(
     reader: impl std::io::Read,
-) -> Result<Vec<WireTransaction>, serde_json::Error> {
-    use sha2::{Digest, Sha256};
-    let payload: DataPayload = serde_json::from_reader(std::io::BufReader::new(reader))?;
-    let mut out = vec![];
-    for account in payload.accounts {
-        let nested = account.data.map(|d| d.transactions).unwrap_or_default();
-        for t in nested.into_iter().chain(account.transactions) {
-            let hash = t["hash"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| hex::encode(Sha256::digest(t.to_string().as_bytes())));
-            let date = t["date"].as_str().unwrap_or_default().to_string();
-            out.push(WireTransaction {
-                account_id: account.account_id.clone(),
-                hash,
-                date,
-                body: t,
-            });
+    mut each: impl FnMut(WireTransaction) -> Result<(), String>,
+) -> Result<(), serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(reader));
+    streaming::Payload(&mut each).deserialize(&mut de)?;
+    de.end()
+}
+
+/// The serde visitors of [`for_each_transaction`]: each level reads the keys it knows and
+/// skips every other value without building it.
+mod streaming {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::WireTransaction;
+
+    pub(super) type Each<'f> = dyn FnMut(WireTransaction) -> Result<(), String> + 'f;
+
+    /// Which object of the document a visitor reads.
+    #[derive(Clone, Copy)]
+    enum Level {
+        /// The document: `accounts`.
+        Payload,
+        /// An account: `data` and `transactions`.
+        Account,
+        /// An account's `data` (Insights): `transactions`.
+        Data,
+    }
+
+    /// The whole answer.
+    pub(super) struct Payload<'a, 'f>(pub &'a mut Each<'f>);
+
+    impl<'de> DeserializeSeed<'de> for Payload<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Object(self.0, Level::Payload))
         }
     }
-    Ok(out)
+
+    /// An object at `Level`; `null` reads as empty.
+    struct Object<'a, 'f>(&'a mut Each<'f>, Level);
+
+    impl<'de> DeserializeSeed<'de> for Object<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Object<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Object(each, level) = self;
+            while let Some(key) = map.next_key::<String>()? {
+                match (level, key.as_str()) {
+                    (Level::Payload, "accounts") => map.next_value_seed(List(each, true))?,
+                    (Level::Account, "data") => map.next_value_seed(Object(each, Level::Data))?,
+                    (Level::Account | Level::Data, "transactions") => {
+                        map.next_value_seed(List(each, false))?
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A list: of accounts, or (when `accounts` is false) of transactions; `null` reads as
+    /// empty.
+    struct List<'a, 'f>(&'a mut Each<'f>, bool);
+
+    impl<'de> DeserializeSeed<'de> for List<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for List<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let List(each, accounts) = self;
+            if accounts {
+                while seq
+                    .next_element_seed(Object(&mut *each, Level::Account))?
+                    .is_some()
+                {}
+            } else {
+                while let Some(t) = seq.next_element::<serde_json::Value>()? {
+                    each(WireTransaction::from_json(t)).map_err(de::Error::custom)?;
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
 mod data_tests {
     use super::*;
 
+    fn all(doc: &[u8]) -> Result<Vec<WireTransaction>, serde_json::Error> {
+        let mut out = vec![];
+        for_each_transaction(doc, |t| {
+            out.push(t);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     #[test]
     fn transactions_are_read_from_both_shapes() {
         let insights = br#"{"session_id": "s", "accounts": [{"account_id": "a1", "data": {"transactions": [
             {"hash": "h1", "date": "2025-01-02 10:00:00", "amount": 5}], "monthly_analysis": {}}}]}"#;
-        let t = transactions_in(&insights[..]).unwrap();
+        let t = all(insights).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(
             (t[0].hash.as_str(), t[0].date.as_str()),
             ("h1", "2025-01-02 10:00:00")
         );
-        assert_eq!(t[0].account_id.as_deref(), Some("a1"));
+        assert_eq!(t[0].body["amount"], 5);
         let txns = br#"{"accounts": [{"account_id": "a2", "transactions": [{"date": "2025-01-03 00:00:00", "amount": 1}]}]}"#;
-        let t = transactions_in(&txns[..]).unwrap();
+        let t = all(txns).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].hash.len(), 64, "a missing hash is derived");
-        assert!(transactions_in(&b"not json"[..]).is_err());
+        assert!(all(b"not json").is_err());
+        assert!(all(br#"{"accounts": []} trailing"#).is_err());
+    }
+
+    #[test]
+    fn everything_but_the_transactions_is_skipped_and_null_is_empty() {
+        for doc in [
+            &br#"{}"#[..],
+            br#"{"accounts": null}"#,
+            br#"{"accounts": [{"data": null, "transactions": null}]}"#,
+        ] {
+            assert_eq!(
+                all(doc).unwrap(),
+                vec![],
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        // Only `accounts[].transactions` and `accounts[].data.transactions` are transactions.
+        let doc = br#"{"transactions": [{"hash": "top"}], "accounts": [{"account_id": "a",
+            "data": {"monthly_analysis": {"transactions": [{"hash": "deep"}]}, "transactions": [{"hash": "h1"}]},
+            "eod_balances": {"2025-01-01": 5}, "transactions": [{"hash": "h2"}]}], "padding": "xxxx"}"#;
+        let hashes: Vec<String> = all(doc).unwrap().into_iter().map(|t| t.hash).collect();
+        assert_eq!(hashes, ["h1", "h2"]);
+    }
+
+    #[test]
+    fn transactions_are_handed_over_before_the_document_ends() {
+        // Two transactions, then the connection breaks: both were seen before the error.
+        let head = br#"{"accounts": [{"transactions": [{"hash": "h1"}, {"hash": "h2"}, {"hash": "#;
+        let broken = std::io::Read::chain(&head[..], FailingReader);
+        let mut seen = vec![];
+        let read = for_each_transaction(broken, |t| {
+            seen.push(t.hash);
+            Ok(())
+        });
+        assert!(read.is_err());
+        assert_eq!(seen, ["h1", "h2"]);
+        // An error from the receiver stops the parse at once.
+        let mut taken = 0;
+        let doc = br#"{"accounts": [{"transactions": [{"hash": "h1"}, {"hash": "h2"}, {"hash": "h3"}]}]}"#;
+        let read = for_each_transaction(&doc[..], |_| {
+            taken += 1;
+            Err("full".into())
+        });
+        assert!(read.unwrap_err().to_string().contains("full"));
+        assert_eq!(taken, 1);
+    }
+
+    struct FailingReader;
+
+    impl std::io::Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("connection reset"))
+        }
     }
 }

@@ -163,7 +163,7 @@ pub struct Config {
     /// Jobs this instance runs at once: what bounds its BankConnect calls in flight.
     pub max_concurrent_jobs: usize,
     /// Data downloads this instance holds at once: what bounds the payloads in its memory
-    /// (each is held, compressed and with its parsed transactions, until it is stored).
+    /// (each is held, compressed, until it is stored).
     pub max_concurrent_downloads: usize,
     pub log_format: LogFormat,
     /// How long a client may take to send a request's headers.

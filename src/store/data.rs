@@ -1,6 +1,6 @@
 //! Enriched data as stored, and the consent's merged transaction timeline.
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
 
 use super::db::*;
@@ -10,6 +10,17 @@ use super::*;
 #[async_trait]
 pub trait DataStore: Send + Sync {
     async fn pull_data(&self, pull_id: &str) -> StoreResult<Option<StoredData>>;
+    /// Merges transactions fetched at `fetched_at` into the consent's timeline, each hash
+    /// once (the first pull to bring a transaction keeps it), in one transaction. A pull with
+    /// more transactions than fit one chunk writes the others this way before it completes
+    /// (`PullStore::complete_pull` takes the last), so that neither its memory nor its hold
+    /// on SQLite's writer grows with the size of its document.
+    async fn add_to_timeline(
+        &self,
+        consent_id: &str,
+        entries: &[TimelineEntry],
+        fetched_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// A consent's merged transactions from `from` to `to` (inclusive dates), oldest first.
     async fn timeline(
         &self,
@@ -41,6 +52,21 @@ impl DataStore for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn add_to_timeline(
+        &self,
+        consent_id: &str,
+        entries: &[TimelineEntry],
+        fetched_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        insert_timeline(&mut tx, consent_id, entries, fetched_at).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn timeline(

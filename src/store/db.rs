@@ -421,6 +421,39 @@ pub(super) async fn budget_allows(
         .all(|(b, sent)| i64::from(sent) + queued < i64::from(b.max)))
 }
 
+/// Merges transactions into a consent's timeline, each hash once, many rows a statement:
+/// each statement is a round trip to SQLite's thread (docs/benchmarks.md).
+pub(super) async fn insert_timeline(
+    conn: &mut AnyConnection,
+    consent_id: &str,
+    entries: &[TimelineEntry],
+    fetched_at: DateTime<Utc>,
+) -> StoreResult<()> {
+    let dialect = Dialect::of(conn);
+    let mut rest = entries;
+    for rows in batch_sizes(entries.len()) {
+        let (batch, tail) = rest.split_at(rows);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO transactions (consent_id, hash, txn_at, pull_id, body, fetched_at)
+             VALUES {} ON CONFLICT (consent_id, hash) DO NOTHING",
+            dialect.values_list(rows, 6)
+        );
+        let mut insert = sqlx::query(&sql);
+        for t in batch {
+            insert = insert
+                .bind(consent_id)
+                .bind(&t.hash)
+                .bind(&t.txn_at)
+                .bind(&t.pull_id)
+                .bind(t.body.to_string())
+                .bind(to_ms(fetched_at));
+        }
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> StoreResult<()> {
     insert_pulls(conn, std::iter::once(new)).await
 }

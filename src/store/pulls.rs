@@ -60,8 +60,9 @@ pub trait PullStore: Send + Sync {
         message: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
-    /// Stores the data once, merges its transactions into the consent's timeline (each hash
-    /// once) and marks the pull `completed`, in one transaction.
+    /// Stores the data once, merges the last of its transactions into the consent's
+    /// timeline (each hash once; the rest went in before, `DataStore::add_to_timeline`) and
+    /// marks the pull `completed`, in one transaction.
     async fn complete_pull(
         &self,
         consent_id: &str,
@@ -324,29 +325,7 @@ impl PullStore for SqlStore {
         .bind(to_ms(d.fetched_at))
         .execute(&mut *tx)
         .await?;
-        // Many rows a statement: a pull of months holds hundreds of transactions, and each
-        // statement is a round trip to SQLite's thread (docs/benchmarks.md).
-        let mut rest = timeline;
-        for rows in batch_sizes(timeline.len()) {
-            let (batch, tail) = rest.split_at(rows);
-            rest = tail;
-            let sql = format!(
-                "INSERT INTO transactions (consent_id, hash, txn_at, pull_id, body, fetched_at)
-                 VALUES {} ON CONFLICT (consent_id, hash) DO NOTHING",
-                self.dialect.values_list(rows, 6)
-            );
-            let mut insert = sqlx::query(&sql);
-            for t in batch {
-                insert = insert
-                    .bind(consent_id)
-                    .bind(&t.hash)
-                    .bind(&t.txn_at)
-                    .bind(&t.pull_id)
-                    .bind(t.body.to_string())
-                    .bind(to_ms(d.fetched_at));
-            }
-            insert.execute(&mut *tx).await?;
-        }
+        insert_timeline(&mut tx, consent_id, timeline, d.fetched_at).await?;
         let completed = sqlx::query(
             "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,
                     error_code = NULL, error_message = NULL

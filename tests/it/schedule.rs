@@ -378,8 +378,14 @@ async fn data_past_its_data_life_is_purged_and_the_pull_stays() {
 
 #[tokio::test]
 async fn a_six_month_pull_puts_every_transaction_in_the_timeline() {
-    // About 180 transactions: the store writes them in several multi-row statements.
+    // A busy account: ~2,700 transactions, which go into the timeline in three chunks (of up
+    // to 1,024), each in several multi-row statements.
     let app = TestApp::builder().start().await;
+    app.sandbox_settings(SandboxSettings {
+        transactions_per_day: 15,
+        ..Default::default()
+    })
+    .await;
     let consent = app.approved_consent("cust-long", json!({})).await;
     let today = chrono::Utc::now().with_timezone(&ist()).date_naive();
     let from = (today - chrono::Days::new(180)).to_string();
@@ -405,7 +411,7 @@ async fn a_six_month_pull_puts_every_transaction_in_the_timeline() {
             )
         })
         .collect();
-    assert!(fetched.len() > 100, "{} transactions", fetched.len());
+    assert!(fetched.len() > 2 * 1024, "{} transactions", fetched.len());
 
     let mut stored: Vec<(String, String)> =
         whole_timeline(&app, &consent, &from, &today.to_string(), 200)
