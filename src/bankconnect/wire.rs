@@ -264,10 +264,12 @@ mod streaming {
             let Object(each, level) = self;
             while let Some(key) = map.next_key::<String>()? {
                 match (level, key.as_str()) {
-                    (Level::Payload, "accounts") => map.next_value_seed(List(each, true))?,
+                    (Level::Payload, "accounts") => {
+                        map.next_value_seed(List(each, Items::Accounts))?
+                    }
                     (Level::Account, "data") => map.next_value_seed(Object(each, Level::Data))?,
                     (Level::Account | Level::Data, "transactions") => {
-                        map.next_value_seed(List(each, false))?
+                        map.next_value_seed(List(each, Items::Transactions))?
                     }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
@@ -278,9 +280,15 @@ mod streaming {
         }
     }
 
-    /// A list: of accounts, or (when `accounts` is false) of transactions; `null` reads as
-    /// empty.
-    struct List<'a, 'f>(&'a mut Each<'f>, bool);
+    /// What a list holds.
+    #[derive(Clone, Copy)]
+    enum Items {
+        Accounts,
+        Transactions,
+    }
+
+    /// A list of `Items`; `null` reads as empty.
+    struct List<'a, 'f>(&'a mut Each<'f>, Items);
 
     impl<'de> DeserializeSeed<'de> for List<'_, '_> {
         type Value = ();
@@ -298,15 +306,18 @@ mod streaming {
             Ok(())
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let List(each, accounts) = self;
-            if accounts {
-                while seq
-                    .next_element_seed(Object(&mut *each, Level::Account))?
-                    .is_some()
-                {}
-            } else {
-                while let Some(t) = seq.next_element::<serde_json::Value>()? {
-                    each(WireTransaction::from_json(t)).map_err(de::Error::custom)?;
+            let List(each, items) = self;
+            match items {
+                Items::Accounts => {
+                    while seq
+                        .next_element_seed(Object(&mut *each, Level::Account))?
+                        .is_some()
+                    {}
+                }
+                Items::Transactions => {
+                    while let Some(t) = seq.next_element::<serde_json::Value>()? {
+                        each(WireTransaction::from_json(t)).map_err(de::Error::custom)?;
+                    }
                 }
             }
             Ok(())
