@@ -83,6 +83,11 @@ pub struct PullOutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -135,6 +140,8 @@ pub struct Metrics {
     pub sqlite_write_transactions: Counter,
     pub sqlite_writer_wait: Counter<f64, AtomicU64>,
     pub sqlite_wal: Gauge,
+    /// Data downloads holding a payload, and those waiting for a slot, set at each scrape.
+    pub downloads: Family<StateLabel, Gauge>,
     /// When each housekeeping task last finished a pass on this instance (the service's clock),
     /// so a stalled purge or sweep shows before data outlives its data life.
     pub housekeeping_last_success: Family<TaskLabel, Gauge<f64, AtomicU64>>,
@@ -336,6 +343,12 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Bytes,
             sqlite_wal.clone(),
         );
+        let downloads = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "bankconnect_downloads",
+            "Insights and Transactions downloads holding a payload in memory (at most MAX_CONCURRENT_DOWNLOADS), and those waiting for a slot: waiting above 0 for long means the slots, not BankConnect, set the pace",
+            downloads.clone(),
+        );
         let housekeeping_last_success = Family::<TaskLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "housekeeping_last_success_timestamp_seconds",
@@ -377,10 +390,12 @@ impl Default for Metrics {
             sqlite_write_transactions,
             sqlite_writer_wait,
             sqlite_wal,
+            downloads,
             housekeeping_last_success,
             housekeeping_failures,
         };
         metrics.set_jobs(&JobGauges::default(), chrono::Utc::now());
+        metrics.set_downloads(crate::bankconnect::Downloads::default());
         metrics
     }
 }
@@ -568,6 +583,17 @@ impl Metrics {
             .store(stats.wait_seconds.to_bits(), Ordering::Relaxed);
         self.sqlite_wal
             .set(i64::try_from(stats.wal_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the download gauges from the client's slots.
+    pub fn set_downloads(&self, now: crate::bankconnect::Downloads) {
+        for (state, n) in [("holding", now.holding), ("waiting", now.waiting)] {
+            self.downloads
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The OpenMetrics text exposition.

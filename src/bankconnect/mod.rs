@@ -6,6 +6,7 @@ pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::RETRY_AFTER;
@@ -37,6 +38,13 @@ pub struct FetchedData {
     /// One of the client's download slots, given back when the data is dropped: a payload
     /// counts against `MAX_CONCURRENT_DOWNLOADS` until it has been stored.
     _slot: OwnedSemaphorePermit,
+}
+
+/// The client's download slots now: downloads holding a payload, and those waiting for a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Downloads {
+    pub holding: usize,
+    pub waiting: usize,
 }
 
 /// The largest enriched payload we accept, uncompressed.
@@ -71,6 +79,9 @@ pub struct BankConnectClient {
     metrics: Arc<Metrics>,
     /// Bounds the payloads held in memory at once ([`FetchedData`]).
     downloads: Arc<Semaphore>,
+    max_downloads: usize,
+    /// Downloads waiting for a slot.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl BankConnectClient {
@@ -100,7 +111,17 @@ impl BankConnectClient {
             timeouts,
             metrics,
             downloads: Arc::new(Semaphore::new(max_downloads)),
+            max_downloads,
+            waiting: Arc::default(),
         })
+    }
+
+    /// How many downloads hold a slot and how many wait for one (`/metrics`).
+    pub fn downloads(&self) -> Downloads {
+        Downloads {
+            holding: self.max_downloads - self.downloads.available_permits(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs one call and counts it in `bankconnect_requests_total{endpoint,outcome}` and
@@ -248,12 +269,16 @@ impl BankConnectClient {
             PullKind::Transactions => "transactions",
         };
         // Waiting for a slot is not part of the call's duration.
-        let slot = self
-            .downloads
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the download semaphore is never closed");
+        let slot = {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            // Counted down however the wait ends, a job stopped at shutdown included.
+            scopeguard::defer! { self.waiting.fetch_sub(1, Ordering::Relaxed); }
+            self.downloads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the download semaphore is never closed")
+        };
         self.observed(endpoint, self.download(session_id, kind, slot))
             .await
     }

@@ -88,6 +88,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(stats) = store.writer_stats() {
         state.metrics.set_writer(&stats);
     }
+    state.metrics.set_downloads(state.bankconnect.downloads());
     (
         [(
             axum::http::header::CONTENT_TYPE,

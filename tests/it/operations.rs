@@ -16,6 +16,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("http_request_duration_seconds", "histogram"),
     ("bankconnect_requests", "counter"),
     ("bankconnect_request_duration_seconds", "histogram"),
+    ("bankconnect_downloads", "gauge"),
     ("jobs", "gauge"),
     ("jobs_oldest_queued_age_seconds", "gauge"),
     ("pulls", "counter"),
@@ -51,6 +52,8 @@ async fn every_metric_family_is_there_from_the_start_and_moves_with_its_event() 
         r#"aa_recurring_jobs_oldest_queued_age_seconds{kind="fetch_pull_data"} 0"#,
         r#"aa_recurring_bankconnect_requests_total{endpoint="fetch_recurring_aa_data",outcome="ok"} 0"#,
         r#"aa_recurring_webhooks_total{outcome="accepted"} 0"#,
+        r#"aa_recurring_bankconnect_downloads{state="holding"} 0"#,
+        r#"aa_recurring_bankconnect_downloads{state="waiting"} 0"#,
         "aa_recurring_fair_use_refusals_total 0",
         "aa_recurring_scheduler_fired_total 0",
     ] {

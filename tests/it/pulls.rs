@@ -151,6 +151,23 @@ async fn downloads_wait_for_a_slot_so_payloads_in_memory_stay_bounded() {
             .await;
         pulls.push(app.pull(&consent).await);
     }
+    // While one downloads, the others are seen waiting for the slot.
+    const HOLDING: &str = r#"aa_recurring_bankconnect_downloads{state="holding"}"#;
+    const WAITING: &str = r#"aa_recurring_bankconnect_downloads{state="waiting"}"#;
+    let mut seen_waiting = 0;
+    for _ in 0..200 {
+        let (holding, waiting) = (app.metric(HOLDING).await, app.metric(WAITING).await);
+        assert!(holding <= 1, "{holding} downloads hold a payload");
+        seen_waiting = seen_waiting.max(waiting);
+        if seen_waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        seen_waiting > 0,
+        "no download was seen waiting for its slot"
+    );
     for pull_id in &pulls {
         app.pull_reaches(pull_id, "completed", 30).await;
         let (status, _) = app.get(&format!("/api/v1/pulls/{pull_id}/insights")).await;
@@ -158,6 +175,10 @@ async fn downloads_wait_for_a_slot_so_payloads_in_memory_stay_bounded() {
     }
     assert_eq!(app.upstream_calls("insights").await, 3);
     assert_eq!(app.upstream_downloads_peak().await, 1);
+    assert_eq!(
+        (app.metric(HOLDING).await, app.metric(WAITING).await),
+        (0, 0)
+    );
 }
 
 #[tokio::test]
