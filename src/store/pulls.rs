@@ -34,7 +34,7 @@ pub trait PullStore: Send + Sync {
         consent_ids: &[&str],
     ) -> StoreResult<std::collections::HashMap<String, chrono::NaiveDate>>;
     /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
-    /// webhook for that session that arrived first is queued for processing again.
+    /// webhook for that session that arrived first is then queued for processing again.
     async fn mark_submitted(
         &self,
         pull_id: &str,
@@ -225,21 +225,27 @@ impl PullStore for SqlStore {
         .execute(&mut *tx)
         .await?;
         insert_job(&mut tx, poll, now).await?;
-        // A webhook that overtook this commit found no pull; process it again now.
+        tx.commit().await?;
+        // A webhook that overtook this commit found no pull; process it again. Looked for
+        // only after the commit: a webhook whose processing ran before the commit was itself
+        // committed before that processing, so this read sees it. (Read inside the
+        // transaction, on Postgres, it could miss a webhook committed just after the read
+        // whose processing then ran just before this commit, and that pull waited for its
+        // poll.) Seen by both, a webhook is processed twice, which changes nothing.
         let early: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
                 .bind(upstream_session_id)
-                .fetch_all(&mut *tx)
+                .fetch_all(&self.pool)
                 .await?;
-        for inbox_id in early {
-            insert_job(
-                &mut tx,
-                &NewJob::new(Task::ProcessWebhook { inbox_id }, now),
-                now,
-            )
-            .await?;
+        if !early.is_empty() {
+            let jobs: Vec<NewJob> = early
+                .into_iter()
+                .map(|inbox_id| NewJob::new(Task::ProcessWebhook { inbox_id }, now))
+                .collect();
+            let mut tx = self.write_tx().await?;
+            insert_jobs(&mut tx, jobs.iter(), now).await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
