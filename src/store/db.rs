@@ -145,6 +145,14 @@ impl SqlStore {
                 format!("{url}?mode=rwc")
             };
             let busy = Duration::from_secs(10).as_millis();
+            // `temp_store = MEMORY`: every writer of a shared transaction after the first is a
+            // savepoint (`store/writer.rs`), and SQLite keeps the pages it changes in a
+            // sub-journal that otherwise spills to a new temporary file past 64 KiB. Creating
+            // and writing that file was 7% of intake's CPU and 40% of its disk writes
+            // (docs/benchmarks.md). In memory, a sub-journal holds at most the pages one
+            // writer's transaction changed, and is freed when the savepoint is released.
+            // Temporary tables a query builds move to memory too; the service's are small (the
+            // job claim's `IN` list, bounded by its `LIMIT`), and sorts still spill to files.
             let pool = pool
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
@@ -152,7 +160,7 @@ impl SqlStore {
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON; \
-                                 PRAGMA mmap_size = {MMAP_BYTES}; \
+                                 PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA temp_store = MEMORY; \
                                  PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}; \
                                  PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
                             )
@@ -654,8 +662,8 @@ mod tests {
         assert_eq!(store.console_key("after").await.expect("key"), "after");
     }
 
-    /// `journal_mode`, `synchronous`, `wal_autocheckpoint` and `journal_size_limit` of a
-    /// connection.
+    /// `journal_mode`, `synchronous`, `wal_autocheckpoint`, `journal_size_limit` and
+    /// `temp_store` of a connection.
     async fn sqlite_settings(conn: &mut AnyConnection) -> Vec<String> {
         use sqlx::Row;
         let mut out = vec![];
@@ -664,6 +672,7 @@ mod tests {
             "synchronous",
             "wal_autocheckpoint",
             "journal_size_limit",
+            "temp_store",
         ] {
             let row = sqlx::query(&format!("PRAGMA {pragma}"))
                 .fetch_one(&mut *conn)
@@ -682,12 +691,14 @@ mod tests {
     #[tokio::test]
     async fn every_connection_is_durable_and_checkpoints_as_configured() {
         let (_dir, store) = sqlite().await;
-        // synchronous 2 is FULL: a commit, and so a 200, is on disk.
+        // synchronous 2 is FULL: a commit, and so a 200, is on disk. temp_store 2 is MEMORY:
+        // savepoints' sub-journals never become temporary files.
         let expected = [
             "wal".to_string(),
             "2".to_string(),
             WAL_CHECKPOINT_PAGES.to_string(),
             WAL_LIMIT_BYTES.to_string(),
+            "2".to_string(),
         ];
         let mut reader = store.pool.acquire().await.expect("reader");
         assert_eq!(sqlite_settings(&mut reader).await, expected);
