@@ -406,27 +406,45 @@ pub(super) async fn sent_since_many(
     Ok(out)
 }
 
-/// Whether one more pull fits every period of a consent's budget. With
-/// `count_queued`, pulls accepted but not yet sent count as well, since each will send.
+/// Whether one more pull can be accepted within every period of a consent's budget: pulls
+/// accepted but not yet sent count as well, since each will send.
 pub(super) async fn budget_allows(
     conn: &mut AnyConnection,
     consent_id: &str,
     budget: &[Budget],
-    count_queued: bool,
 ) -> StoreResult<bool> {
-    let queued: i64 = if count_queued {
-        sqlx::query_scalar("SELECT COUNT(*) FROM pulls WHERE consent_id = $1 AND status = 'queued'")
-            .bind(consent_id)
-            .fetch_one(&mut *conn)
-            .await?
+    let sql = format!("SELECT 1 WHERE {}", fits_budget(budget.len(), true, 2));
+    let mut query = sqlx::query(&sql).bind(consent_id);
+    for b in budget {
+        query = query.bind(to_ms(b.period_start)).bind(i64::from(b.max));
+    }
+    Ok(query.fetch_optional(&mut *conn).await?.is_some())
+}
+
+/// The SQL condition that one more pull fits every period of a consent's budget: for each,
+/// the calls sent since the period began (plus, with `count_queued`, the pulls accepted and
+/// not yet sent) stay under its maximum. The statement binds the consent id as `$1` and each
+/// period's start and maximum from `$first` on. One condition, so that a check (and a
+/// reservation with it) is one call to the database, not one to count and one to act.
+pub(super) fn fits_budget(periods: usize, count_queued: bool, first: usize) -> String {
+    let queued = if count_queued {
+        " + (SELECT COUNT(*) FROM pulls WHERE consent_id = $1 AND status = 'queued')"
     } else {
-        0
+        ""
     };
-    let sent = sent_since(conn, consent_id, budget).await?;
-    Ok(budget
-        .iter()
-        .zip(sent)
-        .all(|(b, sent)| i64::from(sent) + queued < i64::from(b.max)))
+    let each: Vec<String> = (0..periods)
+        .map(|i| {
+            let (since, max) = (first + 2 * i, first + 2 * i + 1);
+            format!(
+                "(SELECT COUNT(*) FROM pull_attempts WHERE consent_id = $1 AND sent_at >= ${since}){queued} < ${max}"
+            )
+        })
+        .collect();
+    if each.is_empty() {
+        "1 = 1".into()
+    } else {
+        each.join(" AND ")
+    }
 }
 
 /// Merges transactions into a consent's timeline, each hash once, many rows a statement:

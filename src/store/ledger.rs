@@ -44,20 +44,21 @@ impl LedgerStore for SqlStore {
     ) -> StoreResult<Option<i64>> {
         let mut tx = self.write_tx().await?;
         lock_consent(self.dialect, &mut tx, consent_id).await?;
-        if !budget_allows(&mut tx, consent_id, budget, false).await? {
-            tx.commit().await?;
-            return Ok(None);
+        // Checked and reserved in one statement: the row goes in only if the budget allows.
+        let sql = format!(
+            "INSERT INTO pull_attempts (consent_id, pull_id, sent_at) SELECT $1, $2, $3 WHERE {} RETURNING id",
+            fits_budget(budget.len(), false, 4)
+        );
+        let mut reserve = sqlx::query_scalar(&sql)
+            .bind(consent_id)
+            .bind(pull_id)
+            .bind(to_ms(now));
+        for b in budget {
+            reserve = reserve.bind(to_ms(b.period_start)).bind(i64::from(b.max));
         }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO pull_attempts (consent_id, pull_id, sent_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(consent_id)
-        .bind(pull_id)
-        .bind(to_ms(now))
-        .fetch_one(&mut *tx)
-        .await?;
+        let id: Option<i64> = reserve.fetch_optional(&mut *tx).await?;
         tx.commit().await?;
-        Ok(Some(id))
+        Ok(id)
     }
 
     async fn attempts_since(&self, consent_id: &str, budget: &[Budget]) -> StoreResult<Vec<u32>> {

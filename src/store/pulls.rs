@@ -114,7 +114,7 @@ impl PullStore for SqlStore {
                 });
             }
         }
-        if !budget_allows(&mut tx, &p.consent_id, &new.budget, true).await? {
+        if !budget_allows(&mut tx, &p.consent_id, &new.budget).await? {
             tx.commit().await?;
             return Ok(CreatePull::OverBudget);
         }

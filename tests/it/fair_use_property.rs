@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use aa_recurring::clock::{Clock, ManualClock};
 use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+use aa_recurring::domain::fair_use::Budget;
 use aa_recurring::domain::fair_use::{budget, next_period_start, period_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
 use aa_recurring::pulls;
 use aa_recurring::queue::{NewJob, Task};
 use aa_recurring::scheduler::{self, SchedulerSettings};
-use aa_recurring::store::{PullFilter, connect};
+use aa_recurring::store::{CreatePull, DynStore, PullFilter, connect};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 
@@ -58,7 +59,7 @@ fn unit() -> impl Strategy<Value = FrequencyUnit> {
     ]
 }
 
-async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<Op>) {
+async fn store() -> (DynStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = connect(
         &crate::common::fresh_database(dir.path()).await,
@@ -67,9 +68,151 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let t0: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-03-31T18:00:00Z")
+    (store, dir)
+}
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
         .unwrap()
-        .with_timezone(&Utc);
+        .with_timezone(&Utc)
+}
+
+/// The budget check and the ledger row are one statement (`db::fits_budget`): each period
+/// fills to its maximum, the fullest decides, and a period counts only what was sent since it
+/// began.
+#[tokio::test]
+async fn a_reservation_fills_every_period_of_the_budget_to_its_maximum_and_no_further() {
+    let (store, _dir) = store().await;
+    let t0 = at("2026-04-10T10:00:00Z");
+    crate::common::insert_consent(
+        &store,
+        "c",
+        UseCase::Monitoring,
+        FrequencyUnit::Month,
+        5,
+        t0,
+    )
+    .await;
+    let budget = |short_since: DateTime<Utc>| {
+        [
+            Budget {
+                period_start: t0 - Duration::days(10),
+                max: 3,
+            },
+            Budget {
+                period_start: short_since,
+                max: 2,
+            },
+        ]
+    };
+    let early = budget(t0 - Duration::hours(3));
+    let reserve = |pull: &'static str, budget: [Budget; 2], now| {
+        let store = store.clone();
+        async move {
+            store
+                .reserve_attempt("c", pull, &budget, now)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(reserve("p1", early, t0).await.is_some());
+    assert!(reserve("p2", early, t0).await.is_some());
+    assert_eq!(
+        reserve("p3", early, t0).await,
+        None,
+        "the short period holds two"
+    );
+    // A later short period has nothing in it yet; the long one has one left.
+    let later = budget(t0 + Duration::hours(1));
+    let t1 = t0 + Duration::hours(2);
+    assert!(reserve("p3", later, t1).await.is_some());
+    assert_eq!(
+        reserve("p4", later, t1).await,
+        None,
+        "the long period holds three"
+    );
+    assert_eq!(store.attempts_since("c", &later).await.unwrap(), vec![3, 1]);
+    // No limits at all: nothing stops a send.
+    assert!(
+        store
+            .reserve_attempt("c", "p5", &[], t1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Accepting a pull promises one send, so pulls accepted and not yet sent count against the
+/// budget with those sent, and stop counting when they end unsent.
+#[tokio::test]
+async fn pulls_accepted_but_not_sent_count_against_the_budget() {
+    let (store, _dir) = store().await;
+    let t0 = at("2026-04-10T10:00:00Z");
+    let consent = crate::common::insert_consent(
+        &store,
+        "c",
+        UseCase::Monitoring,
+        FrequencyUnit::Month,
+        5,
+        t0,
+    )
+    .await;
+    let budget = vec![Budget {
+        period_start: t0 - Duration::days(1),
+        max: 2,
+    }];
+    let create = || {
+        let (mut new, job) = pulls::plan(
+            &consent,
+            PullKind::Insights,
+            (t0.date_naive() - Duration::days(1), t0.date_naive()),
+            t0,
+            None,
+            String::new(),
+        );
+        new.budget = budget.clone();
+        let store = store.clone();
+        async move { store.create_pull(&new, &job).await.unwrap() }
+    };
+    let CreatePull::Created(first) = create().await else {
+        panic!("the first pull fits")
+    };
+    let CreatePull::Created(second) = create().await else {
+        panic!("the second pull fits")
+    };
+    assert!(
+        matches!(create().await, CreatePull::OverBudget),
+        "two queued pulls take the budget of two"
+    );
+    // The first is sent: one sent and one queued still take both.
+    store
+        .reserve_attempt("c", &first.pull_id, &budget, t0)
+        .await
+        .unwrap()
+        .unwrap();
+    let poll = NewJob::new(
+        Task::PollPull {
+            pull_id: first.pull_id.clone(),
+        },
+        t0,
+    );
+    store
+        .mark_submitted(&first.pull_id, "up-1", &poll, t0)
+        .await
+        .unwrap();
+    assert!(matches!(create().await, CreatePull::OverBudget));
+    // The second ends without being sent: its place is free again.
+    store
+        .end_pull(&second.pull_id, PullStatus::Failed, "X", "never sent", t0)
+        .await
+        .unwrap();
+    assert!(matches!(create().await, CreatePull::Created(_)));
+    assert!(matches!(create().await, CreatePull::OverBudget));
+}
+
+async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<Op>) {
+    let (store, _dir) = store().await;
+    let t0 = at("2026-03-31T18:00:00Z");
     let clock = Arc::new(ManualClock::new(t0));
     let st = crate::common::bare_state(store.clone(), clock.clone());
 
