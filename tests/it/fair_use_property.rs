@@ -1,6 +1,8 @@
 //! Property: under random schedules, manual pulls and failures, no calendar window ever holds
 //! more sent pulls than the consent and Sahamati allow. Runs the service's own code paths (the
-//! scheduler's tick, the API's planning, the submitter's ledger) against a real SQLite store.
+//! scheduler's tick, the API's planning, the submitter's ledger) against a real store (SQLite,
+//! or Postgres in the suite's Postgres pass). Beside it, the budget check's edges: each period
+//! filled exactly to its maximum, and queued pulls counted until they end.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use aa_recurring::domain::pull::{PullKind, PullStatus};
 use aa_recurring::pulls;
 use aa_recurring::queue::{NewJob, Task};
 use aa_recurring::scheduler::{self, SchedulerSettings};
-use aa_recurring::store::{CreatePull, DynStore, PullFilter, connect};
+use aa_recurring::store::{CreatePull, DynStore, PullFilter};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 
@@ -61,12 +63,7 @@ fn unit() -> impl Strategy<Value = FrequencyUnit> {
 
 async fn store() -> (DynStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = connect(
-        &crate::common::fresh_database(dir.path()).await,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let store = crate::common::fresh_store(dir.path()).await;
     store.migrate().await.unwrap();
     (store, dir)
 }
