@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use aa_recurring::clock::{Clock, ManualClock};
-use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+use aa_recurring::domain::consent::{Consent, FrequencyUnit, UseCase};
 use aa_recurring::domain::fair_use::Budget;
 use aa_recurring::domain::fair_use::{budget, next_period_start, period_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
@@ -68,6 +68,23 @@ async fn store() -> (DynStore, tempfile::TempDir) {
     (store, dir)
 }
 
+/// A store holding consent `c`, approved at the returned time. The budgets the tests below
+/// pass are their own, whatever the consent's limits.
+async fn consent_c() -> (DynStore, tempfile::TempDir, Consent, DateTime<Utc>) {
+    let (store, dir) = store().await;
+    let t0 = at("2026-04-10T10:00:00Z");
+    let consent = crate::common::insert_consent(
+        &store,
+        "c",
+        UseCase::Monitoring,
+        FrequencyUnit::Month,
+        5,
+        t0,
+    )
+    .await;
+    (store, dir, consent, t0)
+}
+
 fn at(rfc3339: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(rfc3339)
         .unwrap()
@@ -79,17 +96,7 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
 /// began.
 #[tokio::test]
 async fn a_reservation_fills_every_period_of_the_budget_to_its_maximum_and_no_further() {
-    let (store, _dir) = store().await;
-    let t0 = at("2026-04-10T10:00:00Z");
-    crate::common::insert_consent(
-        &store,
-        "c",
-        UseCase::Monitoring,
-        FrequencyUnit::Month,
-        5,
-        t0,
-    )
-    .await;
+    let (store, _dir, _, t0) = consent_c().await;
     let budget = |short_since: DateTime<Utc>| {
         [
             Budget {
@@ -143,17 +150,7 @@ async fn a_reservation_fills_every_period_of_the_budget_to_its_maximum_and_no_fu
 /// budget with those sent, and stop counting when they end unsent.
 #[tokio::test]
 async fn pulls_accepted_but_not_sent_count_against_the_budget() {
-    let (store, _dir) = store().await;
-    let t0 = at("2026-04-10T10:00:00Z");
-    let consent = crate::common::insert_consent(
-        &store,
-        "c",
-        UseCase::Monitoring,
-        FrequencyUnit::Month,
-        5,
-        t0,
-    )
-    .await;
+    let (store, _dir, consent, t0) = consent_c().await;
     let budget = vec![Budget {
         period_start: t0 - Duration::days(1),
         max: 2,
