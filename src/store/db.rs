@@ -577,10 +577,10 @@ impl Dialect {
 
     /// [`Dialect::values_list`] in a statement whose first `before` parameters come ahead of
     /// the list (numbered with [`Dialect::param`]).
+    ///
     /// Written into one string: intake builds a list for every batch it commits, and a
     /// string a parameter was 1.6% of its CPU (docs/benchmarks.md).
     pub(super) fn values_list_after(self, before: usize, rows: usize, columns: usize) -> String {
-        use std::fmt::Write;
         let mut list = String::with_capacity(rows * columns * 6);
         for r in 0..rows {
             list.push_str(if r == 0 { "(" } else { ", (" });
@@ -588,12 +588,7 @@ impl Dialect {
                 if c > 1 {
                     list.push_str(", ");
                 }
-                match self {
-                    Dialect::Sqlite => list.push('?'),
-                    Dialect::Postgres => {
-                        let _ = write!(list, "${}", before + r * columns + c);
-                    }
-                }
+                self.write_param(&mut list, before + r * columns + c);
             }
             list.push(')');
         }
@@ -602,9 +597,18 @@ impl Dialect {
 
     /// The `n`th parameter of a statement built with [`Dialect::values_list`].
     pub(super) fn param(self, n: usize) -> String {
+        let mut param = String::new();
+        self.write_param(&mut param, n);
+        param
+    }
+
+    fn write_param(self, out: &mut String, n: usize) {
+        use std::fmt::Write;
         match self {
-            Dialect::Sqlite => "?".into(),
-            Dialect::Postgres => format!("${n}"),
+            Dialect::Sqlite => out.push('?'),
+            Dialect::Postgres => {
+                let _ = write!(out, "${n}");
+            }
         }
     }
 }
