@@ -20,12 +20,32 @@ pub enum Task {
     SubmitPull { pull_id: String },
     /// Ask the upstream whether a submitted pull is done (the webhook's safety net).
     PollPull { pull_id: String },
-    /// Act on a stored webhook.
-    ProcessWebhook { inbox_id: i64 },
+    /// Act on stored webhooks: the deliveries one group commit stored together, or those
+    /// that overtook their pull's submission (`PullStore::mark_submitted`). One job for a
+    /// batch, because the job's own row was the largest write of intake after the delivery's.
+    ProcessWebhook {
+        /// Rows written before batches held one delivery, as `inbox_id`.
+        #[serde(alias = "inbox_id", deserialize_with = "one_or_many")]
+        inbox_ids: Vec<i64>,
+    },
     /// Fetch and store a finished pull's Insights or Transactions.
     FetchPullData { pull_id: String },
     /// Deliver one event to one of the lender's endpoints.
     DeliverEvent { delivery_seq: i64 },
+}
+
+/// A list of ids, or one id on its own.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(i64),
+        Many(Vec<i64>),
+    }
+    Ok(match Ids::deserialize(d)? {
+        Ids::One(id) => vec![id],
+        Ids::Many(ids) => ids,
+    })
 }
 
 impl Task {
@@ -232,9 +252,9 @@ impl JobOutcome {
 
 /// Jobs this process stores already leased to its own worker pool and hands over in memory,
 /// so the pool needs neither a claim nor a read of what the job is about. Today that is
-/// webhook processing: the intake hands over each batch it commits, with the bodies, and
-/// the pool processes the batch together. The rows are running jobs like claimed ones, so if
-/// this process dies first, their leases run out and any worker claims them
+/// webhook processing: the intake hands over the job of each batch it commits, with the
+/// bodies. The row is a running job like a claimed one, so if this process dies first, its
+/// lease runs out and any worker claims it
 /// (docs/architecture.md, "The flow of one pull").
 pub struct Handoff {
     /// The lease owner of this process's worker pool.
@@ -255,17 +275,12 @@ pub type HandoffSlot = OwnedSemaphorePermit;
 /// The pool's end of the hand-over lane, held while the pool runs.
 pub type HandoffLane = tokio::sync::OwnedMutexGuard<mpsc::UnboundedReceiver<Handed>>;
 
-/// Leased jobs handed to the pool together: one committed batch of webhooks.
+/// A leased job handed to the pool: one committed batch of webhooks' processing, with the
+/// `(inbox id, body)` of each delivery, which the job would otherwise read back.
 pub struct Handed {
-    pub webhooks: Vec<HandedWebhook>,
-    pub slot: HandoffSlot,
-}
-
-/// A stored webhook's processing job, with the body it would otherwise read.
-pub struct HandedWebhook {
     pub job: Job,
-    pub inbox_id: i64,
-    pub body: bytes::Bytes,
+    pub webhooks: Vec<(i64, bytes::Bytes)>,
+    pub slot: HandoffSlot,
 }
 
 impl Handoff {
@@ -394,7 +409,9 @@ mod tests {
             Task::PollPull {
                 pull_id: "p1".into(),
             },
-            Task::ProcessWebhook { inbox_id: 7 },
+            Task::ProcessWebhook {
+                inbox_ids: vec![7, 9],
+            },
             Task::FetchPullData {
                 pull_id: "p1".into(),
             },
@@ -403,11 +420,12 @@ mod tests {
             assert_eq!(Task::from_row(t.kind(), &t.payload()).unwrap(), *t);
             assert!(!t.payload().contains("kind"));
         }
-        // Rows written before the typed enum read the same.
+        // Rows written before batches (one delivery a job) read as a batch of one.
         assert_eq!(
             Task::from_row("process_webhook", r#"{"inbox_id":7}"#).unwrap(),
-            tasks[3]
+            Task::ProcessWebhook { inbox_ids: vec![7] }
         );
+        assert_eq!(tasks[3].payload(), r#"{"inbox_ids":[7,9]}"#);
         assert_eq!(tasks[0].dedupe_key().as_deref(), Some("capture:s1"));
         assert_eq!(tasks[2].dedupe_key().as_deref(), Some("poll:p1"));
         assert_eq!(tasks[3].dedupe_key(), None);

@@ -92,11 +92,8 @@ pub async fn receive(
     let recorded = state.webhooks.record(webhook, now).await?;
     let fresh = !matches!(recorded, Recorded::Duplicate);
     match recorded {
-        Recorded::Leased(_) => {
-            state.metrics.webhook("accepted");
-            state.metrics.job_handoffs.inc();
-        }
-        Recorded::Queued => {
+        Recorded::Leased { .. } => state.metrics.webhook("accepted"),
+        Recorded::Queued { .. } => {
             state.metrics.webhook("accepted");
             state.jobs_wakeup.notify_one();
         }

@@ -11,20 +11,34 @@ use crate::domain::pull::{Pull, PullStatus};
 use crate::queue::{NewJob, Task};
 use crate::state::AppState;
 
-/// A claimed job: reads the stored delivery and acts on it.
-pub async fn run(state: &AppState, inbox_id: i64) -> Result<(), JobError> {
-    let Some(event) = state
+/// A claimed job: reads its stored deliveries and acts on them together.
+pub async fn run(state: &AppState, inbox_ids: &[i64]) -> Result<(), JobError> {
+    let events = state
         .store
-        .get_webhook(inbox_id)
+        .get_webhooks(inbox_ids)
         .await
-        .map_err(store_retry)?
-    else {
+        .map_err(store_retry)?;
+    let deliveries: Vec<(i64, Bytes)> = events.into_iter().map(|e| (e.id, e.body.into())).collect();
+    outcome(run_batch(state, &deliveries).await)?;
+    // Deliveries leave the inbox only at the end of their data life: one that is gone cannot
+    // be acted on, so the job is dead, naming it.
+    if deliveries.len() < inbox_ids.len() {
+        let missing: Vec<i64> = inbox_ids
+            .iter()
+            .filter(|id| !deliveries.iter().any(|(found, _)| found == *id))
+            .copied()
+            .collect();
         return Err(JobError::Fatal(format!(
-            "inbox event {inbox_id} does not exist"
+            "inbox events {missing:?} do not exist"
         )));
-    };
-    let mut results = run_batch(state, &[(inbox_id, event.body.into())]).await;
-    results.pop().unwrap_or(Ok(()))
+    }
+    Ok(())
+}
+
+/// The job's result from its deliveries' results: done when all are, else the first failure
+/// (the next attempt acts on every delivery again, which changes nothing for those done).
+pub fn outcome(results: Vec<Result<(), JobError>>) -> Result<(), JobError> {
+    results.into_iter().collect()
 }
 
 /// Acts on stored deliveries `(inbox id, body)` together: the intake hands over each

@@ -7,7 +7,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -79,25 +78,13 @@ impl Finisher {
 
     /// Records one outcome; returns once it is committed (or failed with its batch).
     async fn finish(&self, job_id: i64, outcome: JobOutcome) -> Result<(), String> {
-        self.finish_all(vec![(job_id, outcome)]).await
-    }
-
-    /// Records outcomes; returns once all are committed (or failed with their batch).
-    async fn finish_all(&self, outcomes: Vec<(i64, JobOutcome)>) -> Result<(), String> {
         let stopped = || "the finisher stopped".to_string();
-        let mut answers = Vec::with_capacity(outcomes.len());
-        for (job_id, outcome) in outcomes {
-            let (reply, answer) = oneshot::channel();
-            self.0
-                .send((job_id, outcome, reply))
-                .await
-                .map_err(|_| stopped())?;
-            answers.push(answer);
-        }
-        for answer in answers {
-            answer.await.map_err(|_| stopped())??;
-        }
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send((job_id, outcome, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -171,11 +158,10 @@ pub async fn run(state: AppState, settings: WorkerSettings, shutdown: Cancellati
     while handed.join_next().await.is_some() {}
 }
 
-/// Handed webhook jobs run as one batch (`process_webhook::run_batch`): one read finds all
-/// their pulls, and their outcomes are recorded together. The batch holds its place in the
-/// hand-over lane until it ends. It is database work only, so it has no heartbeat: it is
-/// given half a lease, and what has not finished by then is retried; at shutdown, what has
-/// not finished within the grace period is given back.
+/// A handed webhook job runs its batch (`process_webhook::run_batch`) from the bodies it was
+/// handed, and holds its place in the hand-over lane until it ends. It is database work only,
+/// so it has no heartbeat: it is given half a lease, and if it has not finished by then it is
+/// retried; at shutdown, if it has not finished within the grace period it is given back.
 fn run_handed(
     state: &AppState,
     settings: &WorkerSettings,
@@ -185,55 +171,41 @@ fn run_handed(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (state, finisher, shutdown) = (state.clone(), finisher.clone(), shutdown.clone());
     let (limit, grace) = (settings.lease / 2, settings.grace);
+    state.metrics.job_handoffs.inc();
     let span = tracing::info_span!(
-        "handed jobs",
-        kind = "process_webhook",
-        jobs = handed.webhooks.len()
+        "handed job",
+        job_id = handed.job.id,
+        kind = %handed.job.kind,
+        deliveries = handed.webhooks.len()
     );
     async move {
-        let Handed { webhooks, slot } = handed;
-        let deliveries: Vec<(i64, Bytes)> = webhooks
-            .iter()
-            .map(|w| (w.inbox_id, w.body.clone()))
-            .collect();
-        let work = std::panic::AssertUnwindSafe(process_webhook::run_batch(&state, &deliveries))
+        let Handed {
+            job,
+            webhooks,
+            slot,
+        } = handed;
+        let work = std::panic::AssertUnwindSafe(process_webhook::run_batch(&state, &webhooks))
             .catch_unwind();
-        let every = |e: JobError| vec![Err(e); webhooks.len()];
-        let results = tokio::select! {
-            done = tokio::time::timeout(limit, work) => match done {
-                Ok(Ok(results)) => Some(results),
+        let outcome = tokio::select! {
+            done = tokio::time::timeout(limit, work) => outcome_of(&state, &job, match done {
+                Ok(Ok(results)) => process_webhook::outcome(results),
                 Ok(Err(panic)) => {
                     let message = crate::supervise::panic_message(&*panic);
-                    tracing::error!(%message, "webhook batch panicked");
-                    Some(every(panicked(&message)))
+                    tracing::error!(job_id = job.id, %message, "webhook batch panicked");
+                    Err(panicked(&message))
                 }
-                Err(_) => Some(every(JobError::Retry {
+                Err(_) => Err(JobError::Retry {
                     message: format!("not finished within {limit:?}"),
                     after: None,
-                })),
-            },
-            _ = grace_over(&shutdown, grace) => None,
+                }),
+            }),
+            _ = grace_over(&shutdown, grace) => JobOutcome::Release,
         };
-        let outcomes = match results {
-            Some(results) => webhooks
-                .iter()
-                .zip(results)
-                .map(|(w, result)| (&w.job, outcome_of(&state, &w.job, result)))
-                .collect::<Vec<_>>(),
-            None => webhooks
-                .iter()
-                .map(|w| (&w.job, JobOutcome::Release))
-                .collect(),
-        };
-        let mut recorded = Vec::with_capacity(outcomes.len());
-        for (job, outcome) in outcomes {
-            if ended(&state, job, &outcome).await {
-                recorded.push((job.id, outcome));
-            }
-        }
-        if let Err(e) = finisher.finish_all(recorded).await {
-            // The leases will expire and the jobs run again: processing is idempotent.
-            tracing::warn!(error = %e, "recording handed jobs' outcomes failed");
+        if ended(&state, &job, &outcome).await
+            && let Err(e) = finisher.finish(job.id, outcome).await
+        {
+            // The lease will expire and the job run again: processing is idempotent.
+            tracing::warn!(job_id = job.id, error = %e, "recording the handed job's outcome failed");
         }
         drop(slot);
     }
@@ -242,9 +214,11 @@ fn run_handed(
 
 /// Every log line of a job carries its id, kind and what it is about.
 fn job_span(job: &Job) -> tracing::Span {
-    let (pull_id, session_id, inbox_id) = match &job.task {
+    let (pull_id, session_id, inbox_ids) = match &job.task {
         Ok(Task::CaptureConsents { session_id }) => (None, Some(session_id.as_str()), None),
-        Ok(Task::ProcessWebhook { inbox_id }) => (None, None, Some(*inbox_id)),
+        Ok(Task::ProcessWebhook { inbox_ids }) => {
+            (None, None, Some(tracing::field::debug(inbox_ids)))
+        }
         Ok(task) => (task.pull_id(), None, None),
         Err(_) => (None, None, None),
     };
@@ -255,7 +229,7 @@ fn job_span(job: &Job) -> tracing::Span {
         attempt = job.attempts,
         pull_id,
         session_id,
-        inbox_id
+        inbox_ids
     )
 }
 
@@ -353,7 +327,7 @@ async fn dispatch(state: &AppState, job: &Job) -> Result<(), JobError> {
         Ok(Task::CaptureConsents { session_id }) => capture_consents::run(state, session_id).await,
         Ok(Task::SubmitPull { pull_id }) => submit_pull::run(state, pull_id).await,
         Ok(Task::PollPull { pull_id }) => poll::run(state, pull_id).await,
-        Ok(Task::ProcessWebhook { inbox_id }) => process_webhook::run(state, *inbox_id).await,
+        Ok(Task::ProcessWebhook { inbox_ids }) => process_webhook::run(state, inbox_ids).await,
         Ok(Task::FetchPullData { pull_id }) => fetch_data::run(state, pull_id).await,
         Ok(Task::DeliverEvent { delivery_seq }) => deliver::run(state, *delivery_seq).await,
     }

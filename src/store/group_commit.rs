@@ -11,7 +11,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{DynStore, Lease, NewWebhook, Recorded, StoreError, StoreResult, WebhookReceipt};
-use crate::queue::{Handed, HandedWebhook, Handoff, Task};
+use crate::queue::{Handed, Handoff};
 
 /// The most deliveries one transaction commits.
 pub const MAX_BATCH: usize = 64;
@@ -66,10 +66,11 @@ impl WebhookIntake {
         true
     }
 
-    /// Stores a delivery with its processing job. Returns once committed. While this
-    /// process's worker pool has room for another batch, the batch's jobs are stored leased
-    /// to it and handed over with their bodies after the commit, by the committing task, so
-    /// a caller that stops waiting cannot strand them; otherwise they are queued.
+    /// Stores a delivery, with the processing job of the batch it is committed in. Returns
+    /// once committed. While this process's worker pool has room for another batch, the
+    /// batch's job is stored leased to it and handed over with the bodies after the commit,
+    /// by the committing task, so a caller that stops waiting cannot strand it; otherwise it
+    /// is queued.
     pub async fn record(
         &self,
         webhook: NewWebhook,
@@ -118,22 +119,22 @@ async fn commit_loop(store: DynStore, handoff: Arc<Handoff>, mut rx: mpsc::Recei
         });
         match store.record_webhooks(&webhooks, lease, at).await {
             Ok(recorded) => {
-                let mut handed = Vec::new();
-                for ((webhook, reply), r) in webhooks.into_iter().zip(replies).zip(recorded) {
-                    if let Recorded::Leased(job) = &r
-                        && let Ok(Task::ProcessWebhook { inbox_id }) = job.task
-                    {
-                        handed.push(HandedWebhook {
-                            job: job.clone(),
-                            inbox_id,
-                            body: webhook.body,
-                        });
-                    }
-                    let _ = reply.send(Ok(r));
+                for (reply, r) in replies.into_iter().zip(&recorded.each) {
+                    let _ = reply.send(Ok(*r));
                 }
-                if let Some(slot) = slot.filter(|_| !handed.is_empty()) {
+                // A slot not used (nothing new, or not leased) goes back as it drops.
+                if let (Some(job), Some(slot)) = (recorded.leased, slot) {
+                    let webhooks = webhooks
+                        .into_iter()
+                        .zip(recorded.each)
+                        .filter_map(|(w, r)| match r {
+                            Recorded::Leased { inbox_id } => Some((inbox_id, w.body)),
+                            _ => None,
+                        })
+                        .collect();
                     handoff.hand(Handed {
-                        webhooks: handed,
+                        job,
+                        webhooks,
                         slot,
                     });
                 }

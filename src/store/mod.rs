@@ -286,14 +286,22 @@ pub struct Lease<'a> {
 }
 
 /// What storing a webhook did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// The same delivery was stored before; nothing was enqueued.
     Duplicate,
-    /// Stored, its processing job queued for any worker.
-    Queued,
-    /// Stored, its processing job leased to this process's pool.
-    Leased(crate::queue::Job),
+    /// Stored; its batch's processing job is queued for any worker.
+    Queued { inbox_id: i64 },
+    /// Stored; its batch's processing job is leased to this process's pool.
+    Leased { inbox_id: i64 },
+}
+
+/// What storing a batch of webhooks did: each delivery's fate, in order, and the batch's one
+/// processing job when it was stored leased (to hand over).
+#[derive(Debug, Clone)]
+pub struct RecordedBatch {
+    pub each: Vec<Recorded>,
+    pub leased: Option<crate::queue::Job>,
 }
 
 /// A webhook delivery that was not stored as new: a duplicate of one stored before, or one

@@ -238,13 +238,8 @@ impl PullStore for SqlStore {
                 .fetch_all(&self.pool)
                 .await?;
         if !early.is_empty() {
-            let jobs: Vec<NewJob> = early
-                .into_iter()
-                .map(|inbox_id| NewJob::new(Task::ProcessWebhook { inbox_id }, now))
-                .collect();
-            let mut tx = self.write_tx().await?;
-            insert_jobs(&mut tx, jobs.iter(), now).await?;
-            tx.commit().await?;
+            let job = NewJob::new(Task::ProcessWebhook { inbox_ids: early }, now);
+            insert_job(&mut *self.write_conn().await?, &job, now).await?;
         }
         Ok(())
     }

@@ -10,16 +10,17 @@ use crate::queue::{Job, Task};
 /// The inbox of authentic webhooks, stored with their processing jobs.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Stores a batch of authentic webhooks, each with its processing job, in one
-    /// transaction (group commit). With a `lease`, the jobs are stored already leased
-    /// under it. Returns what was done with each, in order.
+    /// Stores a batch of authentic webhooks and one processing job for those that are new,
+    /// in one transaction (group commit). With a `lease`, the job is stored already leased
+    /// under it.
     async fn record_webhooks(
         &self,
         batch: &[NewWebhook],
         lease: Option<Lease<'_>>,
         now: DateTime<Utc>,
-    ) -> StoreResult<Vec<Recorded>>;
-    async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>>;
+    ) -> StoreResult<RecordedBatch>;
+    /// The stored webhooks among `ids`, in the order of `ids`.
+    async fn get_webhooks(&self, ids: &[i64]) -> StoreResult<Vec<InboxEvent>>;
     /// Stored webhooks, newest first, before `before_id`.
     async fn list_inbox(
         &self,
@@ -47,12 +48,15 @@ impl WebhookStore for SqlStore {
         batch: &[NewWebhook],
         lease: Option<Lease<'_>>,
         now: DateTime<Utc>,
-    ) -> StoreResult<Vec<Recorded>> {
+    ) -> StoreResult<RecordedBatch> {
         if batch.is_empty() {
-            return Ok(vec![]);
+            return Ok(RecordedBatch {
+                each: vec![],
+                leased: None,
+            });
         }
         let mut tx = self.urgent_write_tx().await?;
-        // One statement for the inbox rows and one for their jobs, whatever the batch size.
+        // One statement for the inbox rows and one for their job, whatever the batch size.
         let sql = format!(
             "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at) VALUES {}
              ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key",
@@ -76,81 +80,78 @@ impl WebhookStore for SqlStore {
             .map(|w| fresh.remove(w.dedupe_key.as_str()))
             .collect();
         let new: Vec<i64> = inbox_ids.iter().flatten().copied().collect();
-        // The job of each leased delivery, by inbox id.
-        let mut leased = std::collections::HashMap::new();
+        // One processing job for the batch's new deliveries.
+        let mut job = None;
         if !new.is_empty() {
-            // Only leased jobs are needed back, to hand over.
-            let sql = format!(
+            let task = Task::ProcessWebhook { inbox_ids: new };
+            let id: i64 = sqlx::query_scalar(
                 "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, lease_owner, lease_expires_at, created_at, updated_at)
-                 VALUES {}{}",
-                self.dialect.values_list(new.len(), 10),
-                if lease.is_some() { " RETURNING id, payload" } else { "" }
-            );
-            let mut insert = sqlx::query_as::<_, (i64, String)>(&sql);
-            for inbox_id in &new {
-                let task = Task::ProcessWebhook {
-                    inbox_id: *inbox_id,
-                };
-                insert = insert
-                    .bind(task.kind())
-                    .bind(task.payload())
-                    .bind(if lease.is_some() { "running" } else { "queued" })
-                    .bind(to_ms(now))
-                    // A leased job's first attempt has begun, as a claim would count it.
-                    .bind(i32::from(lease.is_some()))
-                    .bind(task.max_attempts())
-                    .bind(lease.map(|l| l.owner))
-                    .bind(lease.map(|l| to_ms(l.until)))
-                    .bind(to_ms(now))
-                    .bind(to_ms(now));
-            }
-            // Rows come back in no promised order: a leased job is found by its inbox id.
-            for (job_id, payload) in insert.fetch_all(&mut *tx).await? {
-                if let Ok(Task::ProcessWebhook { inbox_id }) =
-                    Task::from_row("process_webhook", &payload)
-                {
-                    leased.insert(inbox_id, job_id);
-                }
-            }
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            )
+            .bind(task.kind())
+            .bind(task.payload())
+            .bind(if lease.is_some() { "running" } else { "queued" })
+            .bind(to_ms(now))
+            // A leased job's first attempt has begun, as a claim would count it.
+            .bind(i32::from(lease.is_some()))
+            .bind(task.max_attempts())
+            .bind(lease.map(|l| l.owner))
+            .bind(lease.map(|l| to_ms(l.until)))
+            .bind(to_ms(now))
+            .bind(to_ms(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            job = Some((id, task));
         }
         tx.commit().await?;
-        Ok(inbox_ids
-            .into_iter()
-            .map(|id| match id.map(|id| (id, leased.get(&id))) {
-                None => Recorded::Duplicate,
-                Some((inbox_id, Some(&job_id))) => {
-                    let task = Task::ProcessWebhook { inbox_id };
-                    Recorded::Leased(Job {
-                        id: job_id,
-                        kind: task.kind().into(),
-                        attempts: 1,
-                        max_attempts: task.max_attempts(),
-                        task: Ok(task),
-                    })
-                }
-                Some((_, None)) => Recorded::Queued,
-            })
-            .collect())
+        Ok(RecordedBatch {
+            each: inbox_ids
+                .into_iter()
+                .map(|id| match (id, lease) {
+                    (None, _) => Recorded::Duplicate,
+                    (Some(inbox_id), None) => Recorded::Queued { inbox_id },
+                    (Some(inbox_id), Some(_)) => Recorded::Leased { inbox_id },
+                })
+                .collect(),
+            leased: lease.and(job).map(|(id, task)| Job {
+                id,
+                kind: task.kind().into(),
+                attempts: 1,
+                max_attempts: task.max_attempts(),
+                task: Ok(task),
+            }),
+        })
     }
 
-    async fn get_webhook(&self, id: i64) -> StoreResult<Option<InboxEvent>> {
-        let row = sqlx::query(
-            "SELECT id, dedupe_key, event_name, upstream_session_id, body, received_at FROM webhook_inbox WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(InboxEvent {
-                id: r.try_get("id")?,
-                dedupe_key: r.try_get("dedupe_key")?,
-                event_name: r.try_get("event_name")?,
-                upstream_session_id: r.try_get("upstream_session_id")?,
-                body: r.try_get("body")?,
-                received_at: from_ms(r.try_get("received_at")?)?,
+    async fn get_webhooks(&self, ids: &[i64]) -> StoreResult<Vec<InboxEvent>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT id, dedupe_key, event_name, upstream_session_id, body, received_at FROM webhook_inbox WHERE id IN {}",
+            self.dialect.values_list(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let mut events = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(InboxEvent {
+                    id: r.try_get("id")?,
+                    dedupe_key: r.try_get("dedupe_key")?,
+                    event_name: r.try_get("event_name")?,
+                    upstream_session_id: r.try_get("upstream_session_id")?,
+                    body: r.try_get("body")?,
+                    received_at: from_ms(r.try_get("received_at")?)?,
+                })
             })
-        })
-        .transpose()
+            .collect::<StoreResult<Vec<_>>>()?;
+        events.sort_by_key(|e| ids.iter().position(|id| *id == e.id));
+        Ok(events)
     }
 
     async fn list_inbox(

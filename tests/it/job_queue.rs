@@ -24,7 +24,7 @@ fn job(key: Option<&str>) -> NewJob {
         Some(session_id) => Task::CaptureConsents {
             session_id: session_id.into(),
         },
-        None => Task::ProcessWebhook { inbox_id: 1 },
+        None => Task::ProcessWebhook { inbox_ids: vec![1] },
     };
     NewJob::new(task, Utc::now())
 }

@@ -159,9 +159,31 @@ async fn concurrent_deliveries_are_committed_together_and_each_counted_once() {
         }
     }
     assert_eq!((accepted, duplicate), (80, 20));
-    // One processing job per stored delivery.
-    let jobs: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum();
-    assert_eq!(jobs, 80);
+    // Each stored delivery is in exactly one processing job, one job for each batch.
+    let (jobs, mut processed) = processing_jobs(&app).await;
+    let all: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum();
+    assert_eq!(all, jobs as i64);
+    // (2 or 3 jobs here, where each delivery used to have its own.)
+    assert!(
+        jobs < 80,
+        "deliveries committed together share a job: {jobs}"
+    );
+    assert_eq!(processed.len(), 80);
+    processed.sort_unstable();
+    processed.dedup();
+    assert_eq!(processed.len(), 80);
+}
+
+/// The webhook processing jobs, and the inbox ids they name, each as often as it is named.
+async fn processing_jobs(app: &TestApp) -> (usize, Vec<i64>) {
+    let (_, page) = app.get("/api/v1/jobs?kind=process_webhook&limit=200").await;
+    let jobs = page["items"].as_array().unwrap();
+    let ids = jobs
+        .iter()
+        .flat_map(|j| j["payload"]["inbox_ids"].as_array().unwrap().clone())
+        .map(|id| id.as_i64().unwrap())
+        .collect();
+    (jobs.len(), ids)
 }
 
 async fn post_webhook(
@@ -277,15 +299,22 @@ async fn bad_signatures_are_refused_in_every_scheme() {
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let jobs: i64 = app.job_counts().await.iter().map(|(_, n)| n).sum::<i64>();
+        let (processing, mut processed) = processing_jobs(&app).await;
+        assert_eq!(jobs as usize, processing, "{scheme_name}");
+        let named = processed.len();
+        processed.sort_unstable();
+        processed.dedup();
         assert_eq!(
-            jobs as u64, accepted,
-            "{scheme_name}: one processing job per accepted delivery"
+            (named as u64, processed.len() as u64),
+            (accepted, accepted),
+            "{scheme_name}: each accepted delivery, and only those, in one processing job"
         );
     }
 }
 
 #[tokio::test]
-async fn a_leased_webhook_job_is_stored_running_and_claimed_again_if_its_lease_runs_out() {
+async fn a_batch_of_webhooks_is_stored_with_one_job_leased_or_queued_and_claimed_again_if_its_lease_runs_out()
+ {
     use aa_recurring::queue::Task;
     use aa_recurring::store::{Lease, NewWebhook, Recorded};
     let dir = tempfile::tempdir().unwrap();
@@ -296,40 +325,84 @@ async fn a_leased_webhook_job_is_stored_running_and_claimed_again_if_its_lease_r
         dedupe_key: key.into(),
         event_name: None,
         upstream_session_id: None,
-        body: bytes::Bytes::from_static(b"{}"),
+        body: bytes::Bytes::from(format!("{{\"key\":\"{key}\"}}")),
     };
     let lease = Lease {
         owner: "worker-here",
         until: now + chrono::Duration::seconds(60),
     };
+    // Three new deliveries and a repeat, committed together: one job for the three.
     let recorded = store
-        .record_webhooks(&[webhook("a"), webhook("a")], Some(lease), now)
+        .record_webhooks(
+            &[webhook("a"), webhook("c"), webhook("a"), webhook("d")],
+            Some(lease),
+            now,
+        )
         .await
         .unwrap();
-    let [Recorded::Leased(job), Recorded::Duplicate] = &recorded[..] else {
+    let [
+        Recorded::Leased { inbox_id: a },
+        Recorded::Leased { inbox_id: c },
+        Recorded::Duplicate,
+        Recorded::Leased { inbox_id: d },
+    ] = recorded.each[..]
+    else {
         panic!("{recorded:?}");
     };
+    let job = recorded.leased.expect("the batch's job, leased");
+    assert_eq!(job.attempts, 1);
+    assert_eq!(
+        job.task,
+        Ok(Task::ProcessWebhook {
+            inbox_ids: vec![a, c, d]
+        })
+    );
+    let row = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(row.state.to_string(), "running");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.payload, json!({"inbox_ids": [a, c, d]}));
+    assert_eq!(
+        store.job_counts().await.unwrap(),
+        vec![("running".into(), 1)]
+    );
+    // Without a lease the batch's job is queued; nothing is handed over.
     let recorded = store
         .record_webhooks(&[webhook("b"), webhook("a")], None, now)
         .await
         .unwrap();
+    let [Recorded::Queued { inbox_id: b }, Recorded::Duplicate] = recorded.each[..] else {
+        panic!("{recorded:?}");
+    };
+    assert!(recorded.leased.is_none());
+    // A batch of repeats stores no job at all.
+    let recorded = store
+        .record_webhooks(&[webhook("b"), webhook("c")], None, now)
+        .await
+        .unwrap();
     assert!(
-        matches!(recorded[..], [Recorded::Queued, Recorded::Duplicate]),
+        matches!(
+            recorded.each[..],
+            [Recorded::Duplicate, Recorded::Duplicate]
+        ),
         "{recorded:?}"
     );
-    assert_eq!(job.attempts, 1);
-    assert!(matches!(job.task, Ok(Task::ProcessWebhook { .. })));
-    let row = store.get_job(job.id).await.unwrap().unwrap();
-    assert_eq!(row.state.to_string(), "running");
-    assert_eq!(row.attempts, 1);
-    // Nobody else may claim it while its lease lasts; once it runs out (the process that held
-    // it died), any worker does, and the queued one is claimable at once.
+    assert_eq!(store.job_counts().await.unwrap().len(), 2);
+    // The job reads its deliveries back in its own order; one that is gone is left out.
+    let events = store.get_webhooks(&[d, 999_999, a]).await.unwrap();
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [d, a]);
+    assert_eq!(events[0].body, br#"{"key":"d"}"#);
+    // Nobody else may claim the leased job while its lease lasts; once it runs out (the
+    // process that held it died), any worker does, and the queued one is claimable at once.
     let claimed = store
         .claim_jobs("worker-there", now, now + chrono::Duration::hours(1), 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_ne!(claimed[0].id, job.id);
+    assert_eq!(
+        claimed[0].task,
+        Ok(Task::ProcessWebhook { inbox_ids: vec![b] })
+    );
     let later = now + chrono::Duration::seconds(61);
     let claimed = store
         .claim_jobs(
@@ -343,4 +416,91 @@ async fn a_leased_webhook_job_is_stored_running_and_claimed_again_if_its_lease_r
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, job.id);
     assert_eq!(claimed[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_that_is_gone() {
+    use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+    use aa_recurring::domain::pull::{PullKind, PullStatus};
+    use aa_recurring::jobs::{JobError, process_webhook};
+    use aa_recurring::queue::{NewJob, Task};
+    use aa_recurring::store::{CreatePull, NewWebhook};
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let state = bare_state(
+        store.clone(),
+        std::sync::Arc::new(aa_recurring::clock::ManualClock::new(now)),
+    );
+    let consent =
+        insert_consent(&store, "c", UseCase::Monitoring, FrequencyUnit::Day, 1, now).await;
+    // Two submitted pulls, and a delivery saying each is done, committed together.
+    let mut deliveries = Vec::new();
+    let mut pull_ids = Vec::new();
+    for session in ["up-1", "up-2"] {
+        let today = now.date_naive();
+        let (mut new, job) = aa_recurring::pulls::plan(
+            &consent,
+            PullKind::Insights,
+            (today - chrono::Duration::days(1), today),
+            now,
+            None,
+            String::new(),
+        );
+        new.budget = vec![];
+        let CreatePull::Created(pull) = store.create_pull(&new, &job).await.unwrap() else {
+            panic!("the pull is accepted");
+        };
+        let poll = NewJob::new(
+            Task::PollPull {
+                pull_id: pull.pull_id.clone(),
+            },
+            now,
+        );
+        store
+            .mark_submitted(&pull.pull_id, session, &poll, now)
+            .await
+            .unwrap();
+        pull_ids.push(pull.pull_id);
+        let body = json!({"event_name": "ENRICHMENT_NOTIFICATION", "session_id": session});
+        deliveries.push(NewWebhook {
+            dedupe_key: session.into(),
+            event_name: Some("ENRICHMENT_NOTIFICATION".into()),
+            upstream_session_id: Some(session.into()),
+            body: serde_json::to_vec(&body).unwrap().into(),
+        });
+    }
+    let recorded = store.record_webhooks(&deliveries, None, now).await.unwrap();
+    let claimed = store
+        .claim_jobs("w", now, now + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    let batch: Vec<_> = claimed
+        .iter()
+        .filter_map(|j| match &j.task {
+            Ok(Task::ProcessWebhook { inbox_ids }) => Some(inbox_ids.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        batch.len(),
+        1,
+        "one job for the batch: {claimed:?} {recorded:?}"
+    );
+    assert_eq!(batch[0].len(), 2);
+    process_webhook::run(&state, &batch[0]).await.unwrap();
+    for pull_id in &pull_ids {
+        let pull = store.get_pull(pull_id).await.unwrap().unwrap();
+        assert_eq!(pull.status, PullStatus::Fetching, "{pull_id}");
+    }
+    // Acting again changes nothing; a delivery that is gone makes the job dead, by name.
+    let gone = batch[0].iter().max().unwrap() + 1000;
+    let again = process_webhook::run(&state, &[batch[0][0], gone]).await;
+    let Err(JobError::Fatal(why)) = again else {
+        panic!("{again:?}");
+    };
+    assert!(why.contains(&gone.to_string()), "{why}");
+    let pull = store.get_pull(&pull_ids[0]).await.unwrap().unwrap();
+    assert_eq!(pull.status, PullStatus::Fetching);
 }
