@@ -7,6 +7,7 @@
 //! `SAVEPOINT` + `RELEASE` as two calls beside the same two statements in one call. Then the
 //! cost of sqlx's `Any` driver, which the store uses to speak SQLite and Postgres with one
 //! code path: the same reads through `Any` and through the SQLite driver itself, side by side.
+//! Last, a read through the pool with and without sqlx's ping before each acquire.
 
 use std::time::Instant;
 
@@ -123,4 +124,39 @@ async fn any_against_native(url: &str) {
     time!("point read, Any driver", any, point, 20);
     time!("1,000 rows, SQLite driver", native, batch, 1);
     time!("1,000 rows, Any driver", any, batch, 1);
+    drop((native, any));
+    pooled_reads(url, point).await;
+}
+
+/// A point read through the pool (how the store reads), with sqlx's default ping of the
+/// connection before each acquire and without it (`store/db.rs` turns it off on SQLite).
+async fn pooled_reads(url: &str, point: &str) {
+    const READS: u32 = 10_000;
+    for (name, ping) in [
+        ("pooled point read, ping first", true),
+        ("pooled point read, no ping", false),
+    ] {
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(ping)
+            .connect(url)
+            .await
+            .expect("pool");
+        let (wall, cpu) = (Instant::now(), cpu_seconds());
+        for i in 0..READS {
+            let row = sqlx::query(point)
+                .bind(i64::from(i % 1000))
+                .fetch_optional(&pool)
+                .await
+                .expect("read");
+            std::hint::black_box(row);
+        }
+        let per = |total: f64| total * 1e6 / f64::from(READS);
+        println!(
+            "{name:<36} {:>8.1} µs wall, {:>8.1} µs CPU a read",
+            per(wall.elapsed().as_secs_f64()),
+            per(cpu_seconds() - cpu)
+        );
+        pool.close().await;
+    }
 }

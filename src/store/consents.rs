@@ -62,7 +62,7 @@ impl ConsentStore for SqlStore {
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"
         ))
         .bind(consent_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.map(|r| consent_from_row(&r).map(|(_, c)| c))
             .transpose()
@@ -80,7 +80,7 @@ impl ConsentStore for SqlStore {
         .bind(f.after_seq.unwrap_or(0))
         .bind(f.limit as i64)
         .bind(f.updated_after.map_or(i64::MIN, to_ms))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(consent_from_row).collect()
     }
@@ -90,7 +90,7 @@ impl ConsentStore for SqlStore {
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE session_id = $1 ORDER BY seq"
         ))
         .bind(session_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| consent_from_row(r).map(|(_, c)| c))
@@ -213,7 +213,7 @@ impl ConsentStore for SqlStore {
     }
     async fn consent_status_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT status, n FROM consent_status_counts ORDER BY status")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))

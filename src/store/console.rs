@@ -46,7 +46,7 @@ impl ConsoleStore for SqlStore {
         .await?;
         Ok(
             sqlx::query_scalar("SELECT key FROM console_keys WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await?,
         )
     }
@@ -77,7 +77,7 @@ impl ConsoleStore for SqlStore {
         )
         .bind(session_hash)
         .bind(to_ms(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.map(|r| {
             Ok(ConsoleSession {

@@ -39,7 +39,7 @@ impl DataStore for SqlStore {
             "SELECT pull_id, kind, content_encoding, body, raw_size, fetched_at FROM pull_data WHERE pull_id = $1",
         )
         .bind(pull_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.map(|r| {
             Ok(StoredData {
@@ -89,7 +89,7 @@ impl DataStore for SqlStore {
         .bind(after_at)
         .bind(after_seq)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {

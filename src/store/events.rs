@@ -47,7 +47,7 @@ impl EventStore for SqlStore {
         .bind(f.consent_id.as_deref())
         .bind(from)
         .bind(f.limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -57,7 +57,7 @@ impl EventStore for SqlStore {
             "SELECT seq, event_id, type, data, created_at FROM events WHERE event_id = $1",
         )
         .bind(event_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.as_ref().map(event_from_row).transpose()
     }

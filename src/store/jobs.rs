@@ -221,7 +221,7 @@ impl JobStore for SqlStore {
     async fn job_counts(&self) -> StoreResult<Vec<(String, i64)>> {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
@@ -241,7 +241,7 @@ impl JobStore for SqlStore {
         .bind(from)
         .bind(filter.limit as i64)
         .bind(i32::from(filter.failed_before))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(job_record).collect()
     }
@@ -249,7 +249,7 @@ impl JobStore for SqlStore {
     async fn get_job(&self, job_id: i64) -> StoreResult<Option<JobRecord>> {
         sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(job_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?
             .as_ref()
             .map(job_record)
@@ -335,7 +335,7 @@ impl JobStore for SqlStore {
             "SELECT kind, status, COUNT(*) AS n FROM jobs
              WHERE status IN ('queued', 'running', 'dead') GROUP BY kind, status",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         let counts = rows
             .iter()
@@ -353,7 +353,7 @@ impl JobStore for SqlStore {
              WHERE status = 'queued' AND run_at <= $1 GROUP BY kind",
         )
         .bind(to_ms(now))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         let oldest_due = rows
             .iter()

@@ -62,7 +62,7 @@ impl LedgerStore for SqlStore {
     }
 
     async fn attempts_since(&self, consent_id: &str, budget: &[Budget]) -> StoreResult<Vec<u32>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         sent_since(&mut conn, consent_id, budget).await
     }
 
@@ -70,7 +70,7 @@ impl LedgerStore for SqlStore {
         &self,
         budgets: &[(&str, Vec<Budget>)],
     ) -> StoreResult<Vec<Vec<u32>>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         sent_since_many(&mut conn, budgets).await
     }
 

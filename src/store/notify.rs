@@ -269,7 +269,7 @@ impl NotifyStore for SqlStore {
         ))
         .bind(after_seq)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
     }
@@ -279,7 +279,7 @@ impl NotifyStore for SqlStore {
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE endpoint_id = $1"
         ))
         .bind(endpoint_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         Ok(row
             .as_ref()
@@ -367,7 +367,7 @@ impl NotifyStore for SqlStore {
             "SELECT seq, event_seq, event_id, endpoint_id, status, attempts FROM deliveries WHERE seq = $1",
         )
         .bind(seq)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?
         else {
             return Ok(None);
@@ -391,7 +391,7 @@ impl NotifyStore for SqlStore {
     }
 
     async fn earlier_pending(&self, endpoint_id: &str, event_seq: i64) -> StoreResult<bool> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         pending_before(&mut conn, endpoint_id, event_seq).await
     }
 
@@ -481,7 +481,7 @@ impl NotifyStore for SqlStore {
              WHERE a.event_id = $1 ORDER BY a.seq",
         )
         .bind(event_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -513,7 +513,7 @@ impl NotifyStore for SqlStore {
         .bind(status)
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -535,7 +535,7 @@ impl NotifyStore for SqlStore {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = $1")
                 .bind(status)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await?,
         )
     }
@@ -544,7 +544,7 @@ impl NotifyStore for SqlStore {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT endpoint_id, MIN(created_at) FROM deliveries WHERE status = 'pending' GROUP BY endpoint_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.into_iter()
             .map(|(e, at)| Ok((e, from_ms(at)?)))

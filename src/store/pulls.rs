@@ -125,7 +125,7 @@ impl PullStore for SqlStore {
     }
 
     async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         pull_where(&mut conn, "pull_id", pull_id).await
     }
 
@@ -145,7 +145,7 @@ impl PullStore for SqlStore {
             query = query.bind(*id);
         }
         query
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?
             .iter()
             .map(|r| pull_from_row(r).map(|(_, p)| p))
@@ -165,7 +165,7 @@ impl PullStore for SqlStore {
         .bind(from)
         .bind(f.limit as i64)
         .bind(f.updated_after.map_or(i64::MIN, to_ms))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(pull_from_row).collect()
     }
@@ -175,7 +175,7 @@ impl PullStore for SqlStore {
             "SELECT MAX(to_date) FROM pulls WHERE consent_id = $1 AND status = 'completed'",
         )
         .bind(consent_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         opt_date(v.flatten())
     }
@@ -197,7 +197,7 @@ impl PullStore for SqlStore {
             query = query.bind(*id);
         }
         let mut out = std::collections::HashMap::new();
-        for (consent_id, to) in query.fetch_all(&self.pool).await? {
+        for (consent_id, to) in query.fetch_all(&mut *self.read().await?).await? {
             if let Some(to) = opt_date(to)? {
                 out.insert(consent_id, to);
             }
@@ -235,7 +235,7 @@ impl PullStore for SqlStore {
         let early: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
                 .bind(upstream_session_id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
         if !early.is_empty() {
             let job = NewJob::new(Task::ProcessWebhook { inbox_ids: early }, now);
@@ -380,7 +380,7 @@ impl PullStore for SqlStore {
     async fn pull_outcome_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
         let rows =
             sqlx::query("SELECT kind, outcome, n FROM pull_outcome_counts ORDER BY kind, outcome")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("kind")?, r.try_get("outcome")?, r.try_get("n")?)))
@@ -392,7 +392,7 @@ impl PullStore for SqlStore {
             "SELECT hour, outcome, n FROM pull_outcomes_hourly WHERE hour >= $1 ORDER BY hour, outcome",
         )
         .bind(since_hour)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?)
     }
 }

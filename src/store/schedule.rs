@@ -30,7 +30,7 @@ impl ScheduleStore for SqlStore {
         ))
         .bind(to_ms(now))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| consent_from_row(r).map(|(_, c)| c))

@@ -82,7 +82,7 @@ impl SessionStore for SqlStore {
     }
 
     async fn get_session(&self, session_id: &str) -> StoreResult<Option<Session>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read().await?;
         match session_in(&mut conn, session_id).await {
             Ok(s) => Ok(Some(s)),
             Err(StoreError::NotFound(_)) => Ok(None),

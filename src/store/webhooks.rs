@@ -136,7 +136,7 @@ impl WebhookStore for SqlStore {
             query = query.bind(id);
         }
         let mut events = query
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?
             .iter()
             .map(|r| {
@@ -165,7 +165,7 @@ impl WebhookStore for SqlStore {
         )
         .bind(before_id.unwrap_or(i64::MAX))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -210,7 +210,7 @@ impl WebhookStore for SqlStore {
         .bind(outcome)
         .bind(before_id.unwrap_or(i64::MAX))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -237,7 +237,7 @@ impl WebhookStore for SqlStore {
         )
         .bind(outcome)
         .bind(to_ms(since))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.read().await?)
         .await?)
     }
 }
