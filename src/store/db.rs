@@ -903,6 +903,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_budget_check_seeks_the_consents_queued_pulls_not_every_queued_pull() {
+        let (_dir, store) = sqlite().await;
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT 1 WHERE {}",
+            fits_budget(2, true, 2)
+        );
+        let plan = plan(&store, &sql).await;
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("pulls_queued (consent_id=?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("pull_attempts_by_consent (consent_id=? AND sent_at>?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.contains("SCAN pulls")), "{plan:?}");
+        assert!(
+            !plan.iter().any(|d| d.contains("pulls_by_status")),
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn finishing_jobs_seeks_each_by_key() {
         let (_dir, store) = sqlite().await;
         let sql = format!("EXPLAIN QUERY PLAN {}", Dialect::Sqlite.finish_done(3));
