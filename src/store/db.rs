@@ -928,6 +928,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn purging_stale_journeys_seeks_them_without_walking_completed_ones() {
+        let (_dir, store) = sqlite().await;
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            crate::store::housekeeping::purge_sessions_sql()
+        );
+        let plan = plan(&store, &sql).await;
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("sessions_by_age (status=? AND updated_at<?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
+    }
+
+    #[tokio::test]
     async fn finishing_jobs_seeks_each_by_key() {
         let (_dir, store) = sqlite().await;
         let sql = format!("EXPLAIN QUERY PLAN {}", Dialect::Sqlite.finish_done(3));

@@ -7,6 +7,23 @@ use super::events::record_consent_event;
 use super::*;
 use crate::domain::event::EventType;
 
+/// Deletes up to `$2` journeys that never completed, last changed before `$1`. The statuses
+/// are listed rather than written `<> 'completed'`, which SQLite answered by scanning every
+/// session (the completed ones are most of them) while holding the writer; listed, it seeks
+/// `sessions_by_age` once a status.
+pub(super) fn purge_sessions_sql() -> String {
+    let unfinished: Vec<String> = crate::domain::session::SessionStatus::ALL
+        .iter()
+        .filter(|s| **s != "completed")
+        .map(|s| format!("'{s}'"))
+        .collect();
+    format!(
+        "DELETE FROM sessions WHERE session_id IN (
+            SELECT session_id FROM sessions WHERE status IN ({}) AND updated_at < $1 LIMIT $2)",
+        unfinished.join(", ")
+    )
+}
+
 /// Housekeeping: tenure ends and the data life.
 #[async_trait]
 pub trait HousekeepingStore: Send + Sync {
@@ -118,15 +135,12 @@ impl HousekeepingStore for SqlStore {
         .execute(&mut *self.write_conn().await?)
         .await?
         .rows_affected();
-        report.sessions = sqlx::query(
-            "DELETE FROM sessions WHERE session_id IN (
-                SELECT session_id FROM sessions WHERE status <> 'completed' AND updated_at < $1 LIMIT $2)",
-        )
-        .bind(to_ms(purge.sessions_before))
-        .bind(limit)
-        .execute(&mut *self.write_conn().await?)
-        .await?
-        .rows_affected();
+        report.sessions = sqlx::query(&purge_sessions_sql())
+            .bind(to_ms(purge.sessions_before))
+            .bind(limit)
+            .execute(&mut *self.write_conn().await?)
+            .await?
+            .rows_affected();
         // Console sign-ins that expired.
         report.sessions += sqlx::query(
             "DELETE FROM console_sessions WHERE session_hash IN (
