@@ -69,19 +69,14 @@ impl ConsentStore for SqlStore {
     }
 
     async fn list_consents(&self, f: &ConsentFilter) -> StoreResult<ConsentPage> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consents
-             WHERE ($1 IS NULL OR link_id = $1) AND ($2 IS NULL OR status = $2) AND seq > $3
-                AND updated_at > $5
-             ORDER BY seq LIMIT $4"
-        ))
-        .bind(f.link_id.as_deref())
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.after_seq.unwrap_or(0))
-        .bind(f.limit as i64)
-        .bind(f.updated_after.map_or(i64::MIN, to_ms))
-        .fetch_all(&mut *self.read().await?)
-        .await?;
+        let rows = sqlx::query(&list_consents_sql(f))
+            .bind(f.link_id.as_deref())
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.after_seq.unwrap_or(0))
+            .bind(f.limit as i64)
+            .bind(f.updated_after.map_or(i64::MIN, to_ms))
+            .fetch_all(&mut *self.read().await?)
+            .await?;
         rows.iter().map(consent_from_row).collect()
     }
 
@@ -230,4 +225,17 @@ fn consent_event(status: ConsentStatus) -> EventType {
         ConsentStatus::Expired => EventType::ConsentExpired,
         ConsentStatus::Invalid => EventType::ConsentInvalid,
     }
+}
+
+/// A page of consents: through `consents_by_link` when a borrower is asked for (the most
+/// selective filter), else `consents_by_status` when a status is, else in key order.
+pub(super) fn list_consents_sql(f: &ConsentFilter) -> String {
+    let (link, status) = (f.link_id.is_some(), f.status.is_some());
+    format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents
+         WHERE {} AND {} AND seq > $3 AND updated_at > $5
+         ORDER BY seq LIMIT $4",
+        filter_eq("link_id", 1, link),
+        filter_eq("status", 2, status && !link)
+    )
 }

@@ -607,6 +607,20 @@ pub(super) async fn pull_where(
 
 /// Keyset pagination on `column` against placeholder `$param`: the condition, the order, and
 /// the value to bind. Oldest first, rows come after `after`; newest first, before it.
+/// An optional equality filter on `column`, bound as `$param` (`NULL` when not asked for).
+/// SQLite keeps no statistics and cannot seek an index for `($n IS NULL OR column = $n)`, so
+/// a list filtered that way walked the whole table in key order. With `seek`, the filter is
+/// written as plain equality, so that SQLite seeks the index that leads with `column` (the
+/// lists have one such index, `(column, seq)`, per filter); callers ask it of the most
+/// selective filter given, since with two plain equalities SQLite picks either index.
+pub(super) fn filter_eq(column: &str, param: usize, seek: bool) -> String {
+    if seek {
+        format!("{column} = ${param}")
+    } else {
+        format!("(${param} IS NULL OR {column} = ${param})")
+    }
+}
+
 pub(super) fn keyset(
     column: &str,
     param: usize,
@@ -941,6 +955,78 @@ mod tests {
             "{plan:?}"
         );
         assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
+    }
+
+    #[tokio::test]
+    async fn a_filtered_list_seeks_its_most_selective_index_not_the_whole_table() {
+        use crate::domain::consent::ConsentStatus;
+        use crate::domain::pull::PullStatus;
+        let (_dir, store) = sqlite().await;
+        let consents = |link: bool, status: bool| {
+            crate::store::consents::list_consents_sql(&ConsentFilter {
+                link_id: link.then(|| "l".into()),
+                status: status.then_some(ConsentStatus::Active),
+                ..Default::default()
+            })
+        };
+        let pulls = |consent: bool, status: bool, newest_first: bool| {
+            crate::store::pulls::list_pulls_sql(&PullFilter {
+                consent_id: consent.then(|| "c".into()),
+                status: status.then_some(PullStatus::Completed),
+                newest_first,
+                ..Default::default()
+            })
+            .0
+        };
+        let cases = [
+            (
+                consents(true, false),
+                "consents_by_link (link_id=? AND seq>?)",
+            ),
+            // Both: the borrower's few consents, not every active one.
+            (
+                consents(true, true),
+                "consents_by_link (link_id=? AND seq>?)",
+            ),
+            (
+                consents(false, true),
+                "consents_by_status (status=? AND seq>?)",
+            ),
+            (
+                pulls(true, false, false),
+                "pulls_by_consent (consent_id=? AND seq>?)",
+            ),
+            (
+                pulls(true, true, true),
+                "pulls_by_consent (consent_id=? AND seq<?)",
+            ),
+            (
+                pulls(false, true, false),
+                "pulls_by_status (status=? AND seq>?)",
+            ),
+        ];
+        for (sql, index) in cases {
+            let plan = plan(&store, &format!("EXPLAIN QUERY PLAN {sql}")).await;
+            assert!(plan.iter().any(|d| d.contains(index)), "{index}: {plan:?}");
+            assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:?}");
+        }
+        // Unfiltered, a page is the next rows in key order.
+        let plan = plan(
+            &store,
+            &format!("EXPLAIN QUERY PLAN {}", consents(false, false)),
+        )
+        .await;
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("INTEGER PRIMARY KEY (rowid>?)")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn an_optional_filter_is_plain_equality_only_where_it_should_seek() {
+        assert_eq!(filter_eq("link_id", 1, true), "link_id = $1");
+        assert_eq!(filter_eq("status", 2, false), "($2 IS NULL OR status = $2)");
     }
 
     #[tokio::test]

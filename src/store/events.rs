@@ -38,10 +38,14 @@ pub trait EventStore: Send + Sync {
 impl EventStore for SqlStore {
     async fn list_events(&self, f: &EventFilter) -> StoreResult<Vec<(i64, Event)>> {
         let (seek, order, from) = keyset("seq", 3, f.after_seq, f.newest_first);
+        // Through `events_by_consent` when a consent is asked for, else `events_by_type`.
+        let (kind, consent) = (f.event_type.is_some(), f.consent_id.is_some());
         let rows = sqlx::query(&format!(
             "SELECT seq, event_id, type, data, created_at FROM events
-             WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR consent_id = $2) AND {seek}
-             ORDER BY {order} LIMIT $4"
+             WHERE {} AND {} AND {seek}
+             ORDER BY {order} LIMIT $4",
+            filter_eq("type", 1, kind && !consent),
+            filter_eq("consent_id", 2, consent)
         ))
         .bind(f.event_type.map(|t| t.as_str()))
         .bind(f.consent_id.as_deref())

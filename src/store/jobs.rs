@@ -230,11 +230,16 @@ impl JobStore for SqlStore {
 
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         let (seek, order, from) = keyset("id", 3, filter.after_id, filter.newest_first);
+        // Through `jobs_by_state` (status, kind, id) when both are asked for, which gives the
+        // rows in id order; with one of them, in key order (a state alone, such as `done`, can
+        // be most of the table, and its rows in that index are not in id order).
+        let both = filter.state.is_some() && filter.kind.is_some();
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) AND {seek}
-                AND attempts >= $5
-             ORDER BY {order} LIMIT $4"
+             WHERE {} AND {} AND {seek} AND attempts >= $5
+             ORDER BY {order} LIMIT $4",
+            filter_eq("status", 1, both),
+            filter_eq("kind", 2, both)
         ))
         .bind(filter.state.map(JobState::as_str))
         .bind(filter.kind.as_deref())

@@ -504,12 +504,14 @@ impl NotifyStore for SqlStore {
         before_seq: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<DeliverySummary>> {
-        let rows = sqlx::query(
+        // Through `deliveries_by_status` when a status is asked for.
+        let rows = sqlx::query(&format!(
             "SELECT d.seq, d.event_id, e.type, d.endpoint_id, d.status, d.attempts, d.last_error, d.updated_at
              FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE ($1 IS NULL OR d.status = $1) AND d.seq < $2
+             WHERE {} AND d.seq < $2
              ORDER BY d.seq DESC LIMIT $3",
-        )
+            filter_eq("d.status", 1, status.is_some())
+        ))
         .bind(status)
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit as i64)

@@ -153,20 +153,15 @@ impl PullStore for SqlStore {
     }
 
     async fn list_pulls(&self, f: &PullFilter) -> StoreResult<Vec<(i64, Pull)>> {
-        let (seek, order, from) = keyset("seq", 3, f.after_seq, f.newest_first);
-        let rows = sqlx::query(&format!(
-            "SELECT {PULL_COLUMNS} FROM pulls
-             WHERE ($1 IS NULL OR consent_id = $1) AND ($2 IS NULL OR status = $2) AND {seek}
-                AND updated_at > $5
-             ORDER BY {order} LIMIT $4"
-        ))
-        .bind(f.consent_id.as_deref())
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(from)
-        .bind(f.limit as i64)
-        .bind(f.updated_after.map_or(i64::MIN, to_ms))
-        .fetch_all(&mut *self.read().await?)
-        .await?;
+        let (sql, from) = list_pulls_sql(f);
+        let rows = sqlx::query(&sql)
+            .bind(f.consent_id.as_deref())
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(from)
+            .bind(f.limit as i64)
+            .bind(f.updated_after.map_or(i64::MIN, to_ms))
+            .fetch_all(&mut *self.read().await?)
+            .await?;
         rows.iter().map(pull_from_row).collect()
     }
 
@@ -395,4 +390,19 @@ impl PullStore for SqlStore {
         .fetch_all(&mut *self.read().await?)
         .await?)
     }
+}
+
+/// A page of pulls, and the key it starts after: through `pulls_by_consent` when a consent is
+/// asked for, else `pulls_by_status` when a status is, else in key order.
+pub(super) fn list_pulls_sql(f: &PullFilter) -> (String, i64) {
+    let (seek, order, from) = keyset("seq", 3, f.after_seq, f.newest_first);
+    let (consent, status) = (f.consent_id.is_some(), f.status.is_some());
+    let sql = format!(
+        "SELECT {PULL_COLUMNS} FROM pulls
+         WHERE {} AND {} AND {seek} AND updated_at > $5
+         ORDER BY {order} LIMIT $4",
+        filter_eq("consent_id", 1, consent),
+        filter_eq("status", 2, status && !consent)
+    );
+    (sql, from)
 }
