@@ -480,37 +480,30 @@ pub(super) async fn sent_since_many(
     Ok(out)
 }
 
-/// Whether one more pull can be accepted within every period of a consent's budget: pulls
-/// accepted but not yet sent count as well, since each will send.
-pub(super) async fn budget_allows(
-    conn: &mut AnyConnection,
-    consent_id: &str,
-    budget: &[Budget],
-) -> StoreResult<bool> {
-    let sql = format!("SELECT 1 WHERE {}", fits_budget(budget.len(), true, 2));
-    let mut query = sqlx::query(&sql).bind(consent_id);
-    for b in budget {
-        query = query.bind(to_ms(b.period_start)).bind(i64::from(b.max));
-    }
-    Ok(query.fetch_optional(&mut *conn).await?.is_some())
-}
-
 /// The SQL condition that one more pull fits every period of a consent's budget: for each,
 /// the calls sent since the period began (plus, with `count_queued`, the pulls accepted and
-/// not yet sent) stay under its maximum. The statement binds the consent id as `$1` and each
-/// period's start and maximum from `$first` on. One condition, so that a check (and a
-/// reservation with it) is one call to the database, not one to count and one to act.
-pub(super) fn fits_budget(periods: usize, count_queued: bool, first: usize) -> String {
+/// not yet sent) stay under its maximum. The statement binds the consent id as `$consent`
+/// and each period's start and maximum from `$first` on. One condition, so that a check with
+/// what it guards (accepting a pull, reserving a send) is one call to the database, not one
+/// to count and one to act.
+pub(super) fn fits_budget(
+    periods: usize,
+    count_queued: bool,
+    consent: usize,
+    first: usize,
+) -> String {
     let queued = if count_queued {
-        " + (SELECT COUNT(*) FROM pulls WHERE consent_id = $1 AND status = 'queued')"
+        format!(
+            " + (SELECT COUNT(*) FROM pulls WHERE consent_id = ${consent} AND status = 'queued')"
+        )
     } else {
-        ""
+        String::new()
     };
     let each: Vec<String> = (0..periods)
         .map(|i| {
             let (since, max) = (first + 2 * i, first + 2 * i + 1);
             format!(
-                "(SELECT COUNT(*) FROM pull_attempts WHERE consent_id = $1 AND sent_at >= ${since}){queued} < ${max}"
+                "(SELECT COUNT(*) FROM pull_attempts WHERE consent_id = ${consent} AND sent_at >= ${since}){queued} < ${max}"
             )
         })
         .collect();
@@ -554,11 +547,51 @@ pub(super) async fn insert_timeline(
     Ok(())
 }
 
-pub(super) async fn insert_pull(conn: &mut AnyConnection, new: &NewPull) -> StoreResult<()> {
-    insert_pulls(conn, std::iter::once(new)).await
+/// The columns a new pull is written with, in the order [`bind_new_pull`] binds them.
+const NEW_PULL_COLUMNS: &str = "pull_id, consent_id, kind, status, from_date, to_date, \
+    idempotency_key, request_hash, created_at, updated_at";
+
+fn bind_new_pull<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    new: &'q NewPull,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let p = &new.pull;
+    query
+        .bind(&p.pull_id)
+        .bind(&p.consent_id)
+        .bind(p.kind.as_str())
+        .bind(p.status.as_str())
+        .bind(p.from.to_string())
+        .bind(p.to.to_string())
+        .bind(new.idempotency_key.as_deref())
+        .bind(&new.request_hash)
+        .bind(to_ms(p.created_at))
+        .bind(to_ms(p.updated_at))
 }
 
-/// [`insert_pull`] for many pulls, in one statement.
+/// Inserts a pull only if one more fits every period of its consent's budget, pulls accepted
+/// and not yet sent counted too, since each will send ([`fits_budget`]): the check and the
+/// insert are one call. False when the budget is spent.
+pub(super) async fn insert_pull_within_budget(
+    conn: &mut AnyConnection,
+    new: &NewPull,
+) -> StoreResult<bool> {
+    let sql = format!(
+        "INSERT INTO pulls ({NEW_PULL_COLUMNS}) SELECT {} WHERE {}",
+        (1..=10)
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        fits_budget(new.budget.len(), true, 2, 11)
+    );
+    let mut insert = bind_new_pull(sqlx::query(&sql), new);
+    for b in &new.budget {
+        insert = insert.bind(to_ms(b.period_start)).bind(i64::from(b.max));
+    }
+    Ok(insert.execute(&mut *conn).await?.rows_affected() == 1)
+}
+
+/// Inserts many pulls in one statement (the scheduler's, whose budgets it checked itself).
 pub(super) async fn insert_pulls<'a>(
     conn: &mut AnyConnection,
     pulls: impl ExactSizeIterator<Item = &'a NewPull>,
@@ -567,25 +600,12 @@ pub(super) async fn insert_pulls<'a>(
         return Ok(());
     }
     let sql = format!(
-        "INSERT INTO pulls (pull_id, consent_id, kind, status, from_date, to_date, idempotency_key, request_hash,
-                            created_at, updated_at)
-         VALUES {}",
+        "INSERT INTO pulls ({NEW_PULL_COLUMNS}) VALUES {}",
         Dialect::of(conn).values_list(pulls.len(), 10)
     );
     let mut insert = sqlx::query(&sql);
     for new in pulls {
-        let p = &new.pull;
-        insert = insert
-            .bind(&p.pull_id)
-            .bind(&p.consent_id)
-            .bind(p.kind.as_str())
-            .bind(p.status.as_str())
-            .bind(p.from.to_string())
-            .bind(p.to.to_string())
-            .bind(new.idempotency_key.as_deref())
-            .bind(&new.request_hash)
-            .bind(to_ms(p.created_at))
-            .bind(to_ms(p.updated_at));
+        insert = bind_new_pull(insert, new);
     }
     insert.execute(&mut *conn).await?;
     Ok(())
@@ -921,7 +941,7 @@ mod tests {
         let (_dir, store) = sqlite().await;
         let sql = format!(
             "EXPLAIN QUERY PLAN SELECT 1 WHERE {}",
-            fits_budget(2, true, 2)
+            fits_budget(2, true, 1, 2)
         );
         let plan = plan(&store, &sql).await;
         assert!(

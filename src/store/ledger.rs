@@ -47,7 +47,7 @@ impl LedgerStore for SqlStore {
         // Checked and reserved in one statement: the row goes in only if the budget allows.
         let sql = format!(
             "INSERT INTO pull_attempts (consent_id, pull_id, sent_at) SELECT $1, $2, $3 WHERE {} RETURNING id",
-            fits_budget(budget.len(), false, 4)
+            fits_budget(budget.len(), false, 1, 4)
         );
         let mut reserve = sqlx::query_scalar(&sql)
             .bind(consent_id)

@@ -114,11 +114,10 @@ impl PullStore for SqlStore {
                 });
             }
         }
-        if !budget_allows(&mut tx, &p.consent_id, &new.budget).await? {
+        if !insert_pull_within_budget(&mut tx, new).await? {
             tx.commit().await?;
             return Ok(CreatePull::OverBudget);
         }
-        insert_pull(&mut tx, new).await?;
         insert_job(&mut tx, job, p.created_at).await?;
         tx.commit().await?;
         Ok(CreatePull::Created(p.clone()))
