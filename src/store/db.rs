@@ -116,11 +116,11 @@ pub struct SqlStore {
 }
 
 /// SQLite's read connections, opened as reads need them (up to `DATABASE_MAX_CONNECTIONS`) and
-/// taken in turn. sqlx's pool pings every
-/// connection it takes back, whatever its options, and for SQLite a ping is a round trip to
-/// the connection's thread, as dear as the read itself: a pooled point read cost 59 µs of CPU
-/// against 29 µs on a connection held (`cargo bench --bench statement`). These go back as
-/// they drop. A SQLite connection is a file handle, so there is nothing to test before reuse.
+/// taken in turn. sqlx's pool pings every connection it takes back, whatever its options, and
+/// for SQLite a ping is a round trip to the connection's thread, as dear as the read itself:
+/// a pooled point read cost 59 µs of CPU against 29 µs on a connection held (`cargo bench
+/// --bench statement`). These go back as they drop. A SQLite connection is a file handle, so
+/// there is nothing to test before reuse.
 type Readers = deadpool::unmanaged::Pool<AnyConnection>;
 
 /// The readers' failures as sqlx's pool reports its own, so that they are handled alike.
@@ -576,13 +576,15 @@ pub(super) async fn insert_pull_within_budget(
     conn: &mut AnyConnection,
     new: &NewPull,
 ) -> StoreResult<bool> {
+    let columns = NEW_PULL_COLUMNS.split(',').count();
     let sql = format!(
         "INSERT INTO pulls ({NEW_PULL_COLUMNS}) SELECT {} WHERE {}",
-        (1..=10)
+        (1..=columns)
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(", "),
-        fits_budget(new.budget.len(), true, 2, 11)
+        // The consent is the second column.
+        fits_budget(new.budget.len(), true, 2, columns + 1)
     );
     let mut insert = bind_new_pull(sqlx::query(&sql), new);
     for b in &new.budget {
@@ -601,7 +603,7 @@ pub(super) async fn insert_pulls<'a>(
     }
     let sql = format!(
         "INSERT INTO pulls ({NEW_PULL_COLUMNS}) VALUES {}",
-        Dialect::of(conn).values_list(pulls.len(), 10)
+        Dialect::of(conn).values_list(pulls.len(), NEW_PULL_COLUMNS.split(',').count())
     );
     let mut insert = sqlx::query(&sql);
     for new in pulls {
