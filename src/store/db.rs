@@ -898,6 +898,54 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    #[tokio::test]
+    async fn a_reader_given_back_in_the_middle_of_a_read_answers_the_next_read_rightly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let settings = PoolSettings {
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(30),
+        };
+        let store = SqlStore::connect(&url, &settings).await.expect("connect");
+        // A long read, abandoned (a request that timed out): its reader goes back mid-read.
+        let slow = async {
+            let mut conn = store.read().await.expect("the reader");
+            sqlx::query_scalar::<_, i64>(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000)
+                 SELECT COUNT(*) FROM n",
+            )
+            .fetch_one(&mut *conn)
+            .await
+        };
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(20), slow).await;
+        assert!(abandoned.is_err(), "the long read was still running");
+        // The same (only) reader answers the next read with its own rows, once the abandoned
+        // statement has run out on its thread (sqlx's pool, which pings it back, waits as long).
+        let mut conn = store.read().await.expect("the reader again");
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT 7 UNION ALL SELECT 8")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("read");
+        assert_eq!(rows, [7, 8]);
+        drop(conn);
+        // A stream of rows dropped after its first row: the rest are not handed to the next.
+        {
+            use futures_util::StreamExt;
+            let mut conn = store.read().await.expect("the reader");
+            let mut stream = sqlx::query_scalar::<_, i64>(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+                 SELECT i FROM n",
+            )
+            .fetch(&mut *conn);
+            assert_eq!(stream.next().await.expect("a row").expect("read"), 1);
+        }
+        let one: i64 = sqlx::query_scalar("SELECT 9")
+            .fetch_one(&mut *store.read().await.expect("the reader"))
+            .await
+            .expect("read");
+        assert_eq!(one, 9);
+    }
+
     /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
     async fn plan(store: &SqlStore, sql: &str) -> Vec<String> {
         let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sql);
