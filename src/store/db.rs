@@ -775,11 +775,13 @@ mod tests {
     }
 
     async fn sqlite() -> (tempfile::TempDir, SqlStore) {
+        sqlite_with(PoolSettings::default()).await
+    }
+
+    async fn sqlite_with(settings: PoolSettings) -> (tempfile::TempDir, SqlStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqlStore::connect(&url, &PoolSettings::default())
-            .await
-            .expect("connect");
+        let store = SqlStore::connect(&url, &settings).await.expect("connect");
         store.migrate().await.expect("migrate");
         (dir, store)
     }
@@ -862,13 +864,11 @@ mod tests {
 
     #[tokio::test]
     async fn reads_take_turns_on_sqlites_readers_and_give_up_as_an_exhausted_pool_does() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/t.db", dir.path().display());
         let settings = PoolSettings {
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_millis(100),
         };
-        let store = SqlStore::connect(&url, &settings).await.expect("connect");
+        let (_dir, store) = sqlite_with(settings.clone()).await;
         let first = store.read().await.expect("a reader");
         let mut second = store.read().await.expect("another reader");
         // Both are busy: the next read waits out the timeout and fails as unavailable (503).
@@ -900,13 +900,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_given_back_in_the_middle_of_a_read_answers_the_next_read_rightly() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let settings = PoolSettings {
+        let (_dir, store) = sqlite_with(PoolSettings {
             max_connections: 1,
             acquire_timeout: std::time::Duration::from_secs(30),
-        };
-        let store = SqlStore::connect(&url, &settings).await.expect("connect");
+        })
+        .await;
         // A long read, abandoned (a request that timed out): its reader goes back mid-read.
         let slow = async {
             let mut conn = store.read().await.expect("the reader");
