@@ -249,7 +249,9 @@ async fn approve_against(app: &TestApp, link_id: &str) -> String {
 }
 
 /// Moves the clock on by just over the backoff cap until `path` answers a body for which
-/// `done` holds: a job's retries run out in seconds.
+/// `done` holds: a job's retries run out in seconds. The clock moves only while no job is
+/// running: a jump past an attempt's lease would end that attempt as a lost lease (the job
+/// claimed again by the next claim), not by the failure the test is about.
 async fn until_retries_run_out(
     app: &TestApp,
     clock: &ManualClock,
@@ -261,6 +263,13 @@ async fn until_retries_run_out(
         let (_, body) = app.get(path).await;
         if done(&body) {
             return body;
+        }
+        for _ in 0..250 {
+            let (_, running) = app.get("/api/v1/jobs?state=running").await;
+            if running["items"].as_array().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         clock.advance(chrono::Duration::minutes(61));
     }
