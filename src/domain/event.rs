@@ -61,7 +61,7 @@ pub struct Event {
 
 /// A new event id: `evt_` and 32 hex digits.
 pub fn new_event_id() -> String {
-    format!("evt_{}", uuid::Uuid::new_v4().simple())
+    super::new_id("evt")
 }
 
 #[cfg(test)]

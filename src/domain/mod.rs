@@ -26,6 +26,16 @@ pub fn ist_hour(t: DateTime<Utc>) -> i64 {
     (t.timestamp() + i64::from(ist().local_minus_utc())).div_euclid(3600)
 }
 
+/// A new id for a row we create often (pulls, events): `prefix`, `_` and 32 hex digits of a
+/// UUIDv7, which starts with its creation time. Ids issued in time order go into their
+/// indexes (the pull's own, its jobs', its events') at the right-hand end, so the writes of
+/// pulls committed together share index pages; random ids put each on a page of its own, and
+/// every commit wrote all of them to the log (docs/benchmarks.md, 2026-12-02, fourth session).
+/// The time in an id is no secret: the resource shows when it was created.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
 /// Generates `as_str` and `FromStr` from one list, so the database, the API and the
 /// upstream all spell a value the same way.
 macro_rules! string_enum {
@@ -50,3 +60,20 @@ macro_rules! string_enum {
     };
 }
 pub(crate) use string_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_keep_their_shape_and_sort_in_the_order_they_were_issued() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id("pull")).collect();
+        for id in &ids {
+            let hex = id.strip_prefix("pull_").expect("prefixed");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        // Issued in one millisecond or many, each sorts after the one before.
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+}

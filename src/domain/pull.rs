@@ -83,7 +83,7 @@ impl Pull {
         now: DateTime<Utc>,
     ) -> Self {
         Pull {
-            pull_id: format!("pull_{}", uuid::Uuid::new_v4().simple()),
+            pull_id: super::new_id("pull"),
             consent_id: consent_id.to_string(),
             status: PullStatus::Queued,
             kind,
