@@ -1,4 +1,5 @@
-//! Housekeeping: the deadline sweep that ends every pull still open at `PULL_DEADLINE_SECS`;
+//! Housekeeping: the poll sweep that starts polling for pulls whose webhook is late; the
+//! deadline sweep that ends every pull still open at `PULL_DEADLINE_SECS`;
 //! consents past their tenure leave the schedule; data past its data life (Sahamati: one month;
 //! `DATA_RETENTION_DAYS`) is deleted, pull rows staying, marked purged; and old jobs, journeys
 //! and ledger rows go.
@@ -10,16 +11,23 @@ use crate::scheduler::SchedulerSettings;
 use crate::state::AppState;
 use crate::store::{Purge, PurgeReport, StoreResult};
 
-/// How many pulls one sweep transaction expires.
+/// How many pulls one sweep transaction expires, or starts polling.
 const SWEEP_BATCH: u32 = 500;
 
-/// The housekeeping task: the deadline sweep every `sweep_every`, the purge every
-/// `housekeeping_every` (both in the service's clock time), looked at every `tick`.
+/// The housekeeping task: the poll sweep every `tick`, the deadline sweep every
+/// `sweep_every`, the purge every `housekeeping_every` (both in the service's clock time).
 pub async fn run_loop(state: AppState, settings: SchedulerSettings, shutdown: CancellationToken) {
     let mut last_purge: Option<chrono::DateTime<chrono::Utc>> = None;
     let mut last_sweep: Option<chrono::DateTime<chrono::Utc>> = None;
     loop {
         let now = state.clock.now();
+        let polled = start_polling(&state).await;
+        state
+            .metrics
+            .housekeeping("poll_sweep", now, polled.is_ok());
+        if let Err(e) = polled {
+            tracing::warn!(error = %e, "poll sweep failed");
+        }
         if last_sweep.is_none_or(|t| now - t >= settings.sweep_every) {
             let done = expire_overdue_pulls(&state).await;
             state
@@ -75,6 +83,35 @@ pub async fn run(state: &AppState) -> StoreResult<()> {
         tracing::info!(expired, ?purged, "housekeeping");
     }
     Ok(())
+}
+
+/// The poll sweep: a pull still `submitted` `POLL_FALLBACK_AFTER_SECS` after it was sent
+/// has not heard its webhook, and gets a `poll_pull` job due now (`jobs/poll.rs`). Run every
+/// tick, so polling starts at most a tick late. Returns how many pulls it started polling.
+pub async fn start_polling(state: &AppState) -> StoreResult<usize> {
+    let now = state.clock.now();
+    let Ok(fallback) = chrono::Duration::from_std(state.config.poll_fallback_after) else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    loop {
+        let started = state
+            .store
+            .start_polling(now - fallback, SWEEP_BATCH, now)
+            .await?;
+        for pull_id in &started {
+            tracing::info!(%pull_id, "no webhook for this pull yet: polling its session");
+        }
+        total += started.len();
+        if started.len() < SWEEP_BATCH as usize {
+            if total > 0 {
+                // Late webhooks in numbers are worth an operator's look (is FinBox sending?).
+                tracing::warn!(pulls = total, "webhooks late: started polling");
+                state.jobs_wakeup.notify_one();
+            }
+            return Ok(total);
+        }
+    }
 }
 
 /// The deadline sweep: every pull still open `PULL_DEADLINE_SECS` after it was accepted is

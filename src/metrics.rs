@@ -150,7 +150,7 @@ pub struct Metrics {
 }
 
 /// The housekeeping tasks, as labelled in `housekeeping_*`.
-pub const HOUSEKEEPING_TASKS: &[&str] = &["purge", "deadline_sweep"];
+pub const HOUSEKEEPING_TASKS: &[&str] = &["purge", "deadline_sweep", "poll_sweep"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {

@@ -1,5 +1,6 @@
 //! The safety net for lost webhooks: a submitted pull that heard nothing after
 //! `POLL_FALLBACK_AFTER_SECS` asks `session_status`, backing off, until `PULL_DEADLINE_SECS`.
+//! Its job is queued by the poll sweep (`housekeeping::start_polling`), only for such pulls.
 
 use std::time::Duration;
 

@@ -13,7 +13,6 @@ use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::ConsentStatus;
 use crate::domain::fair_use::{FAIR_USE_LIMIT, budget, check_all, next_period_start};
 use crate::domain::pull::{Pull, PullStatus, deadline};
-use crate::queue::{NewJob, Task};
 use crate::state::AppState;
 
 pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
@@ -140,17 +139,11 @@ async fn record_submission(
     session_id: &str,
 ) -> Result<(), JobError> {
     let now = state.clock.now();
-    let poll = NewJob::new(
-        Task::PollPull {
-            pull_id: pull.pull_id.clone(),
-        },
-        now + state.config.poll_fallback_after,
-    );
     let mut pause = Duration::from_millis(100);
     for _ in 0..10 {
         match state
             .store
-            .mark_submitted(&pull.pull_id, session_id, &poll, now)
+            .mark_submitted(&pull.pull_id, session_id, now)
             .await
         {
             Ok(()) => {

@@ -33,17 +33,28 @@ pub trait PullStore: Send + Sync {
         &self,
         consent_ids: &[&str],
     ) -> StoreResult<std::collections::HashMap<String, chrono::NaiveDate>>;
-    /// `queued` → `submitted` with the upstream's session id, and the fallback poll job. Any
-    /// webhook for that session that arrived first is then queued for processing again.
+    /// `queued` → `submitted` with the upstream's session id. Any webhook for that session
+    /// that arrived first is then queued for processing again. No poll job is written yet:
+    /// most pulls hear their webhook first ([`PullStore::start_polling`]).
     async fn mark_submitted(
         &self,
         pull_id: &str,
         upstream_session_id: &str,
-        poll: &NewJob,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Queues a `poll_pull` job, due now, for up to `limit` pulls still `submitted` since
+    /// `submitted_before` that have none live: the safety net for lost webhooks, written only
+    /// for the pulls that need it rather than at every send and cancelled at every webhook
+    /// (docs/architecture.md, "The flow of one pull"). Gives the pulls it queued a poll for.
+    async fn start_polling(
+        &self,
+        submitted_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>>;
     /// `submitted` → `fetching`, and the fetch job, in one transaction. False if the pull was
-    /// not `submitted` (already handled by another event).
+    /// not `submitted` (already handled by another event). A poll job queued for it already
+    /// (its webhook came late) is left to find the pull moved on, and ends `done`.
     async fn start_fetching(
         &self,
         pull_id: &str,
@@ -203,7 +214,6 @@ impl PullStore for SqlStore {
         &self,
         pull_id: &str,
         upstream_session_id: &str,
-        poll: &NewJob,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
@@ -218,7 +228,6 @@ impl PullStore for SqlStore {
         .bind(pull_id)
         .execute(&mut *tx)
         .await?;
-        insert_job(&mut tx, poll, now).await?;
         tx.commit().await?;
         // A webhook that overtook this commit found no pull; process it again. Looked for
         // only after the commit: a webhook whose processing ran before the commit was itself
@@ -255,15 +264,54 @@ impl PullStore for SqlStore {
         .rows_affected()
             == 1;
         if moved {
-            // The webhook's safety net is not needed any more.
-            let poll = Task::PollPull {
-                pull_id: pull_id.to_string(),
-            };
-            cancel_pull_jobs(&mut tx, pull_id, Some(poll.kind()), now).await?;
             insert_job(&mut tx, fetch, now).await?;
         }
         tx.commit().await?;
         Ok(moved)
+    }
+
+    async fn start_polling(
+        &self,
+        submitted_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>> {
+        let poll_kind = Task::PollPull {
+            pull_id: String::new(),
+        }
+        .kind();
+        // Read first: most sweeps find nothing and need not take the writer.
+        let late: Vec<String> = sqlx::query_scalar(
+            "SELECT pull_id FROM pulls
+             WHERE status = 'submitted' AND submitted_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pull_id = pulls.pull_id
+                               AND j.status IN ('queued', 'running') AND j.kind = $2)
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(to_ms(submitted_before))
+        .bind(poll_kind)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.read().await?)
+        .await?;
+        if late.is_empty() {
+            return Ok(late);
+        }
+        let polls: Vec<NewJob> = late
+            .iter()
+            .map(|pull_id| {
+                NewJob::new(
+                    Task::PollPull {
+                        pull_id: pull_id.clone(),
+                    },
+                    now,
+                )
+            })
+            .collect();
+        // Another instance's sweep may queue the same polls: the live dedupe key keeps one.
+        let mut tx = self.write_tx().await?;
+        insert_jobs(&mut tx, polls.iter(), now).await?;
+        tx.commit().await?;
+        Ok(late)
     }
 
     async fn end_pull(

@@ -19,10 +19,12 @@ pub(super) const CONSENT_COLUMNS: &str = "seq, consent_id, session_id, link_id, 
      expires_at, next_pull_at, pull_blocked_until, pull_interval_secs, created_at, updated_at";
 
 /// A pull's own columns, and when its next step is planned: the soonest queued job that
-/// works on it.
+/// works on it, while it is open (a poll queued before a late webhook stays queued until it
+/// runs and finds the pull moved on).
 pub(super) const PULL_COLUMNS: &str = "seq, pull_id, consent_id, kind, status, from_date, to_date, upstream_session_id, \
      error_code, error_message, submitted_at, completed_at, data_purged_at, created_at, updated_at, attempts, \
-     last_error, (SELECT MIN(j.run_at) FROM jobs j WHERE j.pull_id = pulls.pull_id AND j.status = 'queued') \
+     last_error, CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN \
+     (SELECT MIN(j.run_at) FROM jobs j WHERE j.pull_id = pulls.pull_id AND j.status = 'queued') END \
      AS next_attempt_at";
 
 pub(super) fn opt_date(v: Option<String>) -> StoreResult<Option<NaiveDate>> {

@@ -12,7 +12,6 @@ use aa_recurring::domain::fair_use::Budget;
 use aa_recurring::domain::fair_use::{budget, next_period_start, period_start};
 use aa_recurring::domain::pull::{PullKind, PullStatus};
 use aa_recurring::pulls;
-use aa_recurring::queue::{NewJob, Task};
 use aa_recurring::scheduler::{self, SchedulerSettings};
 use aa_recurring::store::{CreatePull, DynStore, PullFilter};
 use chrono::{DateTime, Duration, Utc};
@@ -184,14 +183,8 @@ async fn pulls_accepted_but_not_sent_count_against_the_budget() {
         .await
         .unwrap()
         .unwrap();
-    let poll = NewJob::new(
-        Task::PollPull {
-            pull_id: first.pull_id.clone(),
-        },
-        t0,
-    );
     store
-        .mark_submitted(&first.pull_id, "up-1", &poll, t0)
+        .mark_submitted(&first.pull_id, "up-1", t0)
         .await
         .unwrap();
     assert!(matches!(create().await, CreatePull::OverBudget));
@@ -256,14 +249,8 @@ async fn run_case(use_case: UseCase, unit: FrequencyUnit, value: u32, ops: Vec<O
                 match outcome {
                     Outcome::Accepted => {
                         sent.push(now);
-                        let poll = NewJob::new(
-                            Task::PollPull {
-                                pull_id: pull.pull_id.clone(),
-                            },
-                            now,
-                        );
                         store
-                            .mark_submitted(&pull.pull_id, &format!("up-{attempt}"), &poll, now)
+                            .mark_submitted(&pull.pull_id, &format!("up-{attempt}"), now)
                             .await
                             .unwrap();
                         store

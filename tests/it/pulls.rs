@@ -131,6 +131,43 @@ async fn a_pull_completes_by_polling_when_webhooks_are_lost() {
 }
 
 #[tokio::test]
+async fn a_poll_job_is_queued_only_for_a_pull_whose_webhook_is_late() {
+    let (app, clock) = clocked(&[]).await;
+    let poll_jobs = || async {
+        let (status, jobs) = app.get("/api/v1/jobs?kind=poll_pull").await;
+        assert_eq!(status, StatusCode::OK, "{jobs}");
+        jobs["items"].as_array().unwrap().clone()
+    };
+    // Heard by webhook: no poll was ever queued, nor anything left planned.
+    let heard = app.approved_consent("cust-heard", json!({})).await;
+    let pull_id = app.pull(&heard).await;
+    let pull = app.pull_reaches(&pull_id, "completed", 15).await;
+    assert_eq!(pull["next_attempt_at"], Value::Null, "{pull}");
+    assert_eq!(poll_jobs().await, Vec::<Value>::new());
+
+    // Its webhook lost: nothing is queued while the fallback (a minute) runs…
+    app.sandbox_settings(SandboxSettings {
+        drop_webhooks: true,
+        ..Default::default()
+    })
+    .await;
+    let lost = app.approved_consent("cust-lost", json!({})).await;
+    let pull_id = app.pull(&lost).await;
+    app.pull_reaches(&pull_id, "submitted", 5).await;
+    clock.advance(chrono::Duration::seconds(59));
+    // Several sweeps (every 50 ms tick in tests) pass.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(poll_jobs().await, Vec::<Value>::new());
+    // …and once it has passed, the sweep queues one poll, which learns the result.
+    clock.advance(chrono::Duration::seconds(2));
+    app.pull_reaches(&pull_id, "completed", 15).await;
+    let polls = poll_jobs().await;
+    assert_eq!(polls.len(), 1, "{polls:?}");
+    assert_eq!(polls[0]["state"], "done", "{polls:?}");
+    assert_eq!(app.upstream_calls("session_status").await, 1);
+}
+
+#[tokio::test]
 async fn downloads_wait_for_a_slot_so_payloads_in_memory_stay_bounded() {
     let app = TestApp::builder()
         .env(&[("MAX_CONCURRENT_DOWNLOADS", "1")])

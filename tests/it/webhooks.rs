@@ -423,7 +423,7 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
     use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
     use aa_recurring::domain::pull::{PullKind, PullStatus};
     use aa_recurring::jobs::{JobError, process_webhook};
-    use aa_recurring::queue::{NewJob, Task};
+    use aa_recurring::queue::Task;
     use aa_recurring::store::{CreatePull, NewWebhook};
     let dir = tempfile::tempdir().unwrap();
     let store = fresh_store(dir.path()).await;
@@ -452,14 +452,8 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
         let CreatePull::Created(pull) = store.create_pull(&new, &job).await.unwrap() else {
             panic!("the pull is accepted");
         };
-        let poll = NewJob::new(
-            Task::PollPull {
-                pull_id: pull.pull_id.clone(),
-            },
-            now,
-        );
         store
-            .mark_submitted(&pull.pull_id, session, &poll, now)
+            .mark_submitted(&pull.pull_id, session, now)
             .await
             .unwrap();
         pull_ids.push(pull.pull_id);
