@@ -107,30 +107,6 @@ async fn insert_event(
     Ok(())
 }
 
-/// The pull as the API shows it, with its consent's `link_id`.
-async fn pull_data(
-    conn: &mut AnyConnection,
-    pull_id: &str,
-) -> StoreResult<Option<(String, Value)>> {
-    // One statement: an event is written with every step of every pull.
-    let row = sqlx::query(&format!(
-        "SELECT {PULL_COLUMNS},
-            (SELECT c.link_id FROM consents c WHERE c.consent_id = pulls.consent_id) AS link_id
-         FROM pulls WHERE pull_id = $1"
-    ))
-    .bind(pull_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let (_, pull) = pull_from_row(&row)?;
-    let link_id: Option<String> = row.try_get("link_id")?;
-    let mut data = serde_json::to_value(&pull).expect("pulls serialise");
-    data["link_id"] = link_id.map_or(Value::Null, Value::String);
-    Ok(Some((pull.consent_id, data)))
-}
-
 /// The consent as the API shows it (with its usage at `now`).
 async fn consent_data(
     conn: &mut AnyConnection,
@@ -160,10 +136,37 @@ pub(super) async fn record_pull_event(
     pull_id: &str,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    if let Some((consent_id, data)) = pull_data(conn, pull_id).await? {
-        insert_event(conn, event_type, Some(&consent_id), &data, now).await?;
+    let row = sqlx::query(&format!(
+        "SELECT {PULL_COLUMNS}, {PULL_LINK_ID} FROM pulls WHERE pull_id = $1"
+    ))
+    .bind(pull_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => record_pull_event_from(conn, event_type, &row, now).await,
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// With [`PULL_COLUMNS`], what a pull event shows of the pull: the pull as the API shows it,
+/// and its consent's `link_id`. The statements that end a pull return them
+/// (`RETURNING {PULL_COLUMNS}, {PULL_LINK_ID}`): an event is written with every ending of
+/// every pull, and reading the pull again was one more call to the database.
+pub(super) const PULL_LINK_ID: &str =
+    "(SELECT c.link_id FROM consents c WHERE c.consent_id = pulls.consent_id) AS link_id";
+
+/// [`record_pull_event`] from a row of [`PULL_COLUMNS`] and [`PULL_LINK_ID`].
+pub(super) async fn record_pull_event_from(
+    conn: &mut AnyConnection,
+    event_type: EventType,
+    row: &sqlx::any::AnyRow,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let (_, pull) = pull_from_row(row)?;
+    let link_id: Option<String> = row.try_get("link_id")?;
+    let mut data = serde_json::to_value(&pull).expect("pulls serialise");
+    data["link_id"] = link_id.map_or(Value::Null, Value::String);
+    insert_event(conn, event_type, Some(&pull.consent_id), &data, now).await
 }
 
 /// Records a consent event in the transaction of `conn`.

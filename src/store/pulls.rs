@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
 
 use super::db::*;
-use super::events::record_pull_event;
+use super::events::{PULL_LINK_ID, record_pull_event, record_pull_event_from};
 use super::rows::*;
 use super::*;
 use crate::domain::event::EventType;
@@ -323,29 +323,28 @@ impl PullStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let ended = sqlx::query(
+        let ended = sqlx::query(&format!(
             "UPDATE pulls SET status = $1, error_code = $2, error_message = $3, updated_at = $4
-             WHERE pull_id = $5 AND status IN ('queued', 'submitted', 'fetching')",
-        )
+             WHERE pull_id = $5 AND status IN ('queued', 'submitted', 'fetching')
+             RETURNING {PULL_COLUMNS}, {PULL_LINK_ID}"
+        ))
         .bind(status.as_str())
         .bind(code)
         .bind(message)
         .bind(to_ms(now))
         .bind(pull_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if ended {
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(pull) = &ended {
             cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
             let event = match status {
                 PullStatus::Expired => EventType::PullExpired,
                 _ => EventType::PullFailed,
             };
-            record_pull_event(&mut tx, event, pull_id, now).await?;
+            record_pull_event_from(&mut tx, event, pull, now).await?;
         }
         tx.commit().await?;
-        Ok(ended)
+        Ok(ended.is_some())
     }
 
     async fn complete_pull(
@@ -369,20 +368,19 @@ impl PullStore for SqlStore {
         .execute(&mut *tx)
         .await?;
         insert_timeline(&mut tx, consent_id, timeline, d.fetched_at).await?;
-        let completed = sqlx::query(
+        let completed = sqlx::query(&format!(
             "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,
                     error_code = NULL, error_message = NULL
-             WHERE pull_id = $3 AND status IN ('submitted', 'fetching')",
-        )
+             WHERE pull_id = $3 AND status IN ('submitted', 'fetching')
+             RETURNING {PULL_COLUMNS}, {PULL_LINK_ID}"
+        ))
         .bind(to_ms(now))
         .bind(to_ms(now))
         .bind(&d.pull_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if completed {
-            record_pull_event(&mut tx, EventType::PullCompleted, &d.pull_id, now).await?;
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(pull) = &completed {
+            record_pull_event_from(&mut tx, EventType::PullCompleted, pull, now).await?;
         }
         tx.commit().await?;
         Ok(())
