@@ -254,9 +254,19 @@ impl SqlStore {
         self.begin_write(true).await
     }
 
+    /// [`SqlStore::write_tx`] for one statement (on SQLite; Postgres may lock rows first),
+    /// which shares the commit without a savepoint of its own ([`Writer::begin`]): a call to
+    /// the database fewer. A second statement fails a debug assertion.
+    pub(super) async fn one_statement_tx(&self) -> StoreResult<WriteTx> {
+        match &self.writer {
+            Some(writer) => writer.begin(&self.pool, false, true).await,
+            None => Ok(WriteTx::pooled(self.pool.begin().await?)),
+        }
+    }
+
     async fn begin_write(&self, urgent: bool) -> StoreResult<WriteTx> {
         match &self.writer {
-            Some(writer) => writer.begin(&self.pool, urgent).await,
+            Some(writer) => writer.begin(&self.pool, urgent, false).await,
             None => Ok(WriteTx::pooled(self.pool.begin().await?)),
         }
     }
@@ -415,13 +425,14 @@ pub(super) async fn cancel_pull_jobs(
 /// where the transaction already holds the database's only write lock).
 pub(super) async fn lock_consent(
     dialect: Dialect,
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     consent_id: &str,
 ) -> StoreResult<()> {
+    // Taken only where it is used: on SQLite a one-statement transaction may hold this.
     if dialect == Dialect::Postgres {
         sqlx::query("SELECT 1 FROM consents WHERE consent_id = $1 FOR UPDATE")
             .bind(consent_id)
-            .execute(&mut *conn)
+            .execute(&mut **tx)
             .await?;
     }
     Ok(())
@@ -1203,6 +1214,116 @@ mod tests {
         assert_eq!(after.commits - before.commits, 1, "one commit");
         assert_eq!(after.transactions - before.transactions, 3, "holding three");
         assert!(after.wait_seconds > before.wait_seconds);
+    }
+
+    #[tokio::test]
+    async fn one_statement_writers_share_the_commit_without_a_savepoint_and_keep_the_groups_work() {
+        let (_dir, store, writer) = scratch().await;
+        sqlx::query("CREATE UNIQUE INDEX t_k ON t (k)")
+            .execute(&mut *store.write_conn().await.expect("turn"))
+            .await
+            .expect("index");
+        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
+        let (_, groups_before) = writer.counts();
+        let before = writer.stats();
+        let mut first = store.write_tx().await.expect("begin");
+        insert("first").execute(&mut *first).await.expect("insert");
+        // Queued behind the first, in this order, each joining the shared transaction.
+        let mut queued = vec![];
+        let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
+        let waiting = |n| {
+            let writer = writer.clone();
+            async move {
+                while writer.counts().0 < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        // A one-statement writer that commits…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.one_statement_tx().await.expect("join");
+                insert("one").execute(&mut *tx).await.expect("insert");
+                tx.commit().await.map_err(|e| e.to_string())
+            }
+        }));
+        waiting(1).await;
+        // …one whose statement fails (a duplicate): SQLite undoes it alone…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.one_statement_tx().await.expect("join");
+                let failed = insert("first").execute(&mut *tx).await;
+                assert!(failed.is_err(), "a duplicate");
+                Ok(())
+            }
+        }));
+        waiting(2).await;
+        // …one that stops waiting after its statement: the statement stands…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.one_statement_tx().await.expect("join");
+                insert("stands").execute(&mut *tx).await.expect("insert");
+                Ok(())
+            }
+        }));
+        waiting(3).await;
+        // …a savepoint writer that is dropped, which takes only its own work back…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert("dropped").execute(&mut *tx).await.expect("insert");
+                Ok(())
+            }
+        }));
+        waiting(4).await;
+        // …and one that commits.
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert("last").execute(&mut *tx).await.expect("insert");
+                tx.commit().await.map_err(|e| e.to_string())
+            }
+        }));
+        waiting(5).await;
+        first.commit().await.expect("the shared commit");
+        for task in queued {
+            task.await.expect("task").expect("its commit");
+        }
+
+        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&mut *store.read().await.expect("reader"))
+            .await
+            .expect("read");
+        keys.sort();
+        assert_eq!(keys, ["first", "last", "one", "stands"]);
+        assert_eq!(writer.counts().1 - groups_before, 1, "one transaction");
+        let after = writer.stats();
+        assert_eq!(after.commits - before.commits, 1, "one commit");
+        assert_eq!(
+            after.transactions - before.transactions,
+            3,
+            "three committed"
+        );
+    }
+
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    #[should_panic(expected = "a one-statement write transaction ran a second statement")]
+    async fn a_one_statement_transaction_may_not_run_a_second() {
+        let (_dir, store, _writer) = scratch().await;
+        let mut tx = store.one_statement_tx().await.expect("begin");
+        for k in ["a", "b"] {
+            sqlx::query("INSERT INTO t (k) VALUES ($1)")
+                .bind(k)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
     }
 
     #[tokio::test]

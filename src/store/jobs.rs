@@ -104,7 +104,7 @@ fn job_record(r: &sqlx::any::AnyRow) -> StoreResult<JobRecord> {
 #[async_trait]
 impl JobStore for SqlStore {
     async fn enqueue_job(&self, job: &NewJob, now: DateTime<Utc>) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.one_statement_tx().await?;
         insert_job(&mut tx, job, now).await?;
         tx.commit().await?;
         Ok(())

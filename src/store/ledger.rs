@@ -42,7 +42,7 @@ impl LedgerStore for SqlStore {
         budget: &[Budget],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.one_statement_tx().await?;
         lock_consent(self.dialect, &mut tx, consent_id).await?;
         // Checked and reserved in one statement: the row goes in only if the budget allows.
         let sql = format!(

@@ -216,7 +216,7 @@ impl PullStore for SqlStore {
         upstream_session_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.one_statement_tx().await?;
         sqlx::query(
             "UPDATE pulls SET status = 'submitted', upstream_session_id = $1, submitted_at = $2, updated_at = $3,
                     error_code = NULL, error_message = NULL
@@ -308,7 +308,7 @@ impl PullStore for SqlStore {
             })
             .collect();
         // Another instance's sweep may queue the same polls: the live dedupe key keeps one.
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.one_statement_tx().await?;
         insert_jobs(&mut tx, polls.iter(), now).await?;
         tx.commit().await?;
         Ok(late)

@@ -141,26 +141,36 @@ impl Writer {
     }
 
     /// A write transaction. The first begins the shared transaction (`BEGIN IMMEDIATE`);
-    /// one that joins it is a savepoint, so that it can be undone alone.
+    /// one that joins it is a savepoint, so that it can be undone alone, unless it is
+    /// `one_statement`: SQLite undoes a statement that fails by itself, and a statement that
+    /// succeeded is kept whether or not its caller waits for the commit, so such a transaction
+    /// needs no savepoint, and saves the call that opens one.
     pub(super) async fn begin(
         self: &Arc<Self>,
         pool: &AnyPool,
         urgent: bool,
+        one_statement: bool,
     ) -> StoreResult<WriteTx> {
         let mut turn = self.enter(pool, urgent).await?;
         let joins = turn.group.is_some();
         let begin = match &turn.group {
-            Some(g) if g.unreleased => "RELEASE member; SAVEPOINT member",
-            Some(_) => "SAVEPOINT member",
-            None => "BEGIN IMMEDIATE",
+            Some(_) if one_statement => None,
+            Some(g) if g.unreleased => Some("RELEASE member; SAVEPOINT member"),
+            Some(_) => Some("SAVEPOINT member"),
+            None => Some("BEGIN IMMEDIATE"),
         };
-        if let Err(e) = conn(&mut turn).execute(begin).await {
+        if let Some(begin) = begin
+            && let Err(e) = conn(&mut turn).execute(begin).await
+        {
             if joins {
                 turn.undo = Undo::Everything;
             }
             return Err(lost(&mut turn, e));
         }
         match &mut turn.group {
+            // An earlier writer's savepoint, if left open, stays open around the statement:
+            // released (never rolled back, as its writer committed) by the next to open one.
+            Some(_) if one_statement => {}
             Some(group) => group.unreleased = false,
             None => {
                 turn.group = Some(Group {
@@ -175,6 +185,8 @@ impl Writer {
             writer: self.clone(),
             pool: pool.clone(),
             joined: joins,
+            one_statement,
+            statements: 0,
             turn: Some(turn),
         }))
     }
@@ -289,8 +301,12 @@ enum TxInner {
     Writer {
         writer: Arc<Writer>,
         pool: AnyPool,
-        /// Whether it joined an open transaction (as a savepoint) rather than began it.
+        /// Whether it joined an open transaction rather than began it.
         joined: bool,
+        /// Whether it may run only one statement, and so joins without a savepoint.
+        one_statement: bool,
+        /// Statements run so far, for the check that a one-statement transaction runs one.
+        statements: u32,
         /// Held until commit; a transaction dropped holding it is undone by the next writer.
         turn: Option<Turn>,
     },
@@ -304,24 +320,28 @@ impl WriteTx {
     /// Returns once the work is committed to disk, with the outcome of the commit that
     /// holds it.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let (writer, pool, joined, mut turn) = match &mut self.0 {
+        let (writer, pool, savepoint, mut turn) = match &mut self.0 {
             TxInner::Pooled(tx) => return tx.take().expect("committed once").commit().await,
             TxInner::Writer {
                 writer,
                 pool,
                 joined,
+                one_statement,
                 turn,
+                ..
             } => (
                 writer.clone(),
                 pool.clone(),
-                *joined,
+                *joined && !*one_statement,
                 turn.take().expect("committed once"),
             ),
         };
         let group = turn.group.as_mut().expect("a member is in a group");
         group.members += 1;
-        // Released by the next writer's first call, or by the commit.
-        group.unreleased = joined;
+        if savepoint {
+            // Released by the next writer's first call, or by the commit.
+            group.unreleased = true;
+        }
         let (id, outcome) = (group.id, group.outcome.clone());
         if writer.waiting.load(SeqCst) == 0 || group.members >= GROUP_MAX {
             return writer.commit_group(&mut turn).await;
@@ -359,14 +379,17 @@ impl Drop for WriteTx {
         if let TxInner::Writer {
             turn: Some(turn),
             joined,
+            one_statement,
             ..
         } = &mut self.0
         {
-            // The first writer's work is all the shared transaction holds yet.
-            turn.undo = if *joined {
-                Undo::Member
-            } else {
-                Undo::Everything
+            turn.undo = match (*joined, *one_statement) {
+                // The first writer's work is all the shared transaction holds yet.
+                (false, _) => Undo::Everything,
+                (true, false) => Undo::Member,
+                // Its one statement failed, undone by SQLite, or stands and is committed with
+                // the others: as with any write whose caller stopped waiting, it may be either.
+                (true, true) => Undo::Nothing,
             };
         }
     }
@@ -388,7 +411,20 @@ impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         match &mut self.0 {
             TxInner::Pooled(tx) => tx.as_mut().expect("open"),
-            TxInner::Writer { turn, .. } => conn(turn.as_mut().expect("open")),
+            TxInner::Writer {
+                turn,
+                one_statement,
+                statements,
+                ..
+            } => {
+                // Each statement takes the connection once (`&mut *tx`).
+                *statements += 1;
+                debug_assert!(
+                    !*one_statement || *statements == 1,
+                    "a one-statement write transaction ran a second statement"
+                );
+                conn(turn.as_mut().expect("open"))
+            }
         }
     }
 }
