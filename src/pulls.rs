@@ -38,10 +38,24 @@ pub fn plan(
     (new, job)
 }
 
-/// Where a consent's next default window starts: the end of its last completed pull, else
-/// the end of the journey's one-time fetch, else the approval date.
-pub async fn window_since(state: &AppState, consent: &Consent) -> Result<NaiveDate, StoreError> {
-    Ok(windows_since(state, std::slice::from_ref(consent)).await?[0])
+/// Where a consent's next default window starts, given the end of its last completed pull
+/// (`last_completed_to`): that end, else the end of the journey's one-time fetch, else the
+/// approval date.
+pub async fn window_since(
+    state: &AppState,
+    consent: &Consent,
+    last_completed_to: Option<NaiveDate>,
+) -> Result<NaiveDate, StoreError> {
+    Ok(match last_completed_to {
+        Some(to) => to,
+        None if consent.journey_mode == JourneyMode::OnceWithRecurring => state
+            .store
+            .get_session(&consent.session_id)
+            .await?
+            .and_then(|s| s.to_date)
+            .unwrap_or_else(|| approved_on(consent)),
+        None => approved_on(consent),
+    })
 }
 
 /// [`window_since`] for many consents: one query for their last completed pulls, and a
@@ -54,17 +68,7 @@ pub async fn windows_since(
     let last = state.store.last_completed_to_many(&ids).await?;
     let mut out = Vec::with_capacity(consents.len());
     for consent in consents {
-        let since = match last.get(&consent.consent_id) {
-            Some(to) => *to,
-            None if consent.journey_mode == JourneyMode::OnceWithRecurring => state
-                .store
-                .get_session(&consent.session_id)
-                .await?
-                .and_then(|s| s.to_date)
-                .unwrap_or_else(|| approved_on(consent)),
-            None => approved_on(consent),
-        };
-        out.push(since);
+        out.push(window_since(state, consent, last.get(&consent.consent_id).copied()).await?);
     }
     Ok(out)
 }

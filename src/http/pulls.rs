@@ -77,9 +77,9 @@ pub async fn create(
         },
     };
 
-    let consent = state
+    let (consent, last_completed_to) = state
         .store
-        .get_consent(&consent_id)
+        .consent_for_pull(&consent_id)
         .await?
         .ok_or_else(ConsentId::not_found)?;
     let now = state.clock.now();
@@ -101,7 +101,7 @@ pub async fn create(
         })?,
     };
     let today = now.with_timezone(&ist()).date_naive();
-    let since = crate::pulls::window_since(&state, &consent).await?;
+    let since = crate::pulls::window_since(&state, &consent, last_completed_to).await?;
     let (from, to) = resolve_window(
         req.from.as_deref(),
         req.to.as_deref(),

@@ -25,8 +25,12 @@ pub trait PullStore: Send + Sync {
         upstream_session_ids: &[&str],
     ) -> StoreResult<Vec<Pull>>;
     async fn list_pulls(&self, filter: &PullFilter) -> StoreResult<Vec<(i64, Pull)>>;
-    /// The end of the newest completed pull's window: where the next default window starts.
-    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<chrono::NaiveDate>>;
+    /// The consent a new pull is for, and the end of its newest completed pull's window (where
+    /// the next default window starts), in one read: the API accepts a pull with both.
+    async fn consent_for_pull(
+        &self,
+        consent_id: &str,
+    ) -> StoreResult<Option<(Consent, Option<NaiveDate>)>>;
     /// [`PullStore::last_completed_to`] for many consents in one query (the scheduler plans a
     /// batch of due consents at once); consents without a completed pull are absent.
     async fn last_completed_to_many(
@@ -175,14 +179,25 @@ impl PullStore for SqlStore {
         rows.iter().map(pull_from_row).collect()
     }
 
-    async fn last_completed_to(&self, consent_id: &str) -> StoreResult<Option<NaiveDate>> {
-        let v: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT MAX(to_date) FROM pulls WHERE consent_id = $1 AND status = 'completed'",
-        )
+    async fn consent_for_pull(
+        &self,
+        consent_id: &str,
+    ) -> StoreResult<Option<(Consent, Option<NaiveDate>)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS},
+                (SELECT MAX(p.to_date) FROM pulls p
+                 WHERE p.consent_id = consents.consent_id AND p.status = 'completed') AS last_completed_to
+             FROM consents WHERE consent_id = $1"
+        ))
         .bind(consent_id)
         .fetch_optional(&mut *self.read().await?)
         .await?;
-        opt_date(v.flatten())
+        row.map(|r| {
+            let (_, consent) = consent_from_row(&r)?;
+            let to: Option<String> = r.try_get("last_completed_to")?;
+            Ok((consent, opt_date(to)?))
+        })
+        .transpose()
     }
 
     async fn last_completed_to_many(

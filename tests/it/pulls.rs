@@ -131,6 +131,21 @@ async fn a_pull_completes_by_polling_when_webhooks_are_lost() {
 }
 
 #[tokio::test]
+async fn a_pulls_default_window_starts_where_the_last_completed_pull_ended() {
+    let (app, clock) = clocked(&[]).await;
+    let consent = app.approved_consent("cust-window", json!({})).await;
+    clock.advance(chrono::Duration::days(3));
+    let first = app.pull(&consent).await;
+    let first = app.pull_reaches(&first, "completed", 15).await;
+    clock.advance(chrono::Duration::days(3));
+    let (status, second) = app.start_pull(&consent, None, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    // The first covered the approval day to its own; the second goes on from there.
+    assert_ne!(first["from"], first["to"], "{first}");
+    assert_eq!(second["from"], first["to"], "{first} then {second}");
+}
+
+#[tokio::test]
 async fn a_poll_job_is_queued_only_for_a_pull_whose_webhook_is_late() {
     let (app, clock) = clocked(&[]).await;
     let poll_jobs = || async {
