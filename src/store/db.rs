@@ -246,27 +246,24 @@ impl SqlStore {
     /// A write transaction. On SQLite it runs in this process's turn to write and may share
     /// its commit with the writers queued behind it ([`Writer`]).
     pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(false).await
+        self.begin_write(false, false).await
     }
 
     /// [`SqlStore::write_tx`] ahead of the writers already waiting: for webhook intake.
     pub(super) async fn urgent_write_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(true).await
+        self.begin_write(true, false).await
     }
 
     /// [`SqlStore::write_tx`] for one statement (on SQLite; Postgres may lock rows first),
     /// which shares the commit without a savepoint of its own ([`Writer::begin`]): a call to
     /// the database fewer. A second statement fails a debug assertion.
     pub(super) async fn one_statement_tx(&self) -> StoreResult<WriteTx> {
-        match &self.writer {
-            Some(writer) => writer.begin(&self.pool, false, true).await,
-            None => Ok(WriteTx::pooled(self.pool.begin().await?)),
-        }
+        self.begin_write(false, true).await
     }
 
-    async fn begin_write(&self, urgent: bool) -> StoreResult<WriteTx> {
+    async fn begin_write(&self, urgent: bool, one_statement: bool) -> StoreResult<WriteTx> {
         match &self.writer {
-            Some(writer) => writer.begin(&self.pool, urgent, false).await,
+            Some(writer) => writer.begin(&self.pool, urgent, one_statement).await,
             None => Ok(WriteTx::pooled(self.pool.begin().await?)),
         }
     }
