@@ -69,7 +69,8 @@ pub struct Pull {
     pub attempts: i64,
     /// Why the latest failed try failed; kept after the pull ends, for the record.
     pub last_error: Option<String>,
-    /// When the next try is planned; `None` when none is (the pull ended, or a try runs now).
+    /// When the next try is planned; `None` when none is (the pull ended, a try runs now, or it
+    /// was sent and waits for its webhook: polling is planned only once that is late).
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
