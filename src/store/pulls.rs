@@ -231,58 +231,30 @@ impl PullStore for SqlStore {
         upstream_session_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let update =
-            "UPDATE pulls SET status = 'submitted', upstream_session_id = $1, submitted_at = $2,
-                    updated_at = $3, error_code = NULL, error_message = NULL
-             WHERE pull_id = $4 AND status = 'queued'";
-        // A webhook that overtook the submission found no pull; it is processed again.
-        // On Postgres it is looked for after the commit: a webhook whose processing ran before
-        // the commit was itself committed before that processing, so that read sees it. (Read
-        // inside the transaction, it could miss a webhook committed just after the read whose
-        // processing then ran just before this commit, and that pull waited for its poll.)
-        // On SQLite every write goes through the one writer in turn, so the statement itself
-        // can look: a webhook written before it (in an earlier commit, or earlier in its shared
-        // transaction) is seen, and one written after it is processed after this commit, and
-        // finds the pull. Seen by both, a webhook is processed twice, which changes nothing.
         let mut tx = self.one_statement_tx().await?;
-        let early = match self.dialect {
-            Dialect::Sqlite => {
-                let found: Option<Option<String>> = sqlx::query_scalar(&format!(
-                    "{update} RETURNING
-                        (SELECT group_concat(id) FROM webhook_inbox WHERE upstream_session_id = $1)"
-                ))
+        sqlx::query(
+            "UPDATE pulls SET status = 'submitted', upstream_session_id = $1, submitted_at = $2, updated_at = $3,
+                    error_code = NULL, error_message = NULL
+             WHERE pull_id = $4 AND status = 'queued'",
+        )
+        .bind(upstream_session_id)
+        .bind(to_ms(now))
+        .bind(to_ms(now))
+        .bind(pull_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        // A webhook that overtook this commit found no pull; process it again. Looked for
+        // only after the commit: a webhook whose processing ran before the commit was itself
+        // committed before that processing, so this read sees it. (Read inside the
+        // transaction, on Postgres, it could miss a webhook committed just after the read
+        // whose processing then ran just before this commit, and that pull waited for its
+        // poll.) Seen by both, a webhook is processed twice, which changes nothing.
+        let early: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
                 .bind(upstream_session_id)
-                .bind(to_ms(now))
-                .bind(to_ms(now))
-                .bind(pull_id)
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
-                tx.commit().await?;
-                match found {
-                    Some(ids) => ids
-                        .iter()
-                        .flat_map(|ids| ids.split(','))
-                        .map(|id| {
-                            id.parse()
-                                .map_err(|_| StoreError::Corrupt(format!("inbox id {id}")))
-                        })
-                        .collect::<StoreResult<Vec<i64>>>()?,
-                    // Not queued any more (a retry of a write whose outcome was lost): look.
-                    None => self.early_webhooks(upstream_session_id).await?,
-                }
-            }
-            Dialect::Postgres => {
-                sqlx::query(update)
-                    .bind(upstream_session_id)
-                    .bind(to_ms(now))
-                    .bind(to_ms(now))
-                    .bind(pull_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                self.early_webhooks(upstream_session_id).await?
-            }
-        };
         if !early.is_empty() {
             let job = NewJob::new(Task::ProcessWebhook { inbox_ids: early }, now);
             insert_job(&mut *self.write_conn().await?, &job, now).await?;
@@ -477,19 +449,6 @@ impl PullStore for SqlStore {
         .bind(since_hour)
         .fetch_all(&mut *self.read().await?)
         .await?)
-    }
-}
-
-impl SqlStore {
-    /// The inbox's deliveries for an upstream session: webhooks that may have overtaken the
-    /// submission that named it.
-    async fn early_webhooks(&self, upstream_session_id: &str) -> StoreResult<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM webhook_inbox WHERE upstream_session_id = $1")
-                .bind(upstream_session_id)
-                .fetch_all(&mut *self.read().await?)
-                .await?,
-        )
     }
 }
 
