@@ -31,8 +31,9 @@ pub trait PullStore: Send + Sync {
         &self,
         consent_id: &str,
     ) -> StoreResult<Option<(Consent, Option<NaiveDate>)>>;
-    /// [`PullStore::last_completed_to`] for many consents in one query (the scheduler plans a
-    /// batch of due consents at once); consents without a completed pull are absent.
+    /// The end of each consent's newest completed pull's window (where its next default
+    /// window starts), for many consents in one query (the scheduler plans a batch of due
+    /// consents at once); consents without a completed pull are absent.
     async fn last_completed_to_many(
         &self,
         consent_ids: &[&str],
