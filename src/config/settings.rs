@@ -136,7 +136,7 @@ pub struct DatabaseSettings {
 #[derive(Args, Clone, Default)]
 #[command(next_help_heading = "BankConnect")]
 pub struct UpstreamSettings {
-    /// e.g. https://apis.bankconnect.finbox.in/bank-connect; unset: sandbox mode.
+    /// e.g. `https://apis.bankconnect.finbox.in/bank-connect`; unset: sandbox mode.
     #[arg(
         long = "bankconnect-base-url",
         env = "BANKCONNECT_BASE_URL",

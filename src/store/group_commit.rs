@@ -49,7 +49,7 @@ impl WebhookIntake {
     }
 
     /// Records a delivery that was not stored as new (a duplicate or a rejection) for the
-    /// console, without making the sender wait. At most [`RECEIPTS_PER_SECOND`] are written
+    /// console, without making the sender wait. At most `RECEIPTS_PER_SECOND` are written
     /// per instance, so a flood of forged deliveries cannot take the writer from genuine
     /// ones; the rest are still counted in `webhooks_total` and logged. Returns whether it
     /// will be written.

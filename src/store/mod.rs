@@ -196,7 +196,7 @@ pub struct Purge {
     pub ledger_before: DateTime<Utc>,
 }
 
-/// How many rows one [`Store::purge_batch`] deleted, by kind.
+/// How many rows one [`HousekeepingStore::purge_batch`] deleted, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeReport {
     pub pulls: u64,
