@@ -1308,6 +1308,55 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_one_statement_writer_whose_failure_ended_the_shared_transaction_fails_the_group() {
+        let (_dir, store, writer) = scratch().await;
+        let mut first = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('first')")
+            .execute(&mut *first)
+            .await
+            .expect("insert");
+        // A one-statement writer whose statement ends the transaction, as SQLite does itself
+        // when a statement fails on a full disk, and which then gives up…
+        let failed = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.one_statement_tx().await.expect("join");
+                sqlx::query("ROLLBACK")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("rolled back");
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        // …and one more writer, which commits.
+        let last = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                sqlx::query("INSERT INTO t (k) VALUES ('last')")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                tx.commit().await
+            }
+        });
+        while writer.counts().0 < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The first writer's work went with the transaction: its commit says so, not Ok.
+        assert!(first.commit().await.is_err(), "the lost work is reported");
+        failed.await.expect("task");
+        last.await.expect("task").expect("its own commit");
+        let keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&mut *store.read().await.expect("reader"))
+            .await
+            .expect("read");
+        assert_eq!(keys, ["last"]);
+    }
+
     #[cfg(debug_assertions)]
     #[tokio::test]
     #[should_panic(expected = "a one-statement write transaction ran a second statement")]

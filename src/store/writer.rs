@@ -66,6 +66,10 @@ enum Undo {
     Member,
     /// The shared transaction failed: roll all of it back.
     Everything,
+    /// A one-statement writer was dropped without commit. Its statement stands or failed
+    /// alone, unless its failure made SQLite roll the whole transaction back (a full disk,
+    /// say): check that the shared transaction is still open.
+    Check,
 }
 
 /// An open SQLite transaction and the outcome its writers wait for.
@@ -254,6 +258,15 @@ async fn settle(turn: &mut Turn) -> StoreResult<()> {
                 Err(e) => return Err(lost(turn, e)),
             }
         }
+        Undo::Check if turn.group.is_none() => turn.undo = Undo::Nothing,
+        Undo::Check => match conn(turn).execute("BEGIN").await {
+            // Refused inside a transaction: the shared one is still open.
+            Err(sqlx::Error::Database(_)) => turn.undo = Undo::Nothing,
+            // Nothing was open: its writers' work is gone, and they must hear so. The
+            // transaction just begun is rolled back with the rest.
+            Ok(_) => turn.undo = Undo::Everything,
+            Err(e) => return Err(lost(turn, e)),
+        },
         Undo::Everything => {}
     }
     if turn.undo == Undo::Everything {
@@ -389,7 +402,7 @@ impl Drop for WriteTx {
                 (true, false) => Undo::Member,
                 // Its one statement failed, undone by SQLite, or stands and is committed with
                 // the others: as with any write whose caller stopped waiting, it may be either.
-                (true, true) => Undo::Nothing,
+                (true, true) => Undo::Check,
             };
         }
     }
