@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use aa_recurring::clock::ManualClock;
+use aa_recurring::clock::{Clock, ManualClock};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -250,8 +250,10 @@ async fn approve_against(app: &TestApp, link_id: &str) -> String {
 
 /// Moves the clock on by just over the backoff cap until `path` answers a body for which
 /// `done` holds: a job's retries run out in seconds. The clock moves only while no job is
-/// running: a jump past an attempt's lease would end that attempt as a lost lease (the job
-/// claimed again by the next claim), not by the failure the test is about.
+/// running and none is due: a jump past an attempt's lease would end that attempt as a lost
+/// lease (the job claimed again by the next claim, and on its last attempt ended "lease
+/// expired"), not by the failure the test is about. A job that is due could be claimed between
+/// the check and the jump; one whose backoff has not run out cannot.
 async fn until_retries_run_out(
     app: &TestApp,
     clock: &ManualClock,
@@ -264,16 +266,38 @@ async fn until_retries_run_out(
         if done(&body) {
             return body;
         }
-        for _ in 0..250 {
-            let (_, running) = app.get("/api/v1/jobs?state=running").await;
-            if running["items"].as_array().unwrap().is_empty() {
+        let mut quiet = false;
+        for _ in 0..500 {
+            if nothing_running_or_due(app, clock).await {
+                quiet = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(quiet, "jobs kept running or due for 10 s");
         clock.advance(chrono::Duration::minutes(61));
     }
     panic!("{path} never got there");
+}
+
+/// Running, then due, then running again: a job that is claimed or queued between two of the
+/// reads shows in a later one.
+async fn nothing_running_or_due(app: &TestApp, clock: &ManualClock) -> bool {
+    let none_running = || async {
+        let (_, running) = app.get("/api/v1/jobs?state=running").await;
+        running["items"].as_array().unwrap().is_empty()
+    };
+    if !none_running().await {
+        return false;
+    }
+    let now = clock.now();
+    let (_, queued) = app.get("/api/v1/jobs?state=queued&limit=200").await;
+    let none_due = queued["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| DateTime::parse_from_rfc3339(j["run_at"].as_str().unwrap()).unwrap() > now);
+    none_due && none_running().await
 }
 
 #[tokio::test]
