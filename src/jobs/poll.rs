@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    JobError, load_pull, process_webhook::processing_finished, pull_step_failed, store_retry,
+    JobError, load_pull,
+    process_webhook::{processing_finished, start_fetching},
+    pull_step_failed, store_retry,
 };
 use crate::domain::pull::{PULL_DEADLINE, PullStatus, deadline, deadline_message};
 use crate::state::AppState;
@@ -44,7 +46,10 @@ pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
         return Ok(());
     }
     match state.bankconnect.session_status(session_id).await {
-        Ok(Some(status)) => processing_finished(state, &pull, &status.accounts).await,
+        Ok(Some(status)) => match processing_finished(state, &pull, &status.accounts).await? {
+            Some(pull_id) => start_fetching(state, &[pull_id]).await,
+            None => Ok(()),
+        },
         Ok(None) => Err(JobError::Retry {
             message: "processing not completed".into(),
             after: Some(poll_interval(

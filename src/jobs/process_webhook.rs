@@ -63,29 +63,40 @@ pub async fn run_batch(state: &AppState, deliveries: &[(i64, Bytes)]) -> Vec<Res
             return deliveries.iter().map(|_| Err(e.clone())).collect();
         }
     };
-    // Each acts on its own pull; their writes meet in SQLite's group commit.
-    futures_util::future::join_all(events.iter().map(|event| async {
-        let Some(event) = event else { return Ok(()) };
-        let session_id = event.session_id.as_deref().unwrap_or_default();
-        let name = event.event_name.as_deref().unwrap_or_default();
-        match pulls
-            .iter()
-            .find(|p| p.upstream_session_id.as_deref() == Some(session_id))
-        {
-            Some(pull) => act(state, name, pull, &event.accounts).await,
-            None => {
-                // Not a pull of ours, or one whose submission is not committed yet: that
-                // commit queues this event again (see `Store::mark_submitted`).
-                tracing::info!(
-                    upstream_session_id = session_id,
-                    event = name,
-                    "webhook for a session that is not a pull of ours"
-                );
-                Ok(())
+    // Each acts on its own pull; their writes meet in SQLite's group commit. The pulls that
+    // move on to fetching do so together, in one transaction.
+    let acted: Vec<Result<Option<&str>, JobError>> =
+        futures_util::future::join_all(events.iter().map(|event| async {
+            let Some(event) = event else { return Ok(None) };
+            let session_id = event.session_id.as_deref().unwrap_or_default();
+            let name = event.event_name.as_deref().unwrap_or_default();
+            match pulls
+                .iter()
+                .find(|p| p.upstream_session_id.as_deref() == Some(session_id))
+            {
+                Some(pull) => act(state, name, pull, &event.accounts).await,
+                None => {
+                    // Not a pull of ours, or one whose submission is not committed yet: that
+                    // commit queues this event again (see `Store::mark_submitted`).
+                    tracing::info!(
+                        upstream_session_id = session_id,
+                        event = name,
+                        "webhook for a session that is not a pull of ours"
+                    );
+                    Ok(None)
+                }
             }
-        }
-    }))
-    .await
+        }))
+        .await;
+    let fetch: Vec<&str> = acted.iter().flatten().flatten().copied().collect();
+    let started = start_fetching(state, &fetch).await;
+    acted
+        .into_iter()
+        .map(|r| match r? {
+            Some(_) => started.clone(),
+            None => Ok(()),
+        })
+        .collect()
 }
 
 /// The event, when it is one we act on: a finished or expired session, with its id.
@@ -102,12 +113,13 @@ fn understood(inbox_id: i64, body: &[u8]) -> Option<WebhookEvent> {
     (acted_on && event.session_id.is_some()).then_some(event)
 }
 
-async fn act(
+/// Acts on one event for its pull; returns the pull when its data is to be fetched.
+async fn act<'p>(
     state: &AppState,
     name: &str,
-    pull: &Pull,
+    pull: &'p Pull,
     accounts: &[AccountStatus],
-) -> Result<(), JobError> {
+) -> Result<Option<&'p str>, JobError> {
     if name == SESSION_EXPIRY_NOTIFICATION {
         let ended = state
             .store
@@ -123,44 +135,64 @@ async fn act(
         if ended {
             tracing::warn!(pull_id = %pull.pull_id, "pull expired upstream");
         }
-        return Ok(());
+        return Ok(None);
     }
     processing_finished(state, pull, accounts).await
 }
 
 /// The upstream has finished processing a pull (said by webhook or by `session_status`):
-/// fetch the data if any account completed, else fail the pull with the accounts' codes.
-pub(crate) async fn processing_finished(
+/// returns the pull when its data is to be fetched (an account completed), else fails the
+/// pull with the accounts' codes. A pull no longer `submitted` was handled already.
+pub(crate) async fn processing_finished<'p>(
     state: &AppState,
-    pull: &Pull,
+    pull: &'p Pull,
     accounts: &[AccountStatus],
-) -> Result<(), JobError> {
+) -> Result<Option<&'p str>, JobError> {
     if pull.status != PullStatus::Submitted {
-        return Ok(());
+        return Ok(None);
     }
-    let now = state.clock.now();
     if !accounts.is_empty() && !accounts.iter().any(AccountStatus::completed) {
         let (code, message) = failed_accounts(accounts);
         state
             .store
-            .end_pull(&pull.pull_id, PullStatus::Failed, &code, &message, now)
+            .end_pull(
+                &pull.pull_id,
+                PullStatus::Failed,
+                &code,
+                &message,
+                state.clock.now(),
+            )
             .await
             .map_err(store_retry)?;
         tracing::warn!(pull_id = %pull.pull_id, %code, "every account failed upstream");
+        return Ok(None);
+    }
+    Ok(Some(&pull.pull_id))
+}
+
+/// Moves finished pulls on to fetching, each with its fetch job, in one transaction.
+pub(crate) async fn start_fetching(state: &AppState, pull_ids: &[&str]) -> Result<(), JobError> {
+    if pull_ids.is_empty() {
         return Ok(());
     }
-    let fetch = NewJob::new(
-        Task::FetchPullData {
-            pull_id: pull.pull_id.clone(),
-        },
-        now,
-    );
-    if state
+    let now = state.clock.now();
+    let fetches: Vec<NewJob> = pull_ids
+        .iter()
+        .map(|pull_id| {
+            NewJob::new(
+                Task::FetchPullData {
+                    pull_id: (*pull_id).to_string(),
+                },
+                now,
+            )
+        })
+        .collect();
+    let moved = state
         .store
-        .start_fetching(&pull.pull_id, &fetch, now)
+        .start_fetching(&fetches, now)
         .await
-        .map_err(store_retry)?
-    {
+        .map_err(store_retry)?;
+    if !moved.is_empty() {
         state.jobs_wakeup.notify_one();
     }
     Ok(())

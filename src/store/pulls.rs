@@ -57,15 +57,16 @@ pub trait PullStore: Send + Sync {
         limit: u32,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<String>>;
-    /// `submitted` → `fetching`, and the fetch job, in one transaction. False if the pull was
-    /// not `submitted` (already handled by another event). A poll job queued for it already
-    /// (its webhook came late) is left to find the pull moved on, and ends `done`.
+    /// `submitted` → `fetching` for the pulls of `fetches` (their fetch jobs), with the jobs of
+    /// those that moved, in one transaction whatever their number: a batch of webhooks starts
+    /// its pulls' fetches together. Returns the pulls that moved; one that was not
+    /// `submitted` (already handled by another event) gets no job. A poll job queued for a
+    /// pull already (its webhook came late) is left to find the pull moved on, and ends `done`.
     async fn start_fetching(
         &self,
-        pull_id: &str,
-        fetch: &NewJob,
+        fetches: &[NewJob],
         now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Vec<String>>;
     /// Ends a pull that is not yet terminal as `failed` or `expired`, and cancels its queued
     /// jobs. False if it already ended.
     async fn end_pull(
@@ -265,23 +266,37 @@ impl PullStore for SqlStore {
 
     async fn start_fetching(
         &self,
-        pull_id: &str,
-        fetch: &NewJob,
+        fetches: &[NewJob],
         now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
-        let moved = sqlx::query(
-            "UPDATE pulls SET status = 'fetching', updated_at = $1 WHERE pull_id = $2 AND status = 'submitted'",
-        )
-        .bind(to_ms(now))
-        .bind(pull_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if moved {
-            insert_job(&mut tx, fetch, now).await?;
+    ) -> StoreResult<Vec<String>> {
+        let mut pull_ids: Vec<&str> = fetches.iter().filter_map(|j| j.task.pull_id()).collect();
+        pull_ids.sort_unstable();
+        pull_ids.dedup();
+        if pull_ids.is_empty() {
+            return Ok(vec![]);
         }
+        let mut tx = self.write_tx().await?;
+        let sql = format!(
+            "UPDATE pulls SET status = 'fetching', updated_at = {}
+             WHERE pull_id IN {} AND status = 'submitted' RETURNING pull_id",
+            self.dialect.param(1),
+            self.dialect.values_list_after(1, 1, pull_ids.len())
+        );
+        let mut update = sqlx::query_scalar(&sql).bind(to_ms(now));
+        for pull_id in &pull_ids {
+            update = update.bind(*pull_id);
+        }
+        let moved: Vec<String> = update.fetch_all(&mut *tx).await?;
+        // One job for each pull that moved, however often the batch named it.
+        let jobs: Vec<&NewJob> = moved
+            .iter()
+            .filter_map(|m| {
+                fetches
+                    .iter()
+                    .find(|j| j.task.pull_id() == Some(m.as_str()))
+            })
+            .collect();
+        insert_jobs(&mut tx, jobs.into_iter(), now).await?;
         tx.commit().await?;
         Ok(moved)
     }

@@ -435,7 +435,8 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
     );
     let consent =
         insert_consent(&store, "c", UseCase::Monitoring, FrequencyUnit::Day, 1, now).await;
-    // Two submitted pulls, and a delivery saying each is done, committed together.
+    // Two submitted pulls, and a delivery saying each is done (the first pull's twice, as two
+    // distinct deliveries), committed together.
     let mut deliveries = Vec::new();
     let mut pull_ids = Vec::new();
     for session in ["up-1", "up-2"] {
@@ -465,6 +466,9 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
             body: serde_json::to_vec(&body).unwrap().into(),
         });
     }
+    let mut again = deliveries[0].clone();
+    again.dedupe_key = "up-1-again".into();
+    deliveries.push(again);
     let recorded = store.record_webhooks(&deliveries, None, now).await.unwrap();
     let claimed = store
         .claim_jobs("w", now, now + chrono::Duration::seconds(60), 10)
@@ -482,8 +486,22 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
         1,
         "one job for the batch: {claimed:?} {recorded:?}"
     );
-    assert_eq!(batch[0].len(), 2);
+    assert_eq!(batch[0].len(), 3);
     process_webhook::run(&state, &batch[0]).await.unwrap();
+    // Both pulls move on to fetching, each with one fetch job, however often it was named.
+    let fetches = store
+        .list_jobs(&aa_recurring::store::JobFilter {
+            kind: Some("fetch_pull_data".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut fetched: Vec<_> = fetches.iter().filter_map(|j| j.pull_id.clone()).collect();
+    fetched.sort();
+    let mut expected = pull_ids.clone();
+    expected.sort();
+    assert_eq!(fetched, expected, "{fetches:?}");
     for pull_id in &pull_ids {
         let pull = store.get_pull(pull_id).await.unwrap().unwrap();
         assert_eq!(pull.status, PullStatus::Fetching, "{pull_id}");
