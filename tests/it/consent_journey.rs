@@ -1,7 +1,5 @@
 //! The consent journey, black-box: the service on port 0 against the sandbox over HTTP.
 
-use std::time::Duration;
-
 use crate::common::*;
 use chrono::{DateTime, Months, Utc};
 use reqwest::StatusCode;
@@ -212,16 +210,10 @@ async fn an_upstream_failure_at_callback_time_is_finished_by_a_retry() {
     }
     // Two failed attempts and one that worked.
     assert_eq!(app.upstream_calls("get_recurring_consent_details").await, 3);
-    // The job records its outcome just after its work commits.
-    let mut counts = app.job_counts().await;
-    for _ in 0..50 {
-        if !counts.iter().any(|(s, _)| s == "running") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        counts = app.job_counts().await;
-    }
-    assert_eq!(counts, vec![("done".to_string(), 1)]);
+    assert_eq!(
+        app.settled_job_counts().await,
+        vec![("done".to_string(), 1)]
+    );
 }
 
 #[tokio::test]

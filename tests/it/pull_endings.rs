@@ -141,7 +141,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_completes_once() {
     assert_eq!(app.upstream_calls("insights").await, 2);
     let (status, _) = app.get(&format!("/api/v1/pulls/{pull_id}/insights")).await;
     assert_eq!(status, StatusCode::OK);
-    let counts = app.job_counts().await;
+    let counts = app.settled_job_counts().await;
     assert!(
         !counts.iter().any(|(s, _)| s == "dead" || s == "running"),
         "{counts:?}"

@@ -431,6 +431,21 @@ impl TestApp {
             .unwrap()
     }
 
+    /// [`TestApp::job_counts`] once no job is `running`, or after a second: a job records its
+    /// outcome just after its work commits (the worker pool's finisher batches them), so a
+    /// pull can show `completed` a moment before its job shows `done`.
+    pub async fn settled_job_counts(&self) -> Vec<(String, i64)> {
+        let mut counts = self.job_counts().await;
+        for _ in 0..50 {
+            if !counts.iter().any(|(s, _)| s == "running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            counts = self.job_counts().await;
+        }
+        counts
+    }
+
     pub async fn stop(&mut self) {
         if let Some(app) = self.app.take() {
             app.stop().await.unwrap();
