@@ -14,7 +14,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 use super::rows::*;
-use super::writer::{WriteConn, WriteTx, Writer};
+use super::writer::{FusedTx, WriteConn, WriteTx, Writer};
 use super::*;
 use crate::domain::fair_use::Budget;
 use crate::domain::pull::Pull;
@@ -246,25 +246,30 @@ impl SqlStore {
     /// A write transaction. On SQLite it runs in this process's turn to write and may share
     /// its commit with the writers queued behind it ([`Writer`]).
     pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(false, false).await
-    }
-
-    /// [`SqlStore::write_tx`] ahead of the writers already waiting: for webhook intake.
-    pub(super) async fn urgent_write_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(true, false).await
+        self.begin_write(false).await
     }
 
     /// [`SqlStore::write_tx`] for one statement (on SQLite; Postgres may lock rows first),
     /// which shares the commit without a savepoint of its own ([`Writer::begin`]): a call to
     /// the database fewer. A second statement fails a debug assertion.
     pub(super) async fn one_statement_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(false, true).await
+        self.begin_write(true).await
     }
 
-    async fn begin_write(&self, urgent: bool, one_statement: bool) -> StoreResult<WriteTx> {
+    async fn begin_write(&self, one_statement: bool) -> StoreResult<WriteTx> {
         match &self.writer {
-            Some(writer) => writer.begin(&self.pool, urgent, one_statement).await,
+            Some(writer) => writer.begin(&self.pool, one_statement).await,
             None => Ok(WriteTx::pooled(self.pool.begin().await?)),
+        }
+    }
+
+    /// SQLite: a write transaction ahead of the writers waiting, whose opening and commit
+    /// travel with its statements ([`FusedTx`]). `None` on Postgres, whose protocol takes
+    /// statements with parameters one at a time.
+    pub(super) async fn urgent_fused_tx(&self) -> StoreResult<Option<FusedTx>> {
+        match &self.writer {
+            Some(writer) => Ok(Some(writer.fused(&self.pool).await?)),
+            None => Ok(None),
         }
     }
 
@@ -1411,5 +1416,118 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(seen, ["first"]);
+    }
+
+    /// The keys in the scratch table, sorted.
+    async fn keys(store: &SqlStore) -> Vec<String> {
+        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&mut *store.read().await.expect("reader"))
+            .await
+            .expect("read");
+        keys.sort();
+        keys
+    }
+
+    /// A fused transaction that inserts `keys` (at least one), a call each, and how many
+    /// rows its calls returned.
+    async fn run_fused(store: &SqlStore, keys: &[&str]) -> Result<usize, sqlx::Error> {
+        let mut tx = store
+            .urgent_fused_tx()
+            .await
+            .expect("turn")
+            .expect("SQLite");
+        let sql = |i: usize| {
+            let open = if i == 0 { FusedTx::OPEN } else { "" };
+            let commit = if i == keys.len() - 1 {
+                FusedTx::COMMIT
+            } else {
+                ""
+            };
+            format!(
+                "{open}INSERT INTO t (k) VALUES ('{}') RETURNING k{commit}",
+                keys[i]
+            )
+        };
+        let mut rows = 0;
+        for i in 0..keys.len() - 1 {
+            rows += tx.fetch_all(sqlx::query(&sql(i))).await?.len();
+        }
+        let last = sql(keys.len() - 1);
+        Ok(rows + tx.commit(sqlx::query(&last)).await?.len())
+    }
+
+    #[tokio::test]
+    async fn a_fused_transaction_commits_with_the_shared_transaction_it_joins() {
+        let (_dir, store, writer) = scratch().await;
+        sqlx::query("CREATE UNIQUE INDEX t_k ON t (k)")
+            .execute(&mut *store.write_conn().await.expect("turn"))
+            .await
+            .expect("index");
+        // Alone: its rows come back, and it is a transaction and a commit of its own.
+        let before = writer.stats();
+        assert_eq!(run_fused(&store, &["a", "b"]).await.expect("fused"), 2);
+        let after = writer.stats();
+        assert_eq!(
+            (
+                after.commits - before.commits,
+                after.transactions - before.transactions
+            ),
+            (1, 1)
+        );
+        // Alone and failing partway: nothing of it stays, and the writer goes on.
+        assert!(run_fused(&store, &["c", "a"]).await.is_err());
+        assert_eq!(store.console_key("after").await.expect("key"), "after");
+        assert_eq!(keys(&store).await, ["a", "b"]);
+
+        // A writer holds the turn while a fused transaction waits, so the writer leaves its
+        // work to be committed by the next in the group: the fused one commits it with its
+        // own.
+        let before = writer.stats();
+        let mut first = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('first')")
+            .execute(&mut *first)
+            .await
+            .expect("insert");
+        let fused = tokio::spawn({
+            let store = store.clone();
+            async move {
+                run_fused(&store, &["fused"])
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        first.commit().await.expect("committed by the fused one");
+        assert_eq!(fused.await.expect("task"), Ok(1));
+        let after = writer.stats();
+        assert_eq!(
+            (
+                after.commits - before.commits,
+                after.transactions - before.transactions
+            ),
+            (1, 2),
+            "one commit holding both"
+        );
+        assert_eq!(keys(&store).await, ["a", "b", "first", "fused"]);
+
+        // A fused transaction that fails in a shared one takes back only its own work; the
+        // writer before it is committed by the group as usual.
+        let mut second = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('second')")
+            .execute(&mut *second)
+            .await
+            .expect("insert");
+        let fused = tokio::spawn({
+            let store = store.clone();
+            async move { run_fused(&store, &["mine", "a"]).await.is_err() }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        second.commit().await.expect("the group's commit");
+        assert!(fused.await.expect("task"), "a duplicate fails it");
+        assert_eq!(keys(&store).await, ["a", "b", "first", "fused", "second"]);
     }
 }

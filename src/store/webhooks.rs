@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::db::*;
+use super::writer::FusedTx;
 use super::*;
 use crate::queue::{Job, Task};
 
@@ -55,55 +56,53 @@ impl WebhookStore for SqlStore {
                 leased: None,
             });
         }
-        let mut tx = self.urgent_write_tx().await?;
-        // One statement for the inbox rows and one for their job, whatever the batch size.
-        let sql = format!(
+        let insert = format!(
             "INSERT INTO webhook_inbox (dedupe_key, event_name, upstream_session_id, body, received_at) VALUES {}
              ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key",
             self.dialect.values_list(batch.len(), 5)
         );
-        let mut inbox = sqlx::query_as::<_, (i64, String)>(&sql);
-        for w in batch {
-            inbox = inbox
-                .bind(&w.dedupe_key)
-                .bind(w.event_name.as_deref())
-                .bind(w.upstream_session_id.as_deref())
-                .bind(&w.body[..])
-                .bind(to_ms(now));
-        }
-        let stored: Vec<(i64, String)> = inbox.fetch_all(&mut *tx).await?;
-        // The first delivery with a key is the new one; a repeat in the same batch is not.
-        let mut fresh: std::collections::HashMap<&str, i64> =
-            stored.iter().map(|(id, k)| (k.as_str(), *id)).collect();
-        let inbox_ids: Vec<Option<i64>> = batch
-            .iter()
-            .map(|w| fresh.remove(w.dedupe_key.as_str()))
-            .collect();
-        let new: Vec<i64> = inbox_ids.iter().flatten().copied().collect();
-        // One processing job for the batch's new deliveries.
-        let mut job = None;
-        if !new.is_empty() {
-            let task = Task::ProcessWebhook { inbox_ids: new };
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, lease_owner, lease_expires_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            )
-            .bind(task.kind())
-            .bind(task.payload())
-            .bind(if lease.is_some() { "running" } else { "queued" })
-            .bind(to_ms(now))
-            // A leased job's first attempt has begun, as a claim would count it.
-            .bind(i32::from(lease.is_some()))
-            .bind(task.max_attempts())
-            .bind(lease.map(|l| l.owner))
-            .bind(lease.map(|l| to_ms(l.until)))
-            .bind(to_ms(now))
-            .bind(to_ms(now))
-            .fetch_one(&mut *tx)
-            .await?;
-            job = Some((id, task));
-        }
-        tx.commit().await?;
+        let (inbox_ids, job) = match self.urgent_fused_tx().await? {
+            // SQLite: two calls, the first opening the transaction and the last committing
+            // it, instead of four.
+            Some(mut tx) => {
+                let sql = format!("{}{insert}", FusedTx::OPEN);
+                let rows = tx
+                    .fetch_all(sqlx::query_with(&sql, webhook_args(batch, now)?))
+                    .await?;
+                let inbox_ids = new_ids(batch, &rows)?;
+                let job = match batch_job(&inbox_ids) {
+                    None => {
+                        tx.commit(sqlx::query("COMMIT")).await?;
+                        None
+                    }
+                    Some(task) => {
+                        let sql = format!("{INSERT_JOB}{}", FusedTx::COMMIT);
+                        let rows = tx
+                            .commit(bind_job(sqlx::query(&sql), &task, lease, now))
+                            .await?;
+                        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+                        Some((row.try_get(0)?, task))
+                    }
+                };
+                (inbox_ids, job)
+            }
+            None => {
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query_with(&insert, webhook_args(batch, now)?)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let inbox_ids = new_ids(batch, &rows)?;
+                let mut job = None;
+                if let Some(task) = batch_job(&inbox_ids) {
+                    let row = bind_job(sqlx::query(INSERT_JOB), &task, lease, now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    job = Some((row.try_get(0)?, task));
+                }
+                tx.commit().await?;
+                (inbox_ids, job)
+            }
+        };
         Ok(RecordedBatch {
             each: inbox_ids
                 .into_iter()
@@ -240,4 +239,67 @@ impl WebhookStore for SqlStore {
         .fetch_one(&mut *self.read().await?)
         .await?)
     }
+}
+
+/// A batch's rows as the arguments of a [`Dialect::values_list`] of five columns.
+fn webhook_args<'q>(
+    batch: &'q [NewWebhook],
+    now: DateTime<Utc>,
+) -> Result<sqlx::any::AnyArguments<'q>, sqlx::Error> {
+    use sqlx::Arguments;
+    let mut args = sqlx::any::AnyArguments::default();
+    for w in batch {
+        args.add(&w.dedupe_key).map_err(sqlx::Error::Encode)?;
+        args.add(w.event_name.as_deref())
+            .map_err(sqlx::Error::Encode)?;
+        args.add(w.upstream_session_id.as_deref())
+            .map_err(sqlx::Error::Encode)?;
+        args.add(&w.body[..]).map_err(sqlx::Error::Encode)?;
+        args.add(to_ms(now)).map_err(sqlx::Error::Encode)?;
+    }
+    Ok(args)
+}
+
+/// Each delivery's new inbox id, from the `(id, dedupe_key)` rows the insert returned: the
+/// first delivery with a key is the new one; a repeat (in the batch, or stored before) is
+/// not.
+fn new_ids(
+    batch: &[NewWebhook],
+    rows: &[sqlx::any::AnyRow],
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let mut fresh = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        fresh.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
+    }
+    Ok(batch.iter().map(|w| fresh.remove(&w.dedupe_key)).collect())
+}
+
+/// One processing job for a batch's new deliveries; none for a batch of repeats.
+fn batch_job(inbox_ids: &[Option<i64>]) -> Option<Task> {
+    let new: Vec<i64> = inbox_ids.iter().flatten().copied().collect();
+    (!new.is_empty()).then_some(Task::ProcessWebhook { inbox_ids: new })
+}
+
+/// A batch's processing job, stored leased (its first attempt begun, as a claim would count
+/// it) or queued.
+const INSERT_JOB: &str = "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, lease_owner, lease_expires_at, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+
+fn bind_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    task: &Task,
+    lease: Option<Lease<'q>>,
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(task.kind())
+        .bind(task.payload())
+        .bind(if lease.is_some() { "running" } else { "queued" })
+        .bind(to_ms(now))
+        .bind(i32::from(lease.is_some()))
+        .bind(task.max_attempts())
+        .bind(lease.map(|l| l.owner))
+        .bind(lease.map(|l| to_ms(l.until)))
+        .bind(to_ms(now))
+        .bind(to_ms(now))
 }
