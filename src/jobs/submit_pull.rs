@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{JobError, load_pull, pull_step_failed, store_retry};
+use super::{JobError, pull_step_failed, store_retry};
 use crate::bankconnect::{BankConnectError, ConsentVerdict};
 use crate::domain::consent::ConsentStatus;
 use crate::domain::fair_use::{FAIR_USE_LIMIT, budget, check_all, next_period_start};
@@ -17,14 +17,15 @@ use crate::state::AppState;
 
 pub async fn run(state: &AppState, pull_id: &str) -> Result<(), JobError> {
     let store = &state.store;
-    let pull = load_pull(state, pull_id).await?;
+    let (pull, consent) = store
+        .pull_with_consent(pull_id)
+        .await
+        .map_err(store_retry)?
+        .ok_or_else(|| JobError::Fatal(format!("pull {pull_id} does not exist")))?;
     if pull.status != PullStatus::Queued {
         return Ok(());
     }
-    let consent = store
-        .get_consent(&pull.consent_id)
-        .await
-        .map_err(store_retry)?
+    let consent = consent
         .ok_or_else(|| JobError::Fatal(format!("consent {} does not exist", pull.consent_id)))?;
     let now = state.clock.now();
     if let Err(refusal) = consent.pullable(now) {

@@ -18,6 +18,12 @@ pub trait PullStore: Send + Sync {
     /// and the fair-use budget.
     async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull>;
     async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>>;
+    /// A pull and its consent (`None` if the consent is gone), in one call on SQLite: the
+    /// submit job needs both, and each call is a round trip to a connection's thread.
+    async fn pull_with_consent(
+        &self,
+        pull_id: &str,
+    ) -> StoreResult<Option<(Pull, Option<Consent>)>>;
     /// The pulls of these upstream sessions (those that are pulls of ours), in one query:
     /// webhook processing looks up a whole committed batch at once.
     async fn pulls_by_upstream_sessions(
@@ -143,6 +149,54 @@ impl PullStore for SqlStore {
     async fn get_pull(&self, pull_id: &str) -> StoreResult<Option<Pull>> {
         let mut conn = self.read().await?;
         pull_where(&mut conn, "pull_id", pull_id).await
+    }
+
+    async fn pull_with_consent(
+        &self,
+        pull_id: &str,
+    ) -> StoreResult<Option<(Pull, Option<Consent>)>> {
+        let pull = format!("SELECT {PULL_COLUMNS} FROM pulls WHERE pull_id = $1");
+        let consent = format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents
+             WHERE consent_id = (SELECT consent_id FROM pulls WHERE pull_id = $1)"
+        );
+        let mut conn = self.read().await?;
+        // The pull's row, then its consent's.
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                sqlx::query(&format!("{pull}; {consent}"))
+                    .bind(pull_id)
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            // Postgres takes statements with parameters one at a time.
+            Dialect::Postgres => {
+                let mut rows = sqlx::query(&pull)
+                    .bind(pull_id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                if !rows.is_empty() {
+                    rows.extend(
+                        sqlx::query(&consent)
+                            .bind(pull_id)
+                            .fetch_optional(&mut *conn)
+                            .await?,
+                    );
+                }
+                rows
+            }
+        };
+        let mut rows = rows.iter();
+        let Some(pull) = rows.next() else {
+            return Ok(None);
+        };
+        let (_, pull) = pull_from_row(pull)?;
+        let consent = rows
+            .next()
+            .map(consent_from_row)
+            .transpose()?
+            .map(|(_, c)| c);
+        Ok(Some((pull, consent)))
     }
 
     async fn pulls_by_upstream_sessions(

@@ -496,3 +496,52 @@ async fn a_large_slow_download_completes_within_the_read_timeout() {
     let body = r.bytes().await.unwrap();
     assert!(body.len() > 50_000_000, "{} bytes", body.len());
 }
+
+#[tokio::test]
+async fn a_pull_is_read_with_its_consent_in_one_store_call() {
+    use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
+    use aa_recurring::domain::pull::PullKind;
+    use aa_recurring::store::CreatePull;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let consent = insert_consent(
+        &store,
+        "c-read",
+        UseCase::Monitoring,
+        FrequencyUnit::Day,
+        1,
+        now,
+    )
+    .await;
+    let today = now.date_naive();
+    let (mut new, job) = aa_recurring::pulls::plan(
+        &consent,
+        PullKind::Insights,
+        (today - chrono::Duration::days(1), today),
+        now,
+        None,
+        String::new(),
+    );
+    new.budget = vec![];
+    let CreatePull::Created(created) = store.create_pull(&new, &job).await.unwrap() else {
+        panic!("the pull is accepted");
+    };
+    let (pull, with) = store
+        .pull_with_consent(&created.pull_id)
+        .await
+        .unwrap()
+        .expect("the pull");
+    // The same as the two reads it replaces.
+    assert_eq!(Some(pull), store.get_pull(&created.pull_id).await.unwrap());
+    assert_eq!(with, store.get_consent(&consent.consent_id).await.unwrap());
+    assert!(with.is_some());
+    assert!(
+        store
+            .pull_with_consent("no-such-pull")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
