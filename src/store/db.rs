@@ -1529,5 +1529,42 @@ mod tests {
         second.commit().await.expect("the group's commit");
         assert!(fused.await.expect("task"), "a duplicate fails it");
         assert_eq!(keys(&store).await, ["a", "b", "first", "fused", "second"]);
+
+        // Dropped between its calls (its caller gave up), alone and in a shared transaction:
+        // the next writer takes back its work and nothing else.
+        let mut tx = store
+            .urgent_fused_tx()
+            .await
+            .expect("turn")
+            .expect("SQLite");
+        let sql = format!("{}INSERT INTO t (k) VALUES ('gone')", FusedTx::OPEN);
+        tx.fetch_all(sqlx::query(&sql)).await.expect("insert");
+        drop(tx);
+        let mut third = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('third')")
+            .execute(&mut *third)
+            .await
+            .expect("insert");
+        let dropped = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store
+                    .urgent_fused_tx()
+                    .await
+                    .expect("turn")
+                    .expect("SQLite");
+                let sql = format!("{}INSERT INTO t (k) VALUES ('gone too')", FusedTx::OPEN);
+                tx.fetch_all(sqlx::query(&sql)).await.expect("insert");
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        third.commit().await.expect("the group's commit");
+        dropped.await.expect("task");
+        assert_eq!(
+            keys(&store).await,
+            ["a", "b", "first", "fused", "second", "third"]
+        );
     }
 }
