@@ -382,26 +382,37 @@ pub(super) async fn insert_jobs<'a>(
         return Ok(());
     }
     let sql = format!(
-        "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at)
-         VALUES {} ON CONFLICT DO NOTHING",
-        Dialect::of(conn).values_list(jobs.len(), 10)
+        "INSERT INTO jobs ({NEW_JOB_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
+        Dialect::of(conn).values_list(jobs.len(), JOB_COLUMNS)
     );
     let mut insert = sqlx::query(&sql);
     for job in jobs {
-        insert = insert
-            .bind(job.task.kind())
-            .bind(job.task.payload())
-            .bind("queued")
-            .bind(to_ms(job.run_at))
-            .bind(0i32)
-            .bind(job.task.max_attempts())
-            .bind(job.task.dedupe_key())
-            .bind(job.task.pull_id().map(str::to_string))
-            .bind(to_ms(now))
-            .bind(to_ms(now));
+        insert = bind_new_job(insert, job, now);
     }
     insert.execute(&mut *conn).await?;
     Ok(())
+}
+
+/// The columns a new job is written with, in the order [`bind_new_job`] binds them.
+const NEW_JOB_COLUMNS: &str = "kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at";
+const JOB_COLUMNS: usize = 10;
+
+fn bind_new_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(job.task.kind())
+        .bind(job.task.payload())
+        .bind("queued")
+        .bind(to_ms(job.run_at))
+        .bind(0i32)
+        .bind(job.task.max_attempts())
+        .bind(job.task.dedupe_key())
+        .bind(job.task.pull_id().map(str::to_string))
+        .bind(to_ms(now))
+        .bind(to_ms(now))
 }
 
 /// Queued jobs of a pull that has moved on no longer run (all of them, or those of `kind`).
@@ -582,15 +593,19 @@ fn bind_new_pull<'q>(
         .bind(to_ms(p.updated_at))
 }
 
-/// Inserts a pull only if one more fits every period of its consent's budget, pulls accepted
-/// and not yet sent counted too, since each will send ([`fits_budget`]): the check and the
-/// insert are one call. False when the budget is spent.
+/// Inserts a pull, with its submit `job`, only if one more fits every period of its
+/// consent's budget, pulls accepted and not yet sent counted too, since each will send
+/// ([`fits_budget`]): the check and the insert are one statement. On SQLite the job's insert,
+/// which runs only if the pull's did (`changes()`), goes in the same call: each call is a
+/// round trip to the connection's thread. False when the budget is spent.
 pub(super) async fn insert_pull_within_budget(
     conn: &mut AnyConnection,
     new: &NewPull,
+    job: &NewJob,
 ) -> StoreResult<bool> {
     let columns = NEW_PULL_COLUMNS.split(',').count();
-    let sql = format!(
+    let params = columns + 2 * new.budget.len();
+    let mut sql = format!(
         "INSERT INTO pulls ({NEW_PULL_COLUMNS}) SELECT {} WHERE {}",
         (1..=columns)
             .map(|n| format!("${n}"))
@@ -599,11 +614,33 @@ pub(super) async fn insert_pull_within_budget(
         // The consent is the second column.
         fits_budget(new.budget.len(), true, 2, columns + 1)
     );
+    let sqlite = Dialect::of(conn) == Dialect::Sqlite;
+    if sqlite {
+        // Numbered, as the statement before it is: sqlx counts only anonymous parameters
+        // across the statements of a call.
+        let job_params = (params + 1..=params + JOB_COLUMNS)
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sql.push_str(&format!(
+            "; INSERT INTO jobs ({NEW_JOB_COLUMNS}) SELECT {job_params} WHERE changes() = 1 ON CONFLICT DO NOTHING"
+        ));
+    }
     let mut insert = bind_new_pull(sqlx::query(&sql), new);
     for b in &new.budget {
         insert = insert.bind(to_ms(b.period_start)).bind(i64::from(b.max));
     }
-    Ok(insert.execute(&mut *conn).await?.rows_affected() == 1)
+    if sqlite {
+        insert = bind_new_job(insert, job, new.pull.created_at);
+    }
+    // With SQLite's job, two rows or none.
+    if insert.execute(&mut *conn).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if !sqlite {
+        insert_job(conn, job, new.pull.created_at).await?;
+    }
+    Ok(true)
 }
 
 /// Inserts many pulls in one statement (the scheduler's, whose budgets it checked itself).

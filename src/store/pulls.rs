@@ -137,11 +137,10 @@ impl PullStore for SqlStore {
                 });
             }
         }
-        if !insert_pull_within_budget(&mut tx, new).await? {
+        if !insert_pull_within_budget(&mut tx, new, job).await? {
             tx.commit().await?;
             return Ok(CreatePull::OverBudget);
         }
-        insert_job(&mut tx, job, p.created_at).await?;
         tx.commit().await?;
         Ok(CreatePull::Created(p.clone()))
     }

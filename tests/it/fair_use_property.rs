@@ -177,6 +177,20 @@ async fn pulls_accepted_but_not_sent_count_against_the_budget() {
         matches!(create().await, CreatePull::OverBudget),
         "two queued pulls take the budget of two"
     );
+    // Each accepted pull has its submit job, and the refused one none.
+    let jobs = store
+        .list_jobs(&aa_recurring::store::JobFilter {
+            kind: Some("submit_pull".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut submitted: Vec<_> = jobs.iter().filter_map(|j| j.pull_id.clone()).collect();
+    submitted.sort();
+    let mut accepted = vec![first.pull_id.clone(), second.pull_id.clone()];
+    accepted.sort();
+    assert_eq!((jobs.len(), submitted), (2, accepted));
     // The first is sent: one sent and one queued still take both.
     store
         .reserve_attempt("c", &first.pull_id, &budget, t0)
