@@ -500,8 +500,6 @@ async fn a_large_slow_download_completes_within_the_read_timeout() {
 #[tokio::test]
 async fn a_pull_is_read_with_its_consent_in_one_store_call() {
     use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
-    use aa_recurring::domain::pull::PullKind;
-    use aa_recurring::store::CreatePull;
     let dir = tempfile::tempdir().unwrap();
     let store = fresh_store(dir.path()).await;
     store.migrate().await.unwrap();
@@ -515,19 +513,7 @@ async fn a_pull_is_read_with_its_consent_in_one_store_call() {
         now,
     )
     .await;
-    let today = now.date_naive();
-    let (mut new, job) = aa_recurring::pulls::plan(
-        &consent,
-        PullKind::Insights,
-        (today - chrono::Duration::days(1), today),
-        now,
-        None,
-        String::new(),
-    );
-    new.budget = vec![];
-    let CreatePull::Created(created) = store.create_pull(&new, &job).await.unwrap() else {
-        panic!("the pull is accepted");
-    };
+    let created = create_queued_pull(&store, &consent, now).await;
     let (pull, with) = store
         .pull_with_consent(&created.pull_id)
         .await

@@ -421,10 +421,10 @@ async fn a_batch_of_webhooks_is_stored_with_one_job_leased_or_queued_and_claimed
 #[tokio::test]
 async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_that_is_gone() {
     use aa_recurring::domain::consent::{FrequencyUnit, UseCase};
-    use aa_recurring::domain::pull::{PullKind, PullStatus};
+    use aa_recurring::domain::pull::PullStatus;
     use aa_recurring::jobs::{JobError, process_webhook};
     use aa_recurring::queue::Task;
-    use aa_recurring::store::{CreatePull, NewWebhook};
+    use aa_recurring::store::NewWebhook;
     let dir = tempfile::tempdir().unwrap();
     let store = fresh_store(dir.path()).await;
     store.migrate().await.unwrap();
@@ -440,19 +440,7 @@ async fn a_claimed_batch_job_acts_on_each_of_its_deliveries_and_dies_naming_one_
     let mut deliveries = Vec::new();
     let mut pull_ids = Vec::new();
     for session in ["up-1", "up-2"] {
-        let today = now.date_naive();
-        let (mut new, job) = aa_recurring::pulls::plan(
-            &consent,
-            PullKind::Insights,
-            (today - chrono::Duration::days(1), today),
-            now,
-            None,
-            String::new(),
-        );
-        new.budget = vec![];
-        let CreatePull::Created(pull) = store.create_pull(&new, &job).await.unwrap() else {
-            panic!("the pull is accepted");
-        };
+        let pull = create_queued_pull(&store, &consent, now).await;
         store
             .mark_submitted(&pull.pull_id, session, now)
             .await

@@ -137,6 +137,30 @@ pub async fn insert_consent(
     consent
 }
 
+/// Accepts an Insights pull of yesterday and today for `consent` directly in the store,
+/// without a budget, as the API would.
+pub async fn create_queued_pull(
+    store: &aa_recurring::store::DynStore,
+    consent: &aa_recurring::domain::consent::Consent,
+    now: chrono::DateTime<chrono::Utc>,
+) -> aa_recurring::domain::pull::Pull {
+    use aa_recurring::store::CreatePull;
+    let today = now.date_naive();
+    let (mut new, job) = aa_recurring::pulls::plan(
+        consent,
+        aa_recurring::domain::pull::PullKind::Insights,
+        (today - chrono::Duration::days(1), today),
+        now,
+        None,
+        String::new(),
+    );
+    new.budget = vec![];
+    let CreatePull::Created(pull) = store.create_pull(&new, &job).await.unwrap() else {
+        panic!("the pull is accepted");
+    };
+    pull
+}
+
 /// Service state without an HTTP server, for driving the scheduler and jobs directly.
 pub fn bare_state(
     store: aa_recurring::store::DynStore,
