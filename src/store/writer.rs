@@ -64,6 +64,10 @@ enum Undo {
     Nothing,
     /// A writer's transaction was dropped without commit: roll back to its savepoint.
     Member,
+    /// A [`FusedTx`] in a shared transaction failed or was dropped: roll back to its
+    /// savepoint, named apart from the writers' so that it can never be mistaken for the
+    /// last writer's, left open below it.
+    Fused,
     /// The shared transaction failed: roll all of it back.
     Everything,
     /// A one-statement writer was dropped without commit. Its statement stands or failed
@@ -221,6 +225,8 @@ impl Writer {
                 outcome: Arc::new(OnceLock::new()),
                 unreleased: false,
             });
+            // Dropped before its first call, the group it began (with nothing in it) ends.
+            turn.undo = Undo::Everything;
         }
         Ok(FusedTx {
             writer: self.clone(),
@@ -265,11 +271,14 @@ impl Writer {
 async fn settle(turn: &mut Turn) -> StoreResult<()> {
     match turn.undo {
         Undo::Nothing => {}
-        Undo::Member if turn.group.is_none() => turn.undo = Undo::Nothing,
-        Undo::Member => {
-            let undone = conn(turn)
-                .execute("ROLLBACK TO member; RELEASE member")
-                .await;
+        Undo::Member | Undo::Fused if turn.group.is_none() => turn.undo = Undo::Nothing,
+        Undo::Member | Undo::Fused => {
+            let undo = if turn.undo == Undo::Member {
+                "ROLLBACK TO member; RELEASE member"
+            } else {
+                "ROLLBACK TO fused; RELEASE fused"
+            };
+            let undone = conn(turn).execute(undo).await;
             match undone {
                 Ok(_) => turn.undo = Undo::Nothing,
                 // The savepoint is gone: SQLite rolled the whole transaction back.
@@ -492,7 +501,8 @@ impl std::ops::DerefMut for WriteConn {
 /// round trip waits for both threads to be scheduled; webhook intake's deliveries wait for
 /// every one of them, and this takes two calls off its four (docs/benchmarks.md). The
 /// savepoint starts the transaction when none is open, and nests in the last writer's when
-/// that was left open; `COMMIT` ends them all.
+/// that was left open; `COMMIT` ends them all. It is named `fused`, not `member`, so that
+/// undoing it (`Undo::Fused`) cannot reach the writer's below it, even if it never opened.
 pub(super) struct FusedTx {
     writer: Arc<Writer>,
     turn: Turn,
@@ -502,7 +512,7 @@ pub(super) struct FusedTx {
 
 impl FusedTx {
     /// What the first statement's call starts with.
-    pub(super) const OPEN: &'static str = "SAVEPOINT member; ";
+    pub(super) const OPEN: &'static str = "SAVEPOINT fused; ";
     /// What the last statement's call ends with (alone, if there is no last statement).
     pub(super) const COMMIT: &'static str = "; COMMIT";
 
@@ -518,7 +528,7 @@ impl FusedTx {
         turn.undo = if self.began {
             Undo::Everything
         } else {
-            Undo::Member
+            Undo::Fused
         };
         query.fetch_all(conn(turn)).await.inspect_err(|e| {
             close_if_broken(turn, e);
