@@ -383,7 +383,7 @@ pub(super) async fn insert_jobs<'a>(
     }
     let sql = format!(
         "INSERT INTO jobs ({NEW_JOB_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
-        Dialect::of(conn).values_list(jobs.len(), JOB_COLUMNS)
+        Dialect::of(conn).values_list(jobs.len(), NEW_JOB_COLUMNS.split(',').count())
     );
     let mut insert = sqlx::query(&sql);
     for job in jobs {
@@ -395,7 +395,6 @@ pub(super) async fn insert_jobs<'a>(
 
 /// The columns a new job is written with, in the order [`bind_new_job`] binds them.
 const NEW_JOB_COLUMNS: &str = "kind, payload, status, run_at, attempts, max_attempts, dedupe_key, pull_id, created_at, updated_at";
-const JOB_COLUMNS: usize = 10;
 
 fn bind_new_job<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -618,7 +617,7 @@ pub(super) async fn insert_pull_within_budget(
     if sqlite {
         // Numbered, as the statement before it is: sqlx counts only anonymous parameters
         // across the statements of a call.
-        let job_params = (params + 1..=params + JOB_COLUMNS)
+        let job_params = (params + 1..=params + NEW_JOB_COLUMNS.split(',').count())
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(", ");
