@@ -179,14 +179,7 @@ impl Writer {
             // released (never rolled back, as its writer committed) by the next to open one.
             Some(_) if one_statement => {}
             Some(group) => group.unreleased = false,
-            None => {
-                turn.group = Some(Group {
-                    id: self.groups.fetch_add(1, SeqCst),
-                    members: 0,
-                    outcome: Arc::new(OnceLock::new()),
-                    unreleased: false,
-                })
-            }
+            None => turn.group = Some(self.new_group()),
         }
         Ok(WriteTx(TxInner::Writer {
             writer: self.clone(),
@@ -219,12 +212,7 @@ impl Writer {
         let mut turn = self.enter(pool, true).await?;
         let began = turn.group.is_none();
         if began {
-            turn.group = Some(Group {
-                id: self.groups.fetch_add(1, SeqCst),
-                members: 0,
-                outcome: Arc::new(OnceLock::new()),
-                unreleased: false,
-            });
+            turn.group = Some(self.new_group());
             // Dropped before its first call, the group it began (with nothing in it) ends.
             turn.undo = Undo::Everything;
         }
@@ -237,6 +225,23 @@ impl Writer {
 }
 
 impl Writer {
+    /// A shared transaction just begun, with no writer in it yet.
+    fn new_group(&self) -> Group {
+        Group {
+            id: self.groups.fetch_add(1, SeqCst),
+            members: 0,
+            outcome: Arc::new(OnceLock::new()),
+            unreleased: false,
+        }
+    }
+
+    /// Counts a shared transaction that committed, and tells its writers.
+    fn committed(&self, group: Group) {
+        self.commits.fetch_add(1, SeqCst);
+        self.transactions.fetch_add(group.members as u64, SeqCst);
+        let _ = group.outcome.set(Ok(()));
+    }
+
     /// Commits the shared transaction and tells its writers how it went.
     async fn commit_group(&self, turn: &mut Turn) -> Result<(), sqlx::Error> {
         let Some(group) = turn.group.take() else {
@@ -244,9 +249,7 @@ impl Writer {
         };
         match conn(turn).execute("COMMIT").await {
             Ok(_) => {
-                self.commits.fetch_add(1, SeqCst);
-                self.transactions.fetch_add(group.members as u64, SeqCst);
-                let _ = group.outcome.set(Ok(()));
+                self.committed(group);
                 Ok(())
             }
             Err(e) => {
@@ -545,15 +548,12 @@ impl FusedTx {
         let rows = self.fetch_all(query).await?;
         let turn = &mut self.turn;
         turn.undo = Undo::Nothing;
-        let group = turn
+        let mut group = turn
             .group
             .take()
             .expect("a fused transaction is in a group");
-        self.writer.commits.fetch_add(1, SeqCst);
-        self.writer
-            .transactions
-            .fetch_add(group.members as u64 + 1, SeqCst);
-        let _ = group.outcome.set(Ok(()));
+        group.members += 1;
+        self.writer.committed(group);
         Ok(rows)
     }
 }
