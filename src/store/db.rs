@@ -1033,6 +1033,58 @@ mod tests {
         }
     }
 
+    /// How many temporary b-trees SQLite's program for `sql` can open.
+    async fn temporary_btrees(store: &SqlStore, sql: &str) -> usize {
+        let mut query = sqlx::query(sql);
+        for _ in 0..sql.matches('$').count() {
+            query = query.bind("p");
+        }
+        let rows = query
+            .fetch_all(&mut *store.read().await.expect("reader"))
+            .await
+            .expect("explain");
+        rows.iter()
+            .filter(|r| sqlx::Row::get::<String, _>(*r, 1) == "OpenEphemeral")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_pulls_reads_and_state_changes_build_no_temporary_btree_for_a_list_of_states() {
+        let (_dir, store) = sqlite().await;
+        // Moving a pull runs both outcome triggers and pulls_open's WHERE; a job's insert and
+        // update run jobs_finished's; a pull's read asks whether it is open.
+        let statements = [
+            format!("EXPLAIN SELECT {PULL_COLUMNS} FROM pulls WHERE pull_id = $1"),
+            "EXPLAIN UPDATE pulls SET status = $1, completed_at = $2 WHERE pull_id = $3".into(),
+            "EXPLAIN INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                .into(),
+            "EXPLAIN UPDATE jobs SET status = $1, updated_at = $2 WHERE id = $3".into(),
+        ];
+        for sql in statements {
+            assert_eq!(temporary_btrees(&store, &sql).await, 0, "{sql}");
+        }
+        // The check itself: an IN list of three states does open one.
+        let listed = "EXPLAIN SELECT 1 FROM pulls WHERE pull_id = $1 AND status IN ('a', 'b', 'c')";
+        assert_eq!(temporary_btrees(&store, listed).await, 1);
+    }
+
+    #[tokio::test]
+    async fn finished_jobs_are_purged_through_their_partial_index() {
+        let (_dir, store) = sqlite().await;
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            crate::store::housekeeping::PURGE_JOBS_SQL
+        );
+        let plan = plan(&store, &sql).await;
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("jobs_finished (status=? AND updated_at<?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.contains("SCAN")), "{plan:?}");
+    }
+
     #[tokio::test]
     async fn a_budget_check_seeks_the_consents_queued_pulls_not_every_queued_pull() {
         let (_dir, store) = sqlite().await;

@@ -20,10 +20,11 @@ pub(super) const CONSENT_COLUMNS: &str = "seq, consent_id, session_id, link_id, 
 
 /// A pull's own columns, and when its next step is planned: the soonest queued job that
 /// works on it, while it is open (a poll queued before a late webhook stays queued until it
-/// runs and finds the pull moved on).
+/// runs and finds the pull moved on). The open states are ORs, not an `IN` list, for which
+/// SQLite would build a temporary b-tree at every read (migration 0011).
 pub(super) const PULL_COLUMNS: &str = "seq, pull_id, consent_id, kind, status, from_date, to_date, upstream_session_id, \
      error_code, error_message, submitted_at, completed_at, data_purged_at, created_at, updated_at, attempts, \
-     last_error, CASE WHEN status IN ('queued', 'submitted', 'fetching') THEN \
+     last_error, CASE WHEN status = 'queued' OR status = 'submitted' OR status = 'fetching' THEN \
      (SELECT MIN(j.run_at) FROM jobs j WHERE j.pull_id = pulls.pull_id AND j.status = 'queued') END \
      AS next_attempt_at";
 
