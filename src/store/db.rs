@@ -87,6 +87,36 @@ impl Dialect {
             }
         }
     }
+
+    /// Expires open pulls created before `$4`, at most `$5`: parameters error code, message,
+    /// `updated_at`, the cutoff and the limit. The sweep runs every 30 s, and the open pulls
+    /// are read through `pulls_open` by age, so a sweep that finds none overdue reads one index
+    /// entry rather than every open pull (SQLite, which keeps no statistics, chose
+    /// `pulls_by_status` and walked them all, on the writer).
+    pub(super) fn expire_overdue(self) -> &'static str {
+        match self {
+            // The single writer runs the read and the update as one, so the update need not
+            // check the state again (which SQLite also answered by walking pulls_by_status).
+            Dialect::Sqlite => {
+                "UPDATE pulls SET status = 'expired', error_code = $1, error_message = $2, updated_at = $3
+                WHERE pull_id IN (
+                    SELECT pull_id FROM pulls INDEXED BY pulls_open
+                    WHERE (status = 'queued' OR status = 'submitted' OR status = 'fetching') AND created_at < $4
+                    LIMIT $5)
+                RETURNING pull_id"
+            }
+            // Another instance may end a pull between the read and the update: the update
+            // checks the state again on the row it locks.
+            Dialect::Postgres => {
+                "UPDATE pulls SET status = 'expired', error_code = $1, error_message = $2, updated_at = $3
+                WHERE status IN ('queued', 'submitted', 'fetching') AND pull_id IN (
+                    SELECT pull_id FROM pulls
+                    WHERE status IN ('queued', 'submitted', 'fetching') AND created_at < $4
+                    LIMIT $5)
+                RETURNING pull_id"
+            }
+        }
+    }
 }
 
 /// How much of the SQLite file each connection reads through a memory map rather than
@@ -1067,6 +1097,23 @@ mod tests {
         // The check itself: an IN list of three states does open one.
         let listed = "EXPLAIN SELECT 1 FROM pulls WHERE pull_id = $1 AND status IN ('a', 'b', 'c')";
         assert_eq!(temporary_btrees(&store, listed).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_sweep_reads_open_pulls_by_age_not_every_open_pull() {
+        let (_dir, store) = sqlite().await;
+        let sql = format!("EXPLAIN QUERY PLAN {}", Dialect::Sqlite.expire_overdue());
+        let plan = plan(&store, &sql).await;
+        assert!(
+            plan.iter().any(|d| d.contains("pulls_open (created_at<?)")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|d| d.contains("pulls_by_status") || d.contains("SCAN")),
+            "{plan:?}"
+        );
     }
 
     #[tokio::test]

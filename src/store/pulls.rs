@@ -479,21 +479,14 @@ impl PullStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<String>> {
         let mut tx = self.write_tx().await?;
-        let expired: Vec<String> = sqlx::query_scalar(
-            "UPDATE pulls SET status = 'expired', error_code = $1, error_message = $2, updated_at = $3
-             WHERE status IN ('queued', 'submitted', 'fetching') AND pull_id IN (
-                SELECT pull_id FROM pulls
-                WHERE status IN ('queued', 'submitted', 'fetching') AND created_at < $4
-                LIMIT $5)
-             RETURNING pull_id",
-        )
-        .bind(code)
-        .bind(message)
-        .bind(to_ms(now))
-        .bind(to_ms(created_before))
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+        let expired: Vec<String> = sqlx::query_scalar(self.dialect.expire_overdue())
+            .bind(code)
+            .bind(message)
+            .bind(to_ms(now))
+            .bind(to_ms(created_before))
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
         for pull_id in &expired {
             cancel_pull_jobs(&mut tx, pull_id, None, now).await?;
             record_pull_event(&mut tx, EventType::PullExpired, pull_id, now).await?;
