@@ -1023,17 +1023,25 @@ mod tests {
         assert_eq!(one, 9);
     }
 
-    /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
-    async fn plan(store: &SqlStore, sql: &str) -> Vec<String> {
-        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sql);
+    /// The text column `column` of each row SQLite gives for `sql` (an `EXPLAIN`), with a
+    /// placeholder bound to each parameter.
+    async fn explained(store: &SqlStore, sql: &str, column: usize) -> Vec<String> {
+        let mut query = sqlx::query(sql);
         for _ in 0..sql.matches(['$', '?']).count() {
             query = query.bind("p");
         }
         let rows = query
             .fetch_all(&mut *store.read().await.expect("reader"))
             .await
-            .expect("plan");
-        rows.into_iter().map(|(.., detail)| detail).collect()
+            .expect("explain");
+        rows.iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, column))
+            .collect()
+    }
+
+    /// SQLite's plan for `sql` (it keeps no statistics, so plans follow the indexes alone).
+    async fn plan(store: &SqlStore, sql: &str) -> Vec<String> {
+        explained(store, sql, 3).await
     }
 
     #[tokio::test]
@@ -1065,17 +1073,8 @@ mod tests {
 
     /// How many temporary b-trees SQLite's program for `sql` can open.
     async fn temporary_btrees(store: &SqlStore, sql: &str) -> usize {
-        let mut query = sqlx::query(sql);
-        for _ in 0..sql.matches('$').count() {
-            query = query.bind("p");
-        }
-        let rows = query
-            .fetch_all(&mut *store.read().await.expect("reader"))
-            .await
-            .expect("explain");
-        rows.iter()
-            .filter(|r| sqlx::Row::get::<String, _>(*r, 1) == "OpenEphemeral")
-            .count()
+        let opcodes = explained(store, sql, 1).await;
+        opcodes.iter().filter(|op| *op == "OpenEphemeral").count()
     }
 
     #[tokio::test]
