@@ -119,11 +119,6 @@ impl Dialect {
     }
 }
 
-/// How much of the SQLite file each connection reads through a memory map rather than
-/// `read()`: every write invalidates the other connections' page caches, and re-reading pages
-/// by system call was a large share of a busy service's CPU (docs/benchmarks.md).
-const MMAP_BYTES: u64 = 64 * 1024 * 1024;
-
 /// WAL pages after which a commit copies the log back into the database file (SQLite's
 /// default is 1,000). A checkpoint copies each page once however often it changed since the
 /// last, and intake changes the same index pages in commit after commit, so checkpointing a
@@ -226,6 +221,11 @@ impl SqlStore {
             // writer's transaction changed, and is freed when the savepoint is released.
             // Temporary tables a query builds move to memory too; the service's are small (the
             // job claim's `IN` list, bounded by its `LIMIT`), and sorts still spill to files.
+            // No memory map (`mmap_size` stays 0): a reader's map is torn down (`munmap`) and
+            // its pages faulted in again whenever it begins a read after another connection's
+            // commit, which the one writer makes hundreds of times a second. With a 64 MiB
+            // map that was ~5% of the CPU end to end, and reads by `pread` cost 8% less a pull
+            // (docs/benchmarks.md, "eighth session").
             // The pool only opens connections (for the readers, the writer, and migrations),
             // so it need not ping them before handing them out.
             let pool = pool
@@ -236,7 +236,7 @@ impl SqlStore {
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON; \
-                                 PRAGMA mmap_size = {MMAP_BYTES}; PRAGMA temp_store = MEMORY; \
+                                 PRAGMA temp_store = MEMORY; \
                                  PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}; \
                                  PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
                             )
@@ -908,6 +908,7 @@ mod tests {
             "wal_autocheckpoint",
             "journal_size_limit",
             "temp_store",
+            "mmap_size",
         ] {
             let row = sqlx::query(&format!("PRAGMA {pragma}"))
                 .fetch_one(&mut *conn)
@@ -927,13 +928,15 @@ mod tests {
     async fn every_connection_is_durable_and_checkpoints_as_configured() {
         let (_dir, store) = sqlite().await;
         // synchronous 2 is FULL: a commit, and so a 200, is on disk. temp_store 2 is MEMORY:
-        // savepoints' sub-journals never become temporary files.
+        // savepoints' sub-journals never become temporary files. mmap_size 0: no memory map,
+        // which every commit would make the readers tear down and fault in again.
         let expected = [
             "wal".to_string(),
             "2".to_string(),
             WAL_CHECKPOINT_PAGES.to_string(),
             WAL_LIMIT_BYTES.to_string(),
             "2".to_string(),
+            "0".to_string(),
         ];
         let mut reader = store.read().await.expect("reader");
         assert_eq!(sqlite_settings(&mut reader).await, expected);
