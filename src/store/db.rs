@@ -945,6 +945,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn marking_a_pull_submitted_looks_for_early_webhooks_without_a_reader() {
+        use crate::store::{JobFilter, JobStore, NewWebhook, PullStore, WebhookStore};
+        let settings = PoolSettings {
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_millis(100),
+        };
+        let (_dir, store) = sqlite_with(settings).await;
+        let now = chrono::Utc::now();
+        // A webhook for the session arrives before the pull is marked submitted with it.
+        let early = NewWebhook {
+            dedupe_key: "early".into(),
+            event_name: Some("ENRICHMENT_NOTIFICATION".into()),
+            upstream_session_id: Some("up-early".into()),
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        store.record_webhooks(&[early], None, now).await.expect("stored");
+        // The only reader is busy: the read travels with the update, on the writer.
+        let held = store.read().await.expect("the reader");
+        store
+            .mark_submitted("pull-1", "up-early", now)
+            .await
+            .expect("marked without a reader");
+        drop(held);
+        let processing = store
+            .list_jobs(&JobFilter {
+                kind: Some("process_webhook".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("jobs");
+        // The intake's job, and the one that processes the early webhook again.
+        assert_eq!(processing.len(), 2, "{processing:?}");
+    }
+
+    #[tokio::test]
     async fn reads_take_turns_on_sqlites_readers_and_give_up_as_an_exhausted_pool_does() {
         let settings = PoolSettings {
             max_connections: 2,
