@@ -960,7 +960,10 @@ mod tests {
             upstream_session_id: Some("up-early".into()),
             body: bytes::Bytes::from_static(b"{}"),
         };
-        store.record_webhooks(&[early], None, now).await.expect("stored");
+        store
+            .record_webhooks(&[early], None, now)
+            .await
+            .expect("stored");
         // The only reader is busy: the read travels with the update, on the writer.
         let held = store.read().await.expect("the reader");
         store
