@@ -279,9 +279,10 @@ impl SqlStore {
         self.begin_write(false).await
     }
 
-    /// [`SqlStore::write_tx`] for one statement (on SQLite; Postgres may lock rows first),
-    /// which shares the commit without a savepoint of its own ([`Writer::begin`]): a call to
-    /// the database fewer. A second statement fails a debug assertion.
+    /// [`SqlStore::write_tx`] for one call whose only write is one statement (on SQLite;
+    /// Postgres may lock rows first; reads may follow it in the call), which shares the commit
+    /// without a savepoint of its own ([`Writer::begin`]): a call to the database fewer. A
+    /// second call fails a debug assertion.
     pub(super) async fn one_statement_tx(&self) -> StoreResult<WriteTx> {
         self.begin_write(true).await
     }
