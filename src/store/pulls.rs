@@ -293,44 +293,35 @@ impl PullStore for SqlStore {
         // both this read and its own processing, a webhook is processed twice, which changes
         // nothing; what matters is that one of them sees it.
         const EARLY: &str = "SELECT id FROM webhook_inbox WHERE upstream_session_id = $1";
-        let mut tx = self.one_statement_tx().await?;
-        let early: Vec<i64> = match self.dialect {
-            Dialect::Sqlite => {
-                // The one writer holds SQLite's write lock from this read until the commit
-                // that holds the update, so a webhook stored after the read is processed after
-                // that commit and finds the pull submitted. The read travels in the update's
-                // call and needs no reader connection: one call a pull fewer
-                // (docs/benchmarks.md, "eighth session").
-                let early = sqlx::query_scalar(&format!("{SUBMITTED}; {EARLY}"))
-                    .bind(upstream_session_id)
-                    .bind(to_ms(now))
-                    .bind(to_ms(now))
-                    .bind(pull_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                early
-            }
-            Dialect::Postgres => {
-                sqlx::query(SUBMITTED)
-                    .bind(upstream_session_id)
-                    .bind(to_ms(now))
-                    .bind(to_ms(now))
-                    .bind(pull_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                // Looked for only after the commit: a webhook whose processing ran before
-                // the commit was itself committed before that processing, so this read sees
-                // it. (Read inside the transaction, it could miss a webhook committed just
-                // after the read whose processing then ran just before this commit, and that
-                // pull waited for its poll.)
-                sqlx::query_scalar(EARLY)
-                    .bind(upstream_session_id)
-                    .fetch_all(&mut *self.read().await?)
-                    .await?
-            }
+        // On SQLite the one writer holds the write lock from this read until the commit that
+        // holds the update, so a webhook stored after the read is processed after that commit
+        // and finds the pull submitted: the read travels in the update's call and needs no
+        // reader connection, one call a pull fewer (docs/benchmarks.md, "eighth session").
+        // Postgres takes one statement a call, and looks after the commit (below).
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!("{SUBMITTED}; {EARLY}"),
+            Dialect::Postgres => SUBMITTED.to_string(),
         };
+        let mut tx = self.one_statement_tx().await?;
+        let mut early: Vec<i64> = sqlx::query_scalar(&sql)
+            .bind(upstream_session_id)
+            .bind(to_ms(now))
+            .bind(to_ms(now))
+            .bind(pull_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if self.dialect == Dialect::Postgres {
+            // Looked for only after the commit: a webhook whose processing ran before the
+            // commit was itself committed before that processing, so this read sees it. (Read
+            // inside the transaction, it could miss a webhook committed just after the read
+            // whose processing then ran just before this commit, and that pull waited for its
+            // poll.)
+            early = sqlx::query_scalar(EARLY)
+                .bind(upstream_session_id)
+                .fetch_all(&mut *self.read().await?)
+                .await?;
+        }
         if !early.is_empty() {
             let job = NewJob::new(Task::ProcessWebhook { inbox_ids: early }, now);
             insert_job(&mut *self.write_conn().await?, &job, now).await?;
