@@ -240,10 +240,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// mimalloc rather than glibc's malloc: glibc's was 15–17% of the CPU under load (every
-/// request and SQLite call allocates; `malloc_consolidate` ran at each buffer of 1 KiB or
-/// more), and with mimalloc a webhook costs ~13% and a pull ~4% less CPU for 3–6 MiB more RSS
-/// (docs/benchmarks.md, "ninth session"). Built without transparent huge pages (`no_thp` in
+/// mimalloc rather than glibc's malloc: glibc's was 15–17% of the CPU under load (hyper's
+/// buffers, axum's responses and every row sqlx hands over allocate; `malloc_consolidate` ran
+/// whenever a block of 1 KiB or more was asked for), and with mimalloc a webhook costs ~13%
+/// and a pull ~4% less CPU for 3–6 MiB more RSS (docs/benchmarks.md, "ninth session"). SQLite's
+/// own C code still allocates through glibc. Built without transparent huge pages (`no_thp` in
 /// Cargo.toml), which cost more than twice the RSS end to end.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
