@@ -22,8 +22,8 @@ for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null &&
 echo "== GET /healthz (no database)"
 wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/healthz" | grep -E "Requests/sec|99%"
 echo "== POST /webhooks/bankconnect (verify, commit to the inbox with its job, then 200)"
-# Busy and idle jiffies of the machine, and the service's user+system jiffies.
-machine() { awk '/^cpu /{print $2+$3+$4+$6+$7+$8, $5}' /proc/stat; }
+# Busy and idle (with I/O wait) jiffies of the machine, and the service's user+system jiffies.
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
 service() { awk '{print $14+$15}' "/proc/$server/stat"; }
 read -r busy0 idle0 < <(machine)
 cpu0=$(service)
