@@ -4,7 +4,8 @@
 #   cargo build --release && benches/webhook_intake.sh [seconds] [connections]
 #   BIN=/tmp/other-build benches/webhook_intake.sh    # another build, for a side-by-side pair
 # Besides wrk's figures it prints the service's CPU a webhook (from /proc/PID/stat), its peak
-# RSS, and how idle the machine was: with wrk's cheap client the two cores are what runs out.
+# RSS, how idle the machine was, and the service's count of deliveries accepted (stored),
+# duplicate and rejected, which shows that every request was a new delivery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -39,3 +40,8 @@ awk -v c=$((cpu1 - cpu0)) -v n="$requests" -v hz="$hz" -v s="$secs" \
   -v rss="$(awk '/VmHWM/{print $2}' "/proc/$server/status")" \
   'BEGIN { printf "service CPU %.1f us a webhook (%.2f cores); peak RSS %.1f MiB; machine idle %.0f%%\n",
            c / hz * 1e6 / n, c / hz / s, rss / 1024, 100 * i / (b + i) }'
+# Every request must be a new delivery: a duplicate is acknowledged without being stored, so
+# duplicates would flatter the rate.
+curl -sf "http://127.0.0.1:$port/metrics" |
+  awk '/^aa_recurring_webhooks_total\{/ { split($1, l, "\""); n[l[2]] = $2 }
+       END { printf "deliveries: %d accepted, %d duplicate, %d rejected\n", n["accepted"], n["duplicate"], n["rejected"] }'
