@@ -66,11 +66,19 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        // Load shedding: past the limit a request is refused at once with 503 and
-        // Retry-After, never queued; one that runs too long is cut off the same way. A stored
-        // payload streams after its headers are sent, so streaming is not cut off.
+        // One `layer` call for the whole stack: each `Router::layer` boxes every route again,
+        // which costs an allocation and a clone per request. Outermost first: a panic anywhere
+        // is caught; the request id is set before the span and the log lines that carry it.
+        // Load shedding: past the limit a request is refused at once with 503 and Retry-After,
+        // never queued; one that runs too long is cut off the same way. A stored payload
+        // streams after its headers are sent, so streaming is not cut off.
         .layer(
             ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panicked))
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(middleware::from_fn_with_state(state.clone(), observe))
                 .layer(HandleErrorLayer::new(overloaded))
                 .load_shed()
                 .layer(GlobalConcurrencyLimitLayer::new(
@@ -78,11 +86,6 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .timeout(config.request_timeout),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
 
