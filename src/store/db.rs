@@ -1396,6 +1396,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unhurried_work_rides_on_the_next_writers_commit_or_commits_after_its_wait() {
+        let (_dir, store, writer) = scratch().await;
+        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
+        let before = writer.stats();
+        let started = std::time::Instant::now();
+        let mut outcome = store.write_tx().await.expect("begin");
+        insert("outcome")
+            .execute(&mut *outcome)
+            .await
+            .expect("insert");
+        let unhurried = tokio::spawn(outcome.commit_within(Duration::from_secs(30)));
+        // Nobody was waiting for the turn, and the work does not commit by itself.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            writer.stats().commits,
+            before.commits,
+            "no commit of its own"
+        );
+        let mut next = store.write_tx().await.expect("join");
+        insert("next").execute(&mut *next).await.expect("insert");
+        next.commit().await.expect("commit");
+        unhurried
+            .await
+            .expect("task")
+            .expect("committed with the next");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "returned when the next commit held it, not at the end of its wait"
+        );
+        let after = writer.stats();
+        assert_eq!(after.commits - before.commits, 1, "one commit");
+        assert_eq!(after.transactions - before.transactions, 2, "holding both");
+
+        // With no other writer, it commits alone once its wait is over.
+        let mut alone = store.write_tx().await.expect("begin");
+        insert("alone").execute(&mut *alone).await.expect("insert");
+        let waited = std::time::Instant::now();
+        alone
+            .commit_within(Duration::from_millis(20))
+            .await
+            .expect("committed after its wait");
+        assert!(waited.elapsed() >= Duration::from_millis(20));
+        assert_eq!(writer.stats().commits - after.commits, 1);
+        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
+            .fetch_all(&mut *store.read().await.expect("reader"))
+            .await
+            .expect("read");
+        keys.sort();
+        assert_eq!(keys, ["alone", "next", "outcome"]);
+    }
+
+    #[tokio::test]
     async fn one_statement_writers_share_the_commit_without_a_savepoint_and_keep_the_groups_work() {
         let (_dir, store, writer) = scratch().await;
         sqlx::query("CREATE UNIQUE INDEX t_k ON t (k)")

@@ -214,7 +214,8 @@ impl JobStore for SqlStore {
                 finish_one(&mut tx, *job_id, owner, outcome, now).await?;
             }
         }
-        tx.commit().await?;
+        // Outcomes are written after the work they record: they can share the next commit.
+        tx.commit_unhurried().await?;
         Ok(())
     }
 

@@ -25,15 +25,19 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sqlx::any::AnyQueryResult;
 use sqlx::{AnyConnection, AnyPool};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use super::{StoreError, StoreResult, WriterStats};
 
 /// The most write transactions one SQLite commit holds.
 const GROUP_MAX: usize = 64;
+/// How long unhurried work ([`WriteTx::commit_unhurried`]) waits for another writer to
+/// commit it: about one group commit's cycle under load.
+const UNHURRIED: Duration = Duration::from_millis(2);
 
 /// The process's SQLite writer: its connection and the turn to use it.
 pub(super) struct Writer {
@@ -81,12 +85,45 @@ enum Undo {
 struct Group {
     id: u64,
     members: usize,
-    outcome: Arc<OnceLock<Result<(), String>>>,
+    outcome: Arc<Outcome>,
     /// The last writer to finish left its savepoint for the next call to release.
     unreleased: bool,
 }
 
 type Turn = OwnedMutexGuard<WriterConn>;
+
+/// How a shared transaction ended, set once, for the writers whose work it holds.
+#[derive(Default)]
+struct Outcome {
+    value: OnceLock<Result<(), String>>,
+    settled: Notify,
+}
+
+impl Outcome {
+    fn set(&self, outcome: Result<(), String>) {
+        if self.value.set(outcome).is_ok() {
+            self.settled.notify_waiters();
+        }
+    }
+
+    fn get(&self) -> Option<&Result<(), String>> {
+        self.value.get()
+    }
+
+    /// Returns once the outcome is set.
+    async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `set` between the two is not missed.
+            notified.as_mut().enable();
+            if self.value.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 impl Writer {
     pub(super) fn new(wal: Option<PathBuf>) -> Self {
@@ -231,7 +268,7 @@ impl Writer {
         Group {
             id: self.groups.fetch_add(1, SeqCst),
             members: 0,
-            outcome: Arc::new(OnceLock::new()),
+            outcome: Arc::default(),
             unreleased: false,
         }
     }
@@ -240,7 +277,7 @@ impl Writer {
     fn committed(&self, group: Group) {
         self.commits.fetch_add(1, SeqCst);
         self.transactions.fetch_add(group.members as u64, SeqCst);
-        let _ = group.outcome.set(Ok(()));
+        group.outcome.set(Ok(()));
     }
 
     /// Commits the shared transaction and tells its writers how it went.
@@ -254,7 +291,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                let _ = group.outcome.set(Err(e.to_string()));
+                group.outcome.set(Err(e.to_string()));
                 turn.undo = Undo::Everything;
                 close_if_broken(turn, &e);
                 Err(e)
@@ -315,7 +352,7 @@ async fn settle(turn: &mut Turn) -> StoreResult<()> {
 /// Ends the shared transaction without committing it; its writers get `why`.
 fn abandon(turn: &mut Turn, why: &str) {
     if let Some(group) = turn.group.take() {
-        let _ = group.outcome.set(Err(why.to_string()));
+        group.outcome.set(Err(why.to_string()));
     }
 }
 
@@ -372,7 +409,18 @@ impl WriteTx {
 
     /// Returns once the work is committed to disk, with the outcome of the commit that
     /// holds it.
-    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.commit_after(None).await
+    }
+
+    /// [`WriteTx::commit`] for work nobody is waiting on, such as job outcomes: on SQLite it
+    /// rides on the next writer's commit, or is committed after [`UNHURRIED`] if none comes
+    /// first, so that it does not take a commit (an fsync) of its own from a busy writer.
+    pub(super) async fn commit_unhurried(self) -> Result<(), sqlx::Error> {
+        self.commit_after(Some(UNHURRIED)).await
+    }
+
+    async fn commit_after(mut self, wait: Option<Duration>) -> Result<(), sqlx::Error> {
         let (writer, pool, savepoint, mut turn) = match &mut self.0 {
             TxInner::Pooled(tx) => return tx.take().expect("committed once").commit().await,
             TxInner::Writer {
@@ -396,16 +444,24 @@ impl WriteTx {
             group.unreleased = true;
         }
         let (id, outcome) = (group.id, group.outcome.clone());
-        if writer.waiting.load(SeqCst) == 0 || group.members >= GROUP_MAX {
+        let waiting = writer.waiting.load(SeqCst) > 0;
+        if (!waiting && wait.is_none()) || group.members >= GROUP_MAX {
             return writer.commit_group(&mut turn).await;
         }
-        // Others are waiting: let them add their work, then commit it all with theirs. In a
-        // task of its own, so that a caller that stops waiting cannot leave the shared
-        // transaction without anyone to commit it.
+        // Others are waiting (or the work can wait for others): let them add their work, then
+        // commit it all with theirs. In a task of its own, so that a caller that stops waiting
+        // cannot leave the shared transaction without anyone to commit it.
         drop(turn);
         let finish = tokio::spawn(async move {
-            let entered = writer.enter(&pool, false).await;
-            if let Ok(mut turn) = entered
+            if let Some(wait) = wait.filter(|_| !waiting) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = outcome.settled() => {}
+                }
+            }
+            // Unless a writer that came meanwhile has committed it (or failed to).
+            if outcome.get().is_none()
+                && let Ok(mut turn) = writer.enter(&pool, false).await
                 && turn.group.as_ref().is_some_and(|g| g.id == id)
             {
                 return writer.commit_group(&mut turn).await;
@@ -424,6 +480,14 @@ impl WriteTx {
         finish
             .await
             .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e.to_string()))))
+    }
+}
+
+#[cfg(test)]
+impl WriteTx {
+    /// [`WriteTx::commit_unhurried`], waiting `wait` for another writer.
+    pub(super) async fn commit_within(self, wait: Duration) -> Result<(), sqlx::Error> {
+        self.commit_after(Some(wait)).await
     }
 }
 
