@@ -13,7 +13,8 @@
 //!   that writers share while others are waiting for the turn. A writer that finishes while
 //!   others wait passes the turn on; the transaction is committed
 //!   (one fsync under `synchronous=FULL`) by the first of its writers to get the turn back,
-//!   or at once when nobody waits or [`GROUP_MAX`] writers share it. `commit` returns only
+//!   or at once when nobody waits or [`GROUP_MAX`] writers share it (unhurried work, such as
+//!   job outcomes, waits up to [`UNHURRIED`] for a writer to come). `commit` returns only
 //!   after the commit that holds its work, with that commit's outcome, so "committed" still
 //!   means on disk. A transaction dropped without commit rolls back to its savepoint and
 //!   takes nothing of the others' work with it. A finished writer's savepoint is released by
@@ -413,9 +414,10 @@ impl WriteTx {
         self.commit_after(None).await
     }
 
-    /// [`WriteTx::commit`] for work nobody is waiting on, such as job outcomes: on SQLite it
-    /// rides on the next writer's commit, or is committed after [`UNHURRIED`] if none comes
-    /// first, so that it does not take a commit (an fsync) of its own from a busy writer.
+    /// [`WriteTx::commit`] for work whose caller can wait a little, such as job outcomes: on
+    /// SQLite it rides on the next writer's commit, or is committed after [`UNHURRIED`] if
+    /// none comes first, so that it does not take a commit (an fsync) of its own from a busy
+    /// writer. It returns as soon as the commit that holds it is done.
     pub(super) async fn commit_unhurried(self) -> Result<(), sqlx::Error> {
         self.commit_after(Some(UNHURRIED)).await
     }
