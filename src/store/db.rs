@@ -1378,12 +1378,7 @@ mod tests {
         dropped.await.expect("task");
         last.await.expect("task").expect("its commit");
 
-        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
-            .fetch_all(&mut *store.read().await.expect("reader"))
-            .await
-            .expect("read");
-        keys.sort();
-        assert_eq!(keys, ["first", "last", "second"]);
+        assert_eq!(keys(&store).await, ["first", "last", "second"]);
         assert_eq!(
             writer.counts().1 - groups_before,
             1,
@@ -1439,12 +1434,7 @@ mod tests {
             .expect("committed after its wait");
         assert!(waited.elapsed() >= Duration::from_millis(20));
         assert_eq!(writer.stats().commits - after.commits, 1);
-        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
-            .fetch_all(&mut *store.read().await.expect("reader"))
-            .await
-            .expect("read");
-        keys.sort();
-        assert_eq!(keys, ["alone", "next", "outcome"]);
+        assert_eq!(keys(&store).await, ["alone", "next", "outcome"]);
     }
 
     #[tokio::test]
@@ -1526,12 +1516,7 @@ mod tests {
             task.await.expect("task").expect("its commit");
         }
 
-        let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
-            .fetch_all(&mut *store.read().await.expect("reader"))
-            .await
-            .expect("read");
-        keys.sort();
-        assert_eq!(keys, ["first", "last", "one", "stands"]);
+        assert_eq!(keys(&store).await, ["first", "last", "one", "stands"]);
         assert_eq!(writer.counts().1 - groups_before, 1, "one transaction");
         let after = writer.stats();
         assert_eq!(after.commits - before.commits, 1, "one commit");
@@ -1584,11 +1569,7 @@ mod tests {
         assert!(first.commit().await.is_err(), "the lost work is reported");
         failed.await.expect("task");
         last.await.expect("task").expect("its own commit");
-        let keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
-            .fetch_all(&mut *store.read().await.expect("reader"))
-            .await
-            .expect("read");
-        assert_eq!(keys, ["last"]);
+        assert_eq!(keys(&store).await, ["last"]);
     }
 
     #[cfg(debug_assertions)]
