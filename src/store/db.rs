@@ -14,7 +14,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 use super::rows::*;
-use super::writer::{FusedTx, WriteConn, WriteTx, Writer};
+use super::writer::{FusedTx, Open, WriteConn, WriteTx, Writer};
 use super::*;
 use crate::domain::fair_use::Budget;
 use crate::domain::pull::Pull;
@@ -276,7 +276,14 @@ impl SqlStore {
     /// A write transaction. On SQLite it runs in this process's turn to write and may share
     /// its commit with the writers queued behind it ([`Writer`]).
     pub(super) async fn write_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(false).await
+        self.begin_write(Open::Now).await
+    }
+
+    /// [`SqlStore::write_tx`] whose opening (on SQLite: `BEGIN IMMEDIATE` or a savepoint)
+    /// travels with its first statement, a call to the database fewer: that statement's SQL
+    /// must start with [`WriteTx::opening`] (a debug assertion stops one that does not).
+    pub(super) async fn lazy_write_tx(&self) -> StoreResult<WriteTx> {
+        self.begin_write(Open::WithFirstStatement).await
     }
 
     /// [`SqlStore::write_tx`] for one call whose only write is one statement (on SQLite;
@@ -284,12 +291,12 @@ impl SqlStore {
     /// without a savepoint of its own ([`Writer::begin`]): a call to the database fewer. A
     /// second call fails a debug assertion.
     pub(super) async fn one_statement_tx(&self) -> StoreResult<WriteTx> {
-        self.begin_write(true).await
+        self.begin_write(Open::OneStatement).await
     }
 
-    async fn begin_write(&self, one_statement: bool) -> StoreResult<WriteTx> {
+    async fn begin_write(&self, open: Open) -> StoreResult<WriteTx> {
         match &self.writer {
-            Some(writer) => writer.begin(&self.pool, one_statement).await,
+            Some(writer) => writer.begin(&self.pool, open).await,
             None => Ok(WriteTx::pooled(self.pool.begin().await?)),
         }
     }
@@ -629,14 +636,17 @@ fn bind_new_pull<'q>(
 /// which runs only if the pull's did (`changes()`), goes in the same call: each call is a
 /// round trip to the connection's thread. False when the budget is spent.
 pub(super) async fn insert_pull_within_budget(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     new: &NewPull,
     job: &NewJob,
 ) -> StoreResult<bool> {
     let columns = NEW_PULL_COLUMNS.split(',').count();
     let params = columns + 2 * new.budget.len();
+    // Told by the row it returns, not by `rows_affected`: the call may carry the
+    // transaction's opening (`WriteTx::opening`).
     let mut sql = format!(
-        "INSERT INTO pulls ({NEW_PULL_COLUMNS}) SELECT {} WHERE {}",
+        "{}INSERT INTO pulls ({NEW_PULL_COLUMNS}) SELECT {} WHERE {} RETURNING seq",
+        tx.opening(),
         (1..=columns)
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
@@ -644,7 +654,7 @@ pub(super) async fn insert_pull_within_budget(
         // The consent is the second column.
         fits_budget(new.budget.len(), true, 2, columns + 1)
     );
-    let sqlite = Dialect::of(conn) == Dialect::Sqlite;
+    let sqlite = Dialect::of(tx) == Dialect::Sqlite;
     if sqlite {
         // Numbered, as the statement before it is: sqlx counts only anonymous parameters
         // across the statements of a call.
@@ -663,12 +673,12 @@ pub(super) async fn insert_pull_within_budget(
     if sqlite {
         insert = bind_new_job(insert, job, new.pull.created_at);
     }
-    // With SQLite's job, two rows or none.
-    if insert.execute(&mut *conn).await?.rows_affected() == 0 {
+    // All of the call's statements run (as `fetch_optional` would not promise).
+    if insert.fetch_all(&mut **tx).await?.is_empty() {
         return Ok(false);
     }
     if !sqlite {
-        insert_job(conn, job, new.pull.created_at).await?;
+        insert_job(tx, job, new.pull.created_at).await?;
     }
     Ok(true)
 }
@@ -1570,6 +1580,199 @@ mod tests {
         failed.await.expect("task");
         last.await.expect("task").expect("its own commit");
         assert_eq!(keys(&store).await, ["last"]);
+    }
+
+    #[tokio::test]
+    async fn lazy_writers_open_with_their_first_statement_and_a_dropped_one_takes_only_its_own_work()
+     {
+        let (_dir, store, writer) = scratch().await;
+        async fn insert(tx: &mut WriteTx, k: &str) -> Result<(), sqlx::Error> {
+            let sql = format!("{}INSERT INTO t (k) VALUES ($1)", tx.opening());
+            sqlx::query(&sql).bind(k).execute(&mut **tx).await.map(drop)
+        }
+        let (_, groups_before) = writer.counts();
+        let (before, controls_before) = (writer.stats(), writer.controls().await);
+
+        let mut first = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('first')")
+            .execute(&mut *first)
+            .await
+            .expect("insert");
+        let mut queued = vec![];
+        let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
+        let waiting = |n| {
+            let writer = writer.clone();
+            async move {
+                while writer.counts().0 < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        // Queued behind the first, in this order: a lazy writer that commits…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.lazy_write_tx().await.expect("join");
+                insert(&mut tx, "kept").await.expect("insert");
+                tx.commit().await.map_err(|e| e.to_string())
+            }
+        }));
+        waiting(1).await;
+        // …one dropped after its statement, whose opening released the last one's savepoint:
+        // its undo keeps that writer's work…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.lazy_write_tx().await.expect("join");
+                insert(&mut tx, "dropped").await.expect("insert");
+                Ok(())
+            }
+        }));
+        waiting(2).await;
+        // …one dropped before any statement, which sends nothing and leaves nothing to undo…
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                drop(store.lazy_write_tx().await.expect("join"));
+                Ok(())
+            }
+        }));
+        waiting(3).await;
+        // …and a writer that opens in a call of its own.
+        queue(tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                insert(&mut tx, "last").await.expect("insert");
+                tx.commit().await.map_err(|e| e.to_string())
+            }
+        }));
+        waiting(4).await;
+        first.commit().await.expect("the shared commit");
+        for task in queued {
+            task.await.expect("task").expect("its commit");
+        }
+
+        assert_eq!(keys(&store).await, ["first", "kept", "last"]);
+        assert_eq!(writer.counts().1 - groups_before, 1, "one transaction");
+        let after = writer.stats();
+        assert_eq!(after.commits - before.commits, 1, "one commit");
+        assert_eq!(after.transactions - before.transactions, 3);
+        // `BEGIN IMMEDIATE`, the dropped writer's undo, the last writer's savepoint and the
+        // `COMMIT`: the lazy writers opened in their statements' calls.
+        assert_eq!(writer.controls().await - controls_before, 4);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_writer_alone_begins_the_transaction_in_its_first_call() {
+        let (_dir, store, writer) = scratch().await;
+        let (before, controls_before) = (writer.stats(), writer.controls().await);
+        let mut tx = store.lazy_write_tx().await.expect("begin");
+        sqlx::query(&format!(
+            "{}INSERT INTO t (k) VALUES ('alone')",
+            tx.opening()
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+        tx.commit().await.expect("commit");
+        assert_eq!(writer.stats().commits - before.commits, 1);
+        assert_eq!(
+            writer.controls().await - controls_before,
+            1,
+            "the COMMIT alone"
+        );
+        // Committed without a statement: nothing is sent, and nothing was to commit.
+        let tx = store.lazy_write_tx().await.expect("begin");
+        tx.commit().await.expect("nothing to commit");
+        assert_eq!(writer.stats().commits - before.commits, 1);
+        assert_eq!(writer.controls().await - controls_before, 1);
+        // Dropped after its first call: all of it is rolled back.
+        let mut tx = store.lazy_write_tx().await.expect("begin");
+        sqlx::query(&format!(
+            "{}INSERT INTO t (k) VALUES ('dropped')",
+            tx.opening()
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+        drop(tx);
+        assert_eq!(store.console_key("after").await.expect("key"), "after");
+        assert_eq!(keys(&store).await, ["alone"]);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_writer_whose_first_call_may_not_have_run_never_undoes_an_earlier_writers_work()
+    {
+        let (_dir, store, writer) = scratch().await;
+        let mut first = store.write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('first')")
+            .execute(&mut *first)
+            .await
+            .expect("insert");
+        // A writer that commits, leaving its savepoint for the next to release…
+        let earlier = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                sqlx::query("INSERT INTO t (k) VALUES ('earlier')")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                tx.commit().await
+            }
+        });
+        while writer.counts().0 < 1 {
+            tokio::task::yield_now().await;
+        }
+        // …then a lazy writer that took its opening and the connection, and was dropped
+        // before its call reached SQLite (as a cancelled future is)…
+        let cancelled = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.lazy_write_tx().await.expect("join");
+                assert!(tx.opening().starts_with("RELEASE member; SAVEPOINT lazy"));
+                let _ = &mut *tx;
+            }
+        });
+        while writer.counts().0 < 2 {
+            tokio::task::yield_now().await;
+        }
+        let next = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_tx().await.expect("join");
+                sqlx::query("INSERT INTO t (k) VALUES ('next')")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                tx.commit().await
+            }
+        });
+        while writer.counts().0 < 3 {
+            tokio::task::yield_now().await;
+        }
+        // Its undo cannot tell whether its savepoint exists: rolling back to its own name
+        // fails, and the shared transaction is rolled back with its writers told, rather than
+        // the earlier writer's work undone under a commit that says it is kept.
+        let first_outcome = first.commit().await;
+        let earlier_outcome = earlier.await.expect("task");
+        cancelled.await.expect("task");
+        next.await.expect("task").expect("its own commit");
+        assert!(first_outcome.is_err() && earlier_outcome.is_err());
+        assert_eq!(keys(&store).await, ["next"]);
+    }
+
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    #[should_panic(expected = "a statement ran before the transaction's opening")]
+    async fn a_lazy_writers_first_statement_must_carry_its_opening() {
+        let (_dir, store, _writer) = scratch().await;
+        let mut tx = store.lazy_write_tx().await.expect("begin");
+        sqlx::query("INSERT INTO t (k) VALUES ('no opening')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
     }
 
     #[cfg(debug_assertions)]

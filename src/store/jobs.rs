@@ -117,8 +117,8 @@ impl JobStore for SqlStore {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<Job>> {
-        let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(self.dialect.claim_jobs())
+        let mut tx = self.lazy_write_tx().await?;
+        let rows = sqlx::query(&format!("{}{}", tx.opening(), self.dialect.claim_jobs()))
             .bind(owner)
             .bind(to_ms(lease_until))
             .bind(to_ms(now))
@@ -193,7 +193,7 @@ impl JobStore for SqlStore {
         batch: &[(i64, JobOutcome)],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.lazy_write_tx().await?;
         // Most outcomes are `done`, which touches nothing but the job: one statement for all
         // of them. The rest may change their pull too, one by one.
         let done: Vec<i64> = batch
@@ -202,13 +202,14 @@ impl JobStore for SqlStore {
             .map(|(id, _)| *id)
             .collect();
         if !done.is_empty() {
-            let sql = self.dialect.finish_done(done.len());
+            let sql = format!("{}{}", tx.opening(), self.dialect.finish_done(done.len()));
             let mut query = sqlx::query(&sql).bind(to_ms(now));
             for id in &done {
                 query = query.bind(*id);
             }
             query.bind(owner).execute(&mut *tx).await?;
         }
+        tx.open_now().await?;
         for (job_id, outcome) in batch {
             if !matches!(outcome, JobOutcome::Done) {
                 finish_one(&mut tx, *job_id, owner, outcome, now).await?;

@@ -117,19 +117,20 @@ pub trait PullStore: Send + Sync {
 impl PullStore for SqlStore {
     async fn create_pull(&self, new: &NewPull, job: &NewJob) -> StoreResult<CreatePull> {
         let p = &new.pull;
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.lazy_write_tx().await?;
         lock_consent(self.dialect, &mut tx, &p.consent_id).await?;
         if let Some(key) = &new.idempotency_key {
             let row = sqlx::query(&format!(
-                "SELECT {PULL_COLUMNS}, request_hash FROM pulls WHERE consent_id = $1 AND idempotency_key = $2"
+                "{}SELECT {PULL_COLUMNS}, request_hash FROM pulls WHERE consent_id = $1 AND idempotency_key = $2",
+                tx.opening()
             ))
             .bind(&p.consent_id)
             .bind(key)
-            .fetch_optional(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            if let Some(row) = row {
+            if let Some(row) = row.first() {
                 let hash: Option<String> = row.try_get("request_hash")?;
-                let (_, pull) = pull_from_row(&row)?;
+                let (_, pull) = pull_from_row(row)?;
                 tx.commit().await?;
                 return Ok(CreatePull::Existing {
                     pull,
@@ -340,10 +341,11 @@ impl PullStore for SqlStore {
         if pull_ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.lazy_write_tx().await?;
         let sql = format!(
-            "UPDATE pulls SET status = 'fetching', updated_at = {}
+            "{}UPDATE pulls SET status = 'fetching', updated_at = {}
              WHERE pull_id IN {} AND status = 'submitted' RETURNING pull_id",
+            tx.opening(),
             self.dialect.param(1),
             self.dialect.values_list_after(1, 1, pull_ids.len())
         );
@@ -450,31 +452,51 @@ impl PullStore for SqlStore {
         timeline: &[TimelineEntry],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        // The data, then the pull marked completed; on SQLite in one call, which carries the
+        // transaction's opening too.
+        const STORE: &str =
             "INSERT INTO pull_data (pull_id, kind, content_encoding, body, raw_size, fetched_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pull_id) DO NOTHING",
-        )
-        .bind(&d.pull_id)
-        .bind(d.kind.as_str())
-        .bind(&d.content_encoding)
-        .bind(&d.body)
-        .bind(d.raw_size)
-        .bind(to_ms(d.fetched_at))
-        .execute(&mut *tx)
-        .await?;
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pull_id) DO NOTHING";
+        let complete = |p: usize| {
+            format!(
+                "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, ${p}),
+                        updated_at = ${p}, error_code = NULL, error_message = NULL
+                 WHERE pull_id = ${} AND status IN ('submitted', 'fetching')
+                 RETURNING {PULL_COLUMNS}, {PULL_LINK_ID}",
+                p + 1
+            )
+        };
+        let store = |sql| {
+            sqlx::query(sql)
+                .bind(&d.pull_id)
+                .bind(d.kind.as_str())
+                .bind(&d.content_encoding)
+                .bind(&d.body)
+                .bind(d.raw_size)
+                .bind(to_ms(d.fetched_at))
+        };
+        let mut tx = self.lazy_write_tx().await?;
+        let completed = match self.dialect {
+            Dialect::Sqlite => {
+                let sql = format!("{}{STORE}; {}", tx.opening(), complete(7));
+                let rows = store(&sql)
+                    .bind(to_ms(now))
+                    .bind(&d.pull_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                rows.into_iter().next()
+            }
+            // Postgres takes statements with parameters one at a time.
+            Dialect::Postgres => {
+                store(STORE).execute(&mut *tx).await?;
+                sqlx::query(&complete(1))
+                    .bind(to_ms(now))
+                    .bind(&d.pull_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
+        };
         insert_timeline(&mut tx, consent_id, timeline, d.fetched_at).await?;
-        let completed = sqlx::query(&format!(
-            "UPDATE pulls SET status = 'completed', completed_at = COALESCE(completed_at, $1), updated_at = $2,
-                    error_code = NULL, error_message = NULL
-             WHERE pull_id = $3 AND status IN ('submitted', 'fetching')
-             RETURNING {PULL_COLUMNS}, {PULL_LINK_ID}"
-        ))
-        .bind(to_ms(now))
-        .bind(to_ms(now))
-        .bind(&d.pull_id)
-        .fetch_optional(&mut *tx)
-        .await?;
         if let Some(pull) = &completed {
             record_pull_event_from(&mut tx, EventType::PullCompleted, pull, now).await?;
         }

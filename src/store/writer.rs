@@ -22,6 +22,11 @@
 //!   or by the `COMMIT`: each call is a round trip to the connection's thread, and the
 //!   release needs none of its own. (Leaving savepoints open to nest instead was slower:
 //!   SQLite keeps an inner savepoint's page copies until the outermost is released.)
+//! - **Openings that travel.** A transaction begun with [`Open::WithFirstStatement`] sends
+//!   its `BEGIN IMMEDIATE` or savepoint at the start of its first statement's call
+//!   ([`WriteTx::opening`]) rather than in a call of its own. Its savepoint is named apart
+//!   from the one it releases ([`Savepoint`]), so that undoing it can never reach an earlier
+//!   writer's work, even when its first call never reached SQLite.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -62,6 +67,8 @@ pub(super) struct WriterConn {
     conn: Option<AnyConnection>,
     group: Option<Group>,
     undo: Undo,
+    /// Calls of the writer's own (openings, commits, undos), for the tests that count them.
+    controls: u64,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +76,7 @@ enum Undo {
     #[default]
     Nothing,
     /// A writer's transaction was dropped without commit: roll back to its savepoint.
-    Member,
+    Savepoint(Savepoint),
     /// A [`FusedTx`] in a shared transaction failed or was dropped: roll back to its
     /// savepoint, named apart from the writers' so that it can never be mistaken for the
     /// last writer's, left open below it.
@@ -82,13 +89,75 @@ enum Undo {
     Check,
 }
 
+/// How a write transaction opens in the writer's shared transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Open {
+    /// In a call of its own, before the transaction is handed out.
+    Now,
+    /// Joining without a savepoint: the transaction may run one statement ([`Writer::begin`]).
+    OneStatement,
+    /// At the start of its first statement's call, which must begin with
+    /// [`WriteTx::opening`]: a call to the database fewer.
+    WithFirstStatement,
+}
+
+/// The savepoints writers open in a shared transaction. A transaction whose opening travels
+/// with its first statement takes a name other than the one its opening releases: if that
+/// call never reached SQLite, rolling back to its name fails (and the shared transaction is
+/// rolled back, its writers told) instead of undoing the earlier writer's committed work.
+/// At most one writer's savepoint is left open at a time, so two such names suffice.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Savepoint {
+    Member,
+    Lazy,
+    Lazy2,
+}
+
+impl Savepoint {
+    /// A name for a transaction whose opening releases `released`.
+    fn apart_from(released: Option<Savepoint>) -> Savepoint {
+        match released {
+            Some(Savepoint::Lazy) => Savepoint::Lazy2,
+            _ => Savepoint::Lazy,
+        }
+    }
+
+    /// Opens `self`, releasing the savepoint the last writer left open, if any, first.
+    fn open(self, release: Option<Savepoint>) -> &'static str {
+        use Savepoint::*;
+        match (release, self) {
+            (None, Member) => "SAVEPOINT member",
+            (Some(Member), Member) => "RELEASE member; SAVEPOINT member",
+            (Some(Lazy), Member) => "RELEASE lazy; SAVEPOINT member",
+            (Some(Lazy2), Member) => "RELEASE lazy2; SAVEPOINT member",
+            (None, Lazy) => "SAVEPOINT lazy; ",
+            (Some(Member), Lazy) => "RELEASE member; SAVEPOINT lazy; ",
+            (Some(Lazy2), Lazy) => "RELEASE lazy2; SAVEPOINT lazy; ",
+            (None, Lazy2) => "SAVEPOINT lazy2; ",
+            (Some(Member), Lazy2) => "RELEASE member; SAVEPOINT lazy2; ",
+            (Some(Lazy), Lazy2) => "RELEASE lazy; SAVEPOINT lazy2; ",
+            (Some(Lazy), Lazy) | (Some(Lazy2), Lazy2) => {
+                unreachable!("a savepoint is named apart from the one it releases")
+            }
+        }
+    }
+
+    fn undo(self) -> &'static str {
+        match self {
+            Savepoint::Member => "ROLLBACK TO member; RELEASE member",
+            Savepoint::Lazy => "ROLLBACK TO lazy; RELEASE lazy",
+            Savepoint::Lazy2 => "ROLLBACK TO lazy2; RELEASE lazy2",
+        }
+    }
+}
+
 /// An open SQLite transaction and the outcome its writers wait for.
 struct Group {
     id: u64,
     members: usize,
     outcome: Arc<Outcome>,
-    /// The last writer to finish left its savepoint for the next call to release.
-    unreleased: bool,
+    /// The savepoint the last writer to finish left for the next call to release.
+    unreleased: Option<Savepoint>,
 }
 
 type Turn = OwnedMutexGuard<WriterConn>;
@@ -189,42 +258,63 @@ impl Writer {
 
     /// A write transaction. The first begins the shared transaction (`BEGIN IMMEDIATE`);
     /// one that joins it is a savepoint, so that it can be undone alone, unless it is
-    /// `one_statement`: SQLite undoes a statement that fails by itself, and a statement that
-    /// succeeded is kept whether or not its caller waits for the commit, so such a transaction
-    /// needs no savepoint, and saves the call that opens one.
+    /// [`Open::OneStatement`]: SQLite undoes a statement that fails by itself, and a statement
+    /// that succeeded is kept whether or not its caller waits for the commit, so such a
+    /// transaction needs no savepoint, and saves the call that opens one.
     pub(super) async fn begin(
         self: &Arc<Self>,
         pool: &AnyPool,
-        one_statement: bool,
+        open: Open,
     ) -> StoreResult<WriteTx> {
         let mut turn = self.enter(pool, false).await?;
         let joins = turn.group.is_some();
-        let begin = match &turn.group {
-            Some(_) if one_statement => None,
-            Some(g) if g.unreleased => Some("RELEASE member; SAVEPOINT member"),
-            Some(_) => Some("SAVEPOINT member"),
+        let released = turn.group.as_ref().and_then(|g| g.unreleased);
+        let savepoint = match open {
+            _ if !joins => None,
+            Open::OneStatement => None,
+            Open::Now => Some(Savepoint::Member),
+            Open::WithFirstStatement => Some(Savepoint::apart_from(released)),
+        };
+        let begin = match savepoint {
+            Some(s) => Some(s.open(released)),
+            None if joins => None,
+            None if open == Open::WithFirstStatement => Some("BEGIN IMMEDIATE; "),
             None => Some("BEGIN IMMEDIATE"),
         };
-        if let Some(begin) = begin
-            && let Err(e) = control(&mut turn, begin).await
-        {
-            if joins {
-                turn.undo = Undo::Everything;
+        let mut pending = None;
+        match begin {
+            Some(sql) if open == Open::WithFirstStatement => {
+                pending = Some(Pending {
+                    sql,
+                    released,
+                    taken: false,
+                })
             }
-            return Err(lost(&mut turn, e));
+            Some(sql) => {
+                if let Err(e) = control(&mut turn, sql).await {
+                    if joins {
+                        turn.undo = Undo::Everything;
+                    }
+                    return Err(lost(&mut turn, e));
+                }
+            }
+            None => {}
         }
         match &mut turn.group {
             // An earlier writer's savepoint, if left open, stays open around the statement:
             // released (never rolled back, as its writer committed) by the next to open one.
-            Some(_) if one_statement => {}
-            Some(group) => group.unreleased = false,
+            Some(_) if savepoint.is_none() => {}
+            // Released by this opening, sent or to be sent.
+            Some(group) => group.unreleased = None,
             None => turn.group = Some(self.new_group()),
         }
         Ok(WriteTx(TxInner::Writer {
             writer: self.clone(),
             pool: pool.clone(),
             joined: joins,
-            one_statement,
+            one_statement: open == Open::OneStatement,
+            savepoint,
+            pending,
             statements: 0,
             turn: Some(turn),
         }))
@@ -270,7 +360,7 @@ impl Writer {
             id: self.groups.fetch_add(1, SeqCst),
             members: 0,
             outcome: Arc::default(),
-            unreleased: false,
+            unreleased: None,
         }
     }
 
@@ -307,18 +397,22 @@ impl Writer {
     pub(super) fn counts(&self) -> (usize, u64) {
         (self.waiting.load(SeqCst), self.groups.load(SeqCst))
     }
+
+    /// Calls the writer made of its own (openings, commits, undos) so far.
+    pub(super) async fn controls(&self) -> u64 {
+        self.turn.lock().await.controls
+    }
 }
 
 /// Undoes what a failed or dropped writer left.
 async fn settle(turn: &mut Turn) -> StoreResult<()> {
     match turn.undo {
         Undo::Nothing => {}
-        Undo::Member | Undo::Fused if turn.group.is_none() => turn.undo = Undo::Nothing,
-        Undo::Member | Undo::Fused => {
-            let undo = if turn.undo == Undo::Member {
-                "ROLLBACK TO member; RELEASE member"
-            } else {
-                "ROLLBACK TO fused; RELEASE fused"
+        Undo::Savepoint(_) | Undo::Fused if turn.group.is_none() => turn.undo = Undo::Nothing,
+        Undo::Savepoint(_) | Undo::Fused => {
+            let undo = match turn.undo {
+                Undo::Savepoint(s) => s.undo(),
+                _ => "ROLLBACK TO fused; RELEASE fused",
             };
             let undone = control(turn, undo).await;
             match undone {
@@ -366,6 +460,7 @@ fn conn(turn: &mut Turn) -> &mut AnyConnection {
 /// call, and these run several times a pull (300 pulls prepared 2,022 statements before,
 /// 263 after; docs/benchmarks.md, "seventh session").
 async fn control(turn: &mut Turn, sql: &'static str) -> Result<AnyQueryResult, sqlx::Error> {
+    turn.controls += 1;
     sqlx::query(sql).execute(conn(turn)).await
 }
 
@@ -396,6 +491,10 @@ enum TxInner {
         joined: bool,
         /// Whether it may run only one statement, and so joins without a savepoint.
         one_statement: bool,
+        /// The savepoint it opened (or will open) in the shared transaction.
+        savepoint: Option<Savepoint>,
+        /// Its opening, when it travels with the first statement.
+        pending: Option<Pending>,
         /// Statements run so far, for the check that a one-statement transaction runs one.
         statements: u32,
         /// Held until commit; a transaction dropped holding it is undone by the next writer.
@@ -403,9 +502,69 @@ enum TxInner {
     },
 }
 
+/// An opening that travels with the first statement ([`Open::WithFirstStatement`]).
+struct Pending {
+    sql: &'static str,
+    /// The savepoint the opening releases, left open again if the opening is never sent.
+    released: Option<Savepoint>,
+    /// Whether [`WriteTx::opening`] has handed it out.
+    taken: bool,
+}
+
+impl Pending {
+    /// Whether the opening surely never reached SQLite: it was not handed out, or no
+    /// statement took the connection after it.
+    fn unsent(&self, statements: u32) -> bool {
+        !self.taken || statements == 0
+    }
+}
+
+/// Ends a transaction whose opening never reached SQLite, so that nothing of it did. A group
+/// it began (holding no one) ends; the savepoint its opening would have released stays for
+/// the next writer.
+fn unopened(turn: &mut Turn, joined: bool, pending: &Pending) {
+    if joined {
+        if let Some(group) = turn.group.as_mut() {
+            group.unreleased = pending.released;
+        }
+    } else {
+        abandon(turn, "the transaction never began");
+    }
+}
+
 impl WriteTx {
     pub(super) fn pooled(tx: sqlx::Transaction<'static, sqlx::Any>) -> Self {
         WriteTx(TxInner::Pooled(Some(tx)))
+    }
+
+    /// What the first statement's SQL must start with, once: the transaction's opening when
+    /// it travels with the first statement ([`Open::WithFirstStatement`]), and `""` after
+    /// that, otherwise, and on Postgres. Take it in the expression that runs the statement.
+    /// Read such a call's rows with `fetch_all`: the `Any` driver's `fetch_optional` looks
+    /// only at the first statement's result, which is then the opening's. And its
+    /// `rows_affected` also counts the connection's previous change (SQLite reports it again
+    /// for a control statement): read what the statement changed through `RETURNING`.
+    pub(super) fn opening(&mut self) -> &'static str {
+        match &mut self.0 {
+            TxInner::Writer {
+                pending: Some(p), ..
+            } if !p.taken => {
+                p.taken = true;
+                p.sql
+            }
+            TxInner::Writer { .. } => "",
+            TxInner::Pooled(_) => "",
+        }
+    }
+
+    /// Sends the opening, if it is still waiting, in a call of its own: for a transaction
+    /// whose first statement cannot carry it.
+    pub(super) async fn open_now(&mut self) -> Result<(), sqlx::Error> {
+        let sql = self.opening();
+        if !sql.is_empty() {
+            sqlx::query(sql).execute(&mut **self).await?;
+        }
+        Ok(())
     }
 
     /// Returns once the work is committed to disk, with the outcome of the commit that
@@ -429,21 +588,26 @@ impl WriteTx {
                 writer,
                 pool,
                 joined,
-                one_statement,
+                savepoint,
+                pending,
+                statements,
                 turn,
                 ..
-            } => (
-                writer.clone(),
-                pool.clone(),
-                *joined && !*one_statement,
-                turn.take().expect("committed once"),
-            ),
+            } => {
+                let mut turn = turn.take().expect("committed once");
+                if let Some(pending) = pending.as_ref().filter(|p| p.unsent(*statements)) {
+                    // Nothing was written: nothing to commit.
+                    unopened(&mut turn, *joined, pending);
+                    return Ok(());
+                }
+                (writer.clone(), pool.clone(), *savepoint, turn)
+            }
         };
         let group = turn.group.as_mut().expect("a member is in a group");
         group.members += 1;
-        if savepoint {
+        if savepoint.is_some() {
             // Released by the next writer's first call, or by the commit.
-            group.unreleased = true;
+            group.unreleased = savepoint;
         }
         let (id, outcome) = (group.id, group.outcome.clone());
         let waiting = writer.waiting.load(SeqCst) > 0;
@@ -498,17 +662,23 @@ impl Drop for WriteTx {
         if let TxInner::Writer {
             turn: Some(turn),
             joined,
-            one_statement,
+            savepoint,
+            pending,
+            statements,
             ..
         } = &mut self.0
         {
-            turn.undo = match (*joined, *one_statement) {
+            if let Some(pending) = pending.as_ref().filter(|p| p.unsent(*statements)) {
+                unopened(turn, *joined, pending);
+                return;
+            }
+            turn.undo = match (*joined, *savepoint) {
                 // The first writer's work is all the shared transaction holds yet.
                 (false, _) => Undo::Everything,
-                (true, false) => Undo::Member,
+                (true, Some(savepoint)) => Undo::Savepoint(savepoint),
                 // Its one statement failed, undone by SQLite, or stands and is committed with
                 // the others: as with any write whose caller stopped waiting, it may be either.
-                (true, true) => Undo::Check,
+                (true, None) => Undo::Check,
             };
         }
     }
@@ -533,6 +703,7 @@ impl std::ops::DerefMut for WriteTx {
             TxInner::Writer {
                 turn,
                 one_statement,
+                pending,
                 statements,
                 ..
             } => {
@@ -541,6 +712,10 @@ impl std::ops::DerefMut for WriteTx {
                 debug_assert!(
                     !*one_statement || *statements == 1,
                     "a one-statement write transaction ran a second statement"
+                );
+                debug_assert!(
+                    pending.as_ref().is_none_or(|p| p.taken),
+                    "a statement ran before the transaction's opening (WriteTx::opening)"
                 );
                 conn(turn.as_mut().expect("open"))
             }
