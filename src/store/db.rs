@@ -1356,9 +1356,7 @@ mod tests {
                 tx.commit().await
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         let dropped = tokio::spawn({
             let store = store.clone();
             async move {
@@ -1366,9 +1364,7 @@ mod tests {
                 insert("dropped").execute(&mut *tx).await.expect("insert");
             }
         });
-        while writer.counts().0 < 2 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 2).await;
         // One more joins after the dropped one. The second's savepoint is left open for the
         // dropped one's first call to release, so undoing the dropped one must keep the
         // second's work, and the last one's savepoint must take nothing of it either.
@@ -1380,9 +1376,7 @@ mod tests {
                 tx.commit().await
             }
         });
-        while writer.counts().0 < 3 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 3).await;
         first.commit().await.expect("the shared commit");
         committed.await.expect("task").expect("its commit");
         dropped.await.expect("task");
@@ -1462,14 +1456,6 @@ mod tests {
         // Queued behind the first, in this order, each joining the shared transaction.
         let mut queued = vec![];
         let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
-        let waiting = |n| {
-            let writer = writer.clone();
-            async move {
-                while writer.counts().0 < n {
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
         // A one-statement writer that commits…
         queue(tokio::spawn({
             let store = store.clone();
@@ -1479,7 +1465,7 @@ mod tests {
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
-        waiting(1).await;
+        until_waiting(&writer, 1).await;
         // …one whose statement fails (a duplicate): SQLite undoes it alone…
         queue(tokio::spawn({
             let store = store.clone();
@@ -1490,7 +1476,7 @@ mod tests {
                 Ok(())
             }
         }));
-        waiting(2).await;
+        until_waiting(&writer, 2).await;
         // …one that stops waiting after its statement: the statement stands…
         queue(tokio::spawn({
             let store = store.clone();
@@ -1500,7 +1486,7 @@ mod tests {
                 Ok(())
             }
         }));
-        waiting(3).await;
+        until_waiting(&writer, 3).await;
         // …a savepoint writer that is dropped, which takes only its own work back…
         queue(tokio::spawn({
             let store = store.clone();
@@ -1510,7 +1496,7 @@ mod tests {
                 Ok(())
             }
         }));
-        waiting(4).await;
+        until_waiting(&writer, 4).await;
         // …and one that commits.
         queue(tokio::spawn({
             let store = store.clone();
@@ -1520,7 +1506,7 @@ mod tests {
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
-        waiting(5).await;
+        until_waiting(&writer, 5).await;
         first.commit().await.expect("the shared commit");
         for task in queued {
             task.await.expect("task").expect("its commit");
@@ -1557,9 +1543,7 @@ mod tests {
                     .expect("rolled back");
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         // …and one more writer, which commits.
         let last = tokio::spawn({
             let store = store.clone();
@@ -1572,9 +1556,7 @@ mod tests {
                 tx.commit().await
             }
         });
-        while writer.counts().0 < 2 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 2).await;
         // The first writer's work went with the transaction: its commit says so, not Ok.
         assert!(first.commit().await.is_err(), "the lost work is reported");
         failed.await.expect("task");
@@ -1586,10 +1568,6 @@ mod tests {
     async fn lazy_writers_open_with_their_first_statement_and_a_dropped_one_takes_only_its_own_work()
      {
         let (_dir, store, writer) = scratch().await;
-        async fn insert(tx: &mut WriteTx, k: &str) -> Result<(), sqlx::Error> {
-            let sql = format!("{}INSERT INTO t (k) VALUES ($1)", tx.opening());
-            sqlx::query(&sql).bind(k).execute(&mut **tx).await.map(drop)
-        }
         let (_, groups_before) = writer.counts();
         let (before, controls_before) = (writer.stats(), writer.controls().await);
 
@@ -1600,35 +1578,27 @@ mod tests {
             .expect("insert");
         let mut queued = vec![];
         let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
-        let waiting = |n| {
-            let writer = writer.clone();
-            async move {
-                while writer.counts().0 < n {
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
         // Queued behind the first, in this order: a lazy writer that commits…
         queue(tokio::spawn({
             let store = store.clone();
             async move {
                 let mut tx = store.lazy_write_tx().await.expect("join");
-                insert(&mut tx, "kept").await.expect("insert");
+                insert_key(&mut tx, "kept").await.expect("insert");
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
-        waiting(1).await;
+        until_waiting(&writer, 1).await;
         // …one dropped after its statement, whose opening released the last one's savepoint:
         // its undo keeps that writer's work…
         queue(tokio::spawn({
             let store = store.clone();
             async move {
                 let mut tx = store.lazy_write_tx().await.expect("join");
-                insert(&mut tx, "dropped").await.expect("insert");
+                insert_key(&mut tx, "dropped").await.expect("insert");
                 Ok(())
             }
         }));
-        waiting(2).await;
+        until_waiting(&writer, 2).await;
         // …one dropped before any statement, which sends nothing and leaves nothing to undo…
         queue(tokio::spawn({
             let store = store.clone();
@@ -1637,17 +1607,17 @@ mod tests {
                 Ok(())
             }
         }));
-        waiting(3).await;
+        until_waiting(&writer, 3).await;
         // …and a writer that opens in a call of its own.
         queue(tokio::spawn({
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert(&mut tx, "last").await.expect("insert");
+                insert_key(&mut tx, "last").await.expect("insert");
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
-        waiting(4).await;
+        until_waiting(&writer, 4).await;
         first.commit().await.expect("the shared commit");
         for task in queued {
             task.await.expect("task").expect("its commit");
@@ -1668,13 +1638,7 @@ mod tests {
         let (_dir, store, writer) = scratch().await;
         let (before, controls_before) = (writer.stats(), writer.controls().await);
         let mut tx = store.lazy_write_tx().await.expect("begin");
-        sqlx::query(&format!(
-            "{}INSERT INTO t (k) VALUES ('alone')",
-            tx.opening()
-        ))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+        insert_key(&mut tx, "alone").await.expect("insert");
         tx.commit().await.expect("commit");
         assert_eq!(writer.stats().commits - before.commits, 1);
         assert_eq!(
@@ -1689,13 +1653,7 @@ mod tests {
         assert_eq!(writer.controls().await - controls_before, 1);
         // Dropped after its first call: all of it is rolled back.
         let mut tx = store.lazy_write_tx().await.expect("begin");
-        sqlx::query(&format!(
-            "{}INSERT INTO t (k) VALUES ('dropped')",
-            tx.opening()
-        ))
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+        insert_key(&mut tx, "dropped").await.expect("insert");
         drop(tx);
         assert_eq!(store.console_key("after").await.expect("key"), "after");
         assert_eq!(keys(&store).await, ["alone"]);
@@ -1715,16 +1673,11 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                sqlx::query("INSERT INTO t (k) VALUES ('earlier')")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
+                insert_key(&mut tx, "earlier").await.expect("insert");
                 tx.commit().await
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         // …then a lazy writer that took its opening and the connection, and was dropped
         // before its call reached SQLite (as a cancelled future is)…
         let cancelled = tokio::spawn({
@@ -1735,23 +1688,16 @@ mod tests {
                 let _ = &mut *tx;
             }
         });
-        while writer.counts().0 < 2 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 2).await;
         let next = tokio::spawn({
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                sqlx::query("INSERT INTO t (k) VALUES ('next')")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
+                insert_key(&mut tx, "next").await.expect("insert");
                 tx.commit().await
             }
         });
-        while writer.counts().0 < 3 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 3).await;
         // Its undo cannot tell whether its savepoint exists: rolling back to its own name
         // fails, and the shared transaction is rolled back with its writers told, rather than
         // the earlier writer's work undone under a commit that says it is kept.
@@ -1808,9 +1754,7 @@ mod tests {
                 drop(tx);
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         // The caller stops waiting while its work waits for the group's commit.
         let gave_up =
             tokio::time::timeout(std::time::Duration::from_millis(50), first.commit()).await;
@@ -1832,6 +1776,19 @@ mod tests {
     }
 
     /// The keys in the scratch table, sorted.
+    /// Returns once `n` writers wait for the turn.
+    async fn until_waiting(writer: &Writer, n: usize) {
+        while writer.counts().0 < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Inserts `k` into the scratch table in `tx`, carrying its opening if it has one.
+    async fn insert_key(tx: &mut WriteTx, k: &str) -> Result<(), sqlx::Error> {
+        let sql = format!("{}INSERT INTO t (k) VALUES ($1)", tx.opening());
+        sqlx::query(&sql).bind(k).execute(&mut **tx).await.map(drop)
+    }
+
     async fn keys(store: &SqlStore) -> Vec<String> {
         let mut keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t")
             .fetch_all(&mut *store.read().await.expect("reader"))
@@ -1909,9 +1866,7 @@ mod tests {
                     .map_err(|e| e.to_string())
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         first.commit().await.expect("committed by the fused one");
         assert_eq!(fused.await.expect("task"), Ok(1));
         let after = writer.stats();
@@ -1936,9 +1891,7 @@ mod tests {
             let store = store.clone();
             async move { run_fused(&store, &["mine", "a"]).await.is_err() }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         second.commit().await.expect("the group's commit");
         assert!(fused.await.expect("task"), "a duplicate fails it");
         assert_eq!(keys(&store).await, ["a", "b", "first", "fused", "second"]);
@@ -1970,9 +1923,7 @@ mod tests {
                 tx.fetch_all(sqlx::query(&sql)).await.expect("insert");
             }
         });
-        while writer.counts().0 < 1 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&writer, 1).await;
         third.commit().await.expect("the group's commit");
         dropped.await.expect("task");
         assert_eq!(
