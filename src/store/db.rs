@@ -1341,18 +1341,17 @@ mod tests {
     #[tokio::test]
     async fn writers_that_wait_share_one_commit_and_one_dropped_takes_only_its_own_work() {
         let (_dir, store, writer) = scratch().await;
-        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
         let (_, groups_before) = writer.counts();
         let before = writer.stats();
 
         let mut first = store.write_tx().await.expect("begin");
-        insert("first").execute(&mut *first).await.expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         // Two more writers queue for the turn: one commits, one gives up.
         let committed = tokio::spawn({
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert("second").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "second").await.expect("insert");
                 tx.commit().await
             }
         });
@@ -1361,7 +1360,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert("dropped").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "dropped").await.expect("insert");
             }
         });
         until_waiting(&writer, 2).await;
@@ -1372,7 +1371,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert("last").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "last").await.expect("insert");
                 tx.commit().await
             }
         });
@@ -1397,14 +1396,10 @@ mod tests {
     #[tokio::test]
     async fn unhurried_work_rides_on_the_next_writers_commit_or_commits_after_its_wait() {
         let (_dir, store, writer) = scratch().await;
-        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
         let before = writer.stats();
         let started = std::time::Instant::now();
         let mut outcome = store.write_tx().await.expect("begin");
-        insert("outcome")
-            .execute(&mut *outcome)
-            .await
-            .expect("insert");
+        insert_key(&mut outcome, "outcome").await.expect("insert");
         let unhurried = tokio::spawn(outcome.commit_within(Duration::from_secs(30)));
         // Nobody was waiting for the turn, and the work does not commit by itself.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1414,7 +1409,7 @@ mod tests {
             "no commit of its own"
         );
         let mut next = store.write_tx().await.expect("join");
-        insert("next").execute(&mut *next).await.expect("insert");
+        insert_key(&mut next, "next").await.expect("insert");
         next.commit().await.expect("commit");
         unhurried
             .await
@@ -1430,7 +1425,7 @@ mod tests {
 
         // With no other writer, it commits alone once its wait is over.
         let mut alone = store.write_tx().await.expect("begin");
-        insert("alone").execute(&mut *alone).await.expect("insert");
+        insert_key(&mut alone, "alone").await.expect("insert");
         let waited = std::time::Instant::now();
         alone
             .commit_within(Duration::from_millis(20))
@@ -1448,11 +1443,10 @@ mod tests {
             .execute(&mut *store.write_conn().await.expect("turn"))
             .await
             .expect("index");
-        let insert = |k: &'static str| sqlx::query("INSERT INTO t (k) VALUES ($1)").bind(k);
         let (_, groups_before) = writer.counts();
         let before = writer.stats();
         let mut first = store.write_tx().await.expect("begin");
-        insert("first").execute(&mut *first).await.expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         // Queued behind the first, in this order, each joining the shared transaction.
         let mut queued = vec![];
         let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
@@ -1461,7 +1455,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.one_statement_tx().await.expect("join");
-                insert("one").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "one").await.expect("insert");
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
@@ -1471,7 +1465,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.one_statement_tx().await.expect("join");
-                let failed = insert("first").execute(&mut *tx).await;
+                let failed = insert_key(&mut tx, "first").await;
                 assert!(failed.is_err(), "a duplicate");
                 Ok(())
             }
@@ -1482,7 +1476,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.one_statement_tx().await.expect("join");
-                insert("stands").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "stands").await.expect("insert");
                 Ok(())
             }
         }));
@@ -1492,7 +1486,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert("dropped").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "dropped").await.expect("insert");
                 Ok(())
             }
         }));
@@ -1502,7 +1496,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                insert("last").execute(&mut *tx).await.expect("insert");
+                insert_key(&mut tx, "last").await.expect("insert");
                 tx.commit().await.map_err(|e| e.to_string())
             }
         }));
@@ -1527,10 +1521,7 @@ mod tests {
     async fn a_one_statement_writer_whose_failure_ended_the_shared_transaction_fails_the_group() {
         let (_dir, store, writer) = scratch().await;
         let mut first = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('first')")
-            .execute(&mut *first)
-            .await
-            .expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         // A one-statement writer whose statement ends the transaction, as SQLite does itself
         // when a statement fails on a full disk, and which then gives up…
         let failed = tokio::spawn({
@@ -1549,10 +1540,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut tx = store.write_tx().await.expect("join");
-                sqlx::query("INSERT INTO t (k) VALUES ('last')")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
+                insert_key(&mut tx, "last").await.expect("insert");
                 tx.commit().await
             }
         });
@@ -1572,10 +1560,7 @@ mod tests {
         let (before, controls_before) = (writer.stats(), writer.controls().await);
 
         let mut first = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('first')")
-            .execute(&mut *first)
-            .await
-            .expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         let mut queued = vec![];
         let mut queue = |task: tokio::task::JoinHandle<Result<(), String>>| queued.push(task);
         // Queued behind the first, in this order: a lazy writer that commits…
@@ -1664,10 +1649,7 @@ mod tests {
     {
         let (_dir, store, writer) = scratch().await;
         let mut first = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('first')")
-            .execute(&mut *first)
-            .await
-            .expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         // A writer that commits, leaving its savepoint for the next to release…
         let earlier = tokio::spawn({
             let store = store.clone();
@@ -1728,11 +1710,7 @@ mod tests {
         let (_dir, store, _writer) = scratch().await;
         let mut tx = store.one_statement_tx().await.expect("begin");
         for k in ["a", "b"] {
-            sqlx::query("INSERT INTO t (k) VALUES ($1)")
-                .bind(k)
-                .execute(&mut *tx)
-                .await
-                .expect("insert");
+            insert_key(&mut tx, k).await.expect("insert");
         }
     }
 
@@ -1740,10 +1718,7 @@ mod tests {
     async fn work_handed_to_the_group_is_committed_even_if_its_caller_stops_waiting() {
         let (_dir, store, writer) = scratch().await;
         let mut first = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('first')")
-            .execute(&mut *first)
-            .await
-            .expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         // The next writer joins, then holds the turn until told, and gives up.
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
         let joiner = tokio::spawn({
@@ -1854,10 +1829,7 @@ mod tests {
         // own.
         let before = writer.stats();
         let mut first = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('first')")
-            .execute(&mut *first)
-            .await
-            .expect("insert");
+        insert_key(&mut first, "first").await.expect("insert");
         let fused = tokio::spawn({
             let store = store.clone();
             async move {
@@ -1883,10 +1855,7 @@ mod tests {
         // A fused transaction that fails in a shared one takes back only its own work; the
         // writer before it is committed by the group as usual.
         let mut second = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('second')")
-            .execute(&mut *second)
-            .await
-            .expect("insert");
+        insert_key(&mut second, "second").await.expect("insert");
         let fused = tokio::spawn({
             let store = store.clone();
             async move { run_fused(&store, &["mine", "a"]).await.is_err() }
@@ -1907,10 +1876,7 @@ mod tests {
         tx.fetch_all(sqlx::query(&sql)).await.expect("insert");
         drop(tx);
         let mut third = store.write_tx().await.expect("begin");
-        sqlx::query("INSERT INTO t (k) VALUES ('third')")
-            .execute(&mut *third)
-            .await
-            .expect("insert");
+        insert_key(&mut third, "third").await.expect("insert");
         let dropped = tokio::spawn({
             let store = store.clone();
             async move {
