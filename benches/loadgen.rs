@@ -24,7 +24,9 @@
 //!   bare axum handler (this binary, `bare`), in its own process, under the same load.
 //! - `e2e`: N consents through the real journey against the standalone sandbox, one pull
 //!   each fired at once, until every pull has completed. The sandbox's own CPU time for the
-//!   same pulls is the baseline. With `--days D` each pull asks for the last D days (the
+//!   same pulls is the baseline. Reports how long accepting each pull took (the `POST`, at the
+//!   client) and completing it (from its `created_at` to its `completed_at`, the service's
+//!   clock). With `--days D` each pull asks for the last D days (the
 //!   sandbox gives about one transaction a day), as a monitoring pull of months would; without
 //!   it, the window since the consent began, which holds a couple of transactions.
 //! - `payload`: one pull whose Insights document the sandbox pads to M MiB, fetched, stored and
@@ -607,10 +609,11 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
         svc.disk_write_bytes(),
     );
     let started = Instant::now();
-    let pulls = run_all(ids.len() as u64, concurrency, |i| {
+    let accepted = run_all(ids.len() as u64, concurrency, |i| {
         let (http, base, consent) = (http.clone(), base.clone(), ids[i as usize].clone());
         let body = body.clone();
         async move {
+            let sent = Instant::now();
             let mut r = http
                 .post(format!("{base}/api/v1/consents/{consent}/pulls"))
                 .bearer_auth(TOKEN);
@@ -619,13 +622,21 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
             }
             let r = r.send().await.unwrap();
             assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-            r.json::<Value>().await.unwrap()["pull_id"]
+            let pull_id = r.json::<Value>().await.unwrap()["pull_id"]
                 .as_str()
                 .unwrap()
-                .to_string()
+                .to_string();
+            (pull_id, sent.elapsed())
         }
     })
     .await;
+    let mut accepting = Stats {
+        elapsed: started.elapsed(),
+        ..Stats::default()
+    };
+    let (pulls, mut latencies): (Vec<String>, Vec<Duration>) = accepted.into_iter().unzip();
+    latencies.sort();
+    accepting.latencies = latencies;
     // Done when the service says every pull completed.
     let deadline = Instant::now() + MAX_RUN;
     loop {
@@ -659,12 +670,17 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
     let (ours, theirs) = (svc.cpu_seconds() - cpu, sandbox.cpu_seconds() - sandbox_cpu);
     let written = svc.disk_write_bytes() - written;
 
-    // Every accepted pull completed and its data is served back.
+    // Every accepted pull completed and its data is served back; how long each took, from
+    // its acceptance to its completion, by the service's own timestamps.
     let checked = run_all(pulls.len() as u64, concurrency, |i| {
         let (http, base, pull) = (http.clone(), base.clone(), pulls[i as usize].clone());
         async move {
             let p = api_get(&http, &format!("{base}/api/v1/pulls/{pull}")).await;
             assert_eq!(p["status"], "completed", "{p}");
+            let at = |field: &str| {
+                chrono::DateTime::parse_from_rfc3339(p[field].as_str().unwrap()).unwrap()
+            };
+            let took = (at("completed_at") - at("created_at")).to_std().unwrap();
             let kind = p["kind"].as_str().unwrap();
             let data = http
                 .get(format!("{base}/api/v1/pulls/{pull}/{kind}"))
@@ -673,13 +689,22 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
                 .await
                 .unwrap();
             assert_eq!(data.status(), 200);
-            data.bytes().await.unwrap().len()
+            assert!(!data.bytes().await.unwrap().is_empty());
+            took
         }
     })
     .await;
     assert_eq!(checked.len(), pulls.len());
+    let mut completing = Stats {
+        elapsed,
+        latencies: checked,
+        ..Stats::default()
+    };
+    completing.latencies.sort();
     let n = pulls.len() as f64;
     if report {
+        println!("{}", accepting.line("accepted (POST …/pulls)"));
+        println!("{}", completing.line("completed (from accepted)"));
         println!(
             "{} pulls completed in {:.2} s: {:.0} pulls/s; our CPU {:.2} s ({:.2} ms a pull), the sandbox's {:.2} s ({:.2} ms a pull), ratio {:.1}×; disk writes {:.1} KiB a pull; peak RSS ours {:.1} MiB (anonymous {:.1} MiB), sandbox {:.1} MiB",
             pulls.len(),
