@@ -352,6 +352,15 @@ struct Stats {
 }
 
 impl Stats {
+    /// Timings of requests that all succeeded, over `elapsed`.
+    fn timed(elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort();
+        Stats {
+            elapsed,
+            latencies,
+            ..Stats::default()
+        }
+    }
     fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -630,13 +639,8 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
         }
     })
     .await;
-    let mut accepting = Stats {
-        elapsed: started.elapsed(),
-        ..Stats::default()
-    };
-    let (pulls, mut latencies): (Vec<String>, Vec<Duration>) = accepted.into_iter().unzip();
-    latencies.sort();
-    accepting.latencies = latencies;
+    let (pulls, latencies): (Vec<String>, Vec<Duration>) = accepted.into_iter().unzip();
+    let accepting = Stats::timed(started.elapsed(), latencies);
     // Done when the service says every pull completed.
     let deadline = Instant::now() + MAX_RUN;
     loop {
@@ -695,12 +699,7 @@ async fn e2e(consents: u64, concurrency: u64, days: Option<u64>, report: bool) {
     })
     .await;
     assert_eq!(checked.len(), pulls.len());
-    let mut completing = Stats {
-        elapsed,
-        latencies: checked,
-        ..Stats::default()
-    };
-    completing.latencies.sort();
+    let completing = Stats::timed(elapsed, checked);
     let n = pulls.len() as f64;
     if report {
         println!("{}", accepting.line("accepted (POST …/pulls)"));
