@@ -281,15 +281,12 @@ impl Writer {
             None if open == Open::WithFirstStatement => Some("BEGIN IMMEDIATE; "),
             None => Some("BEGIN IMMEDIATE"),
         };
-        let mut pending = None;
-        match begin {
-            Some(sql) if open == Open::WithFirstStatement => {
-                pending = Some(Pending {
-                    sql,
-                    released,
-                    taken: false,
-                })
-            }
+        let pending = match begin {
+            Some(sql) if open == Open::WithFirstStatement => Some(Pending {
+                sql,
+                released,
+                taken: false,
+            }),
             Some(sql) => {
                 if let Err(e) = control(&mut turn, sql).await {
                     if joins {
@@ -297,9 +294,10 @@ impl Writer {
                     }
                     return Err(lost(&mut turn, e));
                 }
+                None
             }
-            None => {}
-        }
+            None => None,
+        };
         match &mut turn.group {
             // An earlier writer's savepoint, if left open, stays open around the statement:
             // released (never rolled back, as its writer committed) by the next to open one.
